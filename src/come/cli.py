@@ -1,0 +1,140 @@
+"""The `come` command line. Each subcommand is a thin layer over the Python API."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import logging
+import os
+import sys
+
+from come.errors import ComeError
+
+
+def add_common_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--dtype", default="auto",
+                   help="auto (float32 on CPU, else the checkpoint dtype), float32, bfloat16, float16")
+    p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:N")
+
+
+def add_calib_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("calibration")
+    g.add_argument("--calib-data", default="wiki-passages",
+                   help="wiki-passages (bundled), wikitext2, c4, or a .txt/.jsonl/.parquet/datasets folder")
+    g.add_argument("--calib-samples", type=int, default=32, help="number of windows")
+    g.add_argument("--calib-seq-len", type=int, default=2048, help="tokens per window")
+    g.add_argument("--batch-size", type=int, default=8)
+    g.add_argument("--seed", type=int, default=0)
+
+
+def calib_config(args):
+    from come.config import CalibConfig
+
+    return CalibConfig(args.calib_data, args.calib_samples, args.calib_seq_len, args.batch_size, args.seed)
+
+
+def add_prune_parser(sub) -> None:
+    p = sub.add_parser("prune", help="compress a model by merging (or dropping) layers; writes an HF folder + plan")
+    p.add_argument("model", help="HF model folder, hub id, or alias (smollm2-135m)")
+    t = p.add_mutually_exclusive_group(required=True)
+    t.add_argument("--target-layers", type=int, help="number of decoder layers to keep")
+    t.add_argument("--sparsity", type=float, help="fraction of ALL parameters to remove, rounded to whole layers")
+    p.add_argument("--method", default="come", help="come (default), come-p, or another registered method")
+    p.add_argument("--norm", default="mean", choices=["mean", "fold"], help="norm handling of a merged layer")
+    p.add_argument("--pair-score", default="angular", choices=["angular", "loss"], help="how the pair is chosen")
+    p.add_argument("--pair-tokens", default="last", choices=["last", "all"], help="tokens of the angular score")
+    p.add_argument("--remerge", action="store_true", help="allow merging layers that are already merges")
+    p.add_argument("--grid", type=int, default=20, help="CoMe-P ratio grid size g")
+    p.add_argument("--loss-samples", type=int, default=None, help="windows used for loss trials (default: all)")
+    add_calib_args(p)
+    add_common_model_args(p)
+    p.add_argument("--out", required=True, help="output folder (must be empty or absent, unless --overwrite)")
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(func=cmd_prune)
+
+
+def cmd_prune(args) -> int:
+    from come.config import PruneConfig
+    from come.io import check_output_dir
+    from come.prune import prune, summary_text
+
+    cfg = PruneConfig(
+        model=args.model, target_layers=args.target_layers, sparsity=args.sparsity, method=args.method,
+        norm=args.norm, pair_score=args.pair_score, pair_tokens=args.pair_tokens, remerge=args.remerge,
+        grid=args.grid, loss_samples=args.loss_samples, calib=calib_config(args), dtype=args.dtype,
+        device=args.device,
+    )
+    cfg.validate()
+    check_output_dir(args.out, args.overwrite)  # fail before the expensive part
+    result = prune(cfg)
+    out = result.save(args.out, args.overwrite)
+    print(summary_text(result.plan))
+    print(f"wrote {out}")
+    return 0
+
+
+def add_apply_parser(sub) -> None:
+    p = sub.add_parser("apply", help="replay a plan on the original model and save the result")
+    p.add_argument("plan", help="a come_plan.json or a folder that holds one")
+    p.add_argument("--model", default=None, help="the original model (default: the one the plan names)")
+    add_common_model_args(p)
+    p.add_argument("--out", required=True)
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(func=cmd_apply)
+
+
+def cmd_apply(args) -> int:
+    from come.io import atomic_output_dir, check_output_dir
+    from come.models import load_model
+    from come.plan import PLAN_FILE, Plan, apply_plan
+
+    plan = Plan.load(args.plan)
+    check_output_dir(args.out, args.overwrite)
+    model, tok, _ = load_model(args.model or plan.base_model["name"], args.dtype,
+                               "cpu" if args.device == "auto" else args.device)
+    apply_plan(model, plan)
+    with atomic_output_dir(args.out, args.overwrite) as tmp:
+        model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        plan.save(tmp / PLAN_FILE)
+    print(f"wrote {args.out} ({model.config.num_hidden_layers} layers)")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="come", description="Compress LLMs by merging their layers (CoMe).")
+    parser.add_argument("-v", "--verbose", action="store_true", help="show library logs and full tracebacks")
+    sub = parser.add_subparsers(dest="command", required=True)
+    add_prune_parser(sub)
+    add_apply_parser(sub)
+    for module in SUBCOMMAND_MODULES:
+        if importlib.util.find_spec(module) is not None:
+            importlib.import_module(module).add_parser(sub)
+    return parser
+
+
+# Further subcommands live beside their code; each module exposes add_parser(subparsers).
+SUBCOMMAND_MODULES = ["come.eval.cli", "come.compare", "come.distill.cli"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not args.verbose:
+        logging.getLogger("transformers").setLevel(logging.ERROR)
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    try:
+        return args.func(args)
+    except ComeError as e:
+        if args.verbose:
+            raise
+        print(f"come: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("come: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

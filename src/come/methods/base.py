@@ -1,0 +1,35 @@
+"""What a method works with: the model, its calibration cache, the target, and the plan being written."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from come.capture import Calibration
+from come.models import ModelAdapter
+from come.plan import apply_step, update_tree
+
+
+@dataclass
+class PruneContext:
+    model: object
+    adapter: ModelAdapter
+    calib: Calibration
+    target_layers: int
+    config: object  # come.config.PruneConfig
+    tree: list[list[int]] = field(default_factory=list)
+    steps: list[dict] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not self.tree:
+            self.tree = [[i] for i in range(self.adapter.num_layers)]
+
+    def apply(self, step: dict) -> None:
+        """Apply a step to the model (the same code as replay), record it, and update the merge tree."""
+        step["tree_before"] = [list(b) for b in self.tree]
+        apply_step(self.adapter, step)
+        update_tree(self.tree, step)
+        self.steps.append(step)
+
+    @property
+    def num_layers(self) -> int:
+        return self.adapter.num_layers

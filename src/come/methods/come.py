@@ -1,0 +1,107 @@
+"""CoMe (progressive concatenation merge, METHOD.md §4) and CoMe-P (ratio by grid search on calibration NLL).
+
+Differs from the authors' code on purpose: the pair score compares true layer outputs (not the final-normed
+hidden state), a KV group is the unit of attention selection (their GQA tiling mismatches query and KV
+heads), and only layers from the merge point on are re-run after each merge.
+"""
+
+from __future__ import annotations
+
+from come.errors import ComeError
+from come.merge import concat_layers
+from come.methods import register
+from come.methods.base import PruneContext
+from come.scores import attn_group_sensitivity, bi_ratio, mlp_sensitivity, pair_scores, split_budget, top_k
+
+
+def merge_step(ctx: PruneContext, l: int, ratio: tuple[float, float]) -> dict:
+    """The plan step merging (l, l+1) with `ratio`: each layer's most sensitive KV groups and MLP channels."""
+    a = ctx.adapter
+    geo = a.geometry()
+    la, lb = a.layers[l], a.layers[l + 1]
+    sa, sb = ctx.calib.stats[l], ctx.calib.stats[l + 1]
+    d_ff = a.down_proj(la).weight.shape[1]
+    k_attn = split_budget(ratio, geo.num_kv_heads)
+    k_mlp = split_budget(ratio, d_ff)
+    return {
+        "op": "merge",
+        "layer": l,
+        "ratio": [float(ratio[0]), float(ratio[1])],
+        "norm": ctx.config.norm,
+        "attn_groups": [
+            top_k(attn_group_sensitivity(a, la, sa), k_attn[0]),
+            top_k(attn_group_sensitivity(a, lb, sb), k_attn[1]),
+        ],
+        "mlp_channels": [top_k(mlp_sensitivity(a, la, sa), k_mlp[0]), top_k(mlp_sensitivity(a, lb, sb), k_mlp[1])],
+    }
+
+
+def trial_nll(ctx: PruneContext, step: dict) -> float:
+    """Calibration NLL if `step` were applied; re-runs only the layers from the pair on."""
+    a, l = ctx.adapter, step["layer"]
+    merged = concat_layers(
+        a, a.layers[l], a.layers[l + 1], step["attn_groups"], step["mlp_channels"], step["ratio"], step["norm"]
+    )
+    n = _loss_batches(ctx)
+    return ctx.calib.forward_from(l, [merged, *list(a.layers)[l + 2 :]], n)
+
+
+def _loss_batches(ctx: PruneContext) -> int | None:
+    k = ctx.config.loss_samples
+    return None if k is None else max(1, -(-k // ctx.config.calib.batch_size))
+
+
+def candidates(ctx: PruneContext) -> list[int]:
+    """Pairs (l, l+1) that may merge; without re-merge, neither layer may be a merge already."""
+    pairs = range(ctx.num_layers - 1)
+    if ctx.config.remerge:
+        return list(pairs)
+    return [l for l in pairs if len(ctx.tree[l]) == 1 and len(ctx.tree[l + 1]) == 1]
+
+
+def progressive_merge(ctx: PruneContext, search_ratio: bool) -> None:
+    cfg = ctx.config
+    ctx.calib.run(0)
+    while ctx.num_layers > ctx.target_layers:
+        sbi = pair_scores(ctx.calib.hidden, last_token=cfg.pair_tokens == "last")
+        bi = [s.bi for s in ctx.calib.stats]
+        cands = candidates(ctx)
+        if not cands:
+            raise ComeError(
+                f"no pair left to merge at {ctx.num_layers} layers without re-merging: "
+                "raise the target or pass --remerge"
+            )
+        scores: dict = {"pair_angular": sbi, "bi": bi, "candidates": cands}
+        if cfg.pair_score == "loss":
+            loss = {i: trial_nll(ctx, merge_step(ctx, i, bi_ratio(bi[i], bi[i + 1], cfg.ratio_power))) for i in cands}
+            l = min(cands, key=lambda i: (loss[i], i))
+            scores["pair_loss"] = {str(k): v for k, v in loss.items()}
+        else:
+            l = min(cands, key=lambda i: (sbi[i], i))
+        ratio = bi_ratio(bi[l], bi[l + 1], cfg.ratio_power)
+        scores["bi_ratio"] = list(ratio)
+        if search_ratio:
+            grid = {}
+            for i in range(cfg.grid + 1):
+                r = i / cfg.grid
+                grid[r] = trial_nll(ctx, merge_step(ctx, l, (r, 1 - r)))
+            r = min(grid, key=lambda k: (grid[k], abs(k - ratio[0])))
+            ratio = (r, 1 - r)
+            scores["ratio_grid_nll"] = {f"{k:.4f}": v for k, v in grid.items()}
+        step = merge_step(ctx, l, ratio)
+        step["scores"] = scores
+        step["sources"] = [list(ctx.tree[l]), list(ctx.tree[l + 1])]
+        ctx.apply(step)
+        ctx.calib.run(l)
+
+
+@register("come")
+def come(ctx: PruneContext) -> None:
+    """Paper CoMe: merge the pair with the lowest angular score (or loss), BI-proportional ratio."""
+    progressive_merge(ctx, search_ratio=False)
+
+
+@register("come-p")
+def come_p(ctx: PruneContext) -> None:
+    """CoMe-P: as CoMe, with the ratio chosen on a grid by calibration NLL (r = 0 or 1 drops a layer)."""
+    progressive_merge(ctx, search_ratio=True)

@@ -1,0 +1,151 @@
+"""Plans: what a method decided (data, never code), and their replay on a fresh copy of the original model.
+
+A plan is JSON: `steps` is a list of operations (`{"op": "merge", "layer": 3, ...}`), each applied to the model
+as it stands after the previous ones; `tree` maps every layer of the result to the original layers it
+replaces. Methods build a plan by applying the very same operations, so replay is bit for bit.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from come.errors import ComeError
+from come.models import ModelAdapter, get_adapter
+
+PLAN_FORMAT = "come-plan/1"
+PLAN_FILE = "come_plan.json"
+
+Op = Callable[[ModelAdapter, dict], None]
+OPS: dict[str, Op] = {}
+
+
+def register_op(name: str) -> Callable[[Op], Op]:
+    def deco(fn: Op) -> Op:
+        OPS[name] = fn
+        return fn
+
+    return deco
+
+
+@dataclass
+class Plan:
+    method: str
+    base_model: dict[str, Any]
+    settings: dict[str, Any]
+    steps: list[dict[str, Any]] = field(default_factory=list)
+    tree: list[list[int]] = field(default_factory=list)
+    seed: int = 0
+    versions: dict[str, str] = field(default_factory=dict)
+    format: str = PLAN_FORMAT
+    stats: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.tree)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=1)
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(self.to_json())
+
+    @classmethod
+    def load(cls, path: str | Path) -> Plan:
+        path = Path(path)
+        if path.is_dir():
+            path = path / PLAN_FILE
+        if not path.exists():
+            raise ComeError(f"no plan at {path}: pass a folder written by `come prune` or a {PLAN_FILE} file")
+        try:
+            data = json.loads(path.read_text())
+        except json.JSONDecodeError as e:
+            raise ComeError(f"plan {path} is not valid JSON ({e.msg} at line {e.lineno})") from e
+        return cls.load_dict(data, str(path))
+
+    @classmethod
+    def load_dict(cls, data: dict, where: str = "plan") -> Plan:
+        if not isinstance(data, dict) or data.get("format") != PLAN_FORMAT:
+            got = data.get("format") if isinstance(data, dict) else type(data).__name__
+            raise ComeError(f"{where} has format {got!r}, expected {PLAN_FORMAT!r}: pass a plan written by come")
+        known = set(cls.__dataclass_fields__)
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+def base_model_info(model, name: str) -> dict[str, Any]:
+    from come.models import count_params
+
+    c = model.config
+    return {
+        "name": name,
+        "model_type": c.model_type,
+        "num_layers": c.num_hidden_layers,
+        "hidden_size": c.hidden_size,
+        "params": count_params(model),
+    }
+
+
+def versions() -> dict[str, str]:
+    import torch
+    import transformers
+
+    import come
+
+    return {"come": come.__version__, "torch": torch.__version__, "transformers": transformers.__version__,
+            "python": platform.python_version()}
+
+
+def initial_tree(num_layers: int) -> list[list[int]]:
+    return [[i] for i in range(num_layers)]
+
+
+def apply_step(adapter: ModelAdapter, step: dict) -> None:
+    _load_ops()
+    op = step.get("op")
+    if op not in OPS:
+        raise ComeError(f"plan step has unknown op {op!r}: known ops are {', '.join(sorted(OPS))}")
+    OPS[op](adapter, step)
+
+
+def apply_plan(model, plan: Plan | str | Path):
+    """Replay `plan` on a fresh copy of its original model (in place); returns the model."""
+    if not isinstance(plan, Plan):
+        plan = Plan.load(plan)
+    adapter = get_adapter(model)
+    base = plan.base_model
+    if adapter.num_layers != base["num_layers"] or model.config.model_type != base["model_type"]:
+        raise ComeError(
+            f"plan was made for a {base['num_layers']}-layer {base['model_type']} model, got a "
+            f"{adapter.num_layers}-layer {model.config.model_type}: load the original model the plan names"
+        )
+    for step in plan.steps:
+        apply_step(adapter, step)
+    return model
+
+
+def _load_ops() -> None:
+    # Ops are registered by the modules that define them; importing the method registry loads them all.
+    import come.merge  # noqa: F401
+    import come.methods  # noqa: F401
+
+
+def update_tree(tree: list[list[int]], step: dict) -> None:
+    """Keep `tree` (new layer -> contiguous original layers) in step with a merge or drop.
+
+    A merge of `span` layers (default 2) from `layer` joins their blocks. A dropped layer's block joins its
+    predecessor's (the first layer's joins its successor's): the layer before it now stands for both.
+    """
+    l = step["layer"]
+    if step["op"] == "drop":
+        gone = tree.pop(l)
+        if l > 0:
+            tree[l - 1] = tree[l - 1] + gone
+        elif tree:
+            tree[0] = gone + tree[0]
+        return
+    span = step.get("span", 2)
+    tree[l : l + span] = [[i for block in tree[l : l + span] for i in block]]

@@ -1,0 +1,156 @@
+"""`come.prune`: load, calibrate, run a method, and return the pruned model with its plan."""
+
+from __future__ import annotations
+
+import resource
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from come.capture import Calibration
+from come.config import PruneConfig
+from come.data import calibration_windows
+from come.errors import ComeError
+from come.io import atomic_output_dir, check_output_dir
+from come.methods import get_method
+from come.methods.base import PruneContext
+from come.models import count_params, get_adapter, load_config, load_model, meta_model
+from come.plan import PLAN_FILE, Plan, base_model_info, versions
+
+SUMMARY_FILE = "come_summary.md"
+
+
+@dataclass
+class PruneResult:
+    model: torch.nn.Module
+    tokenizer: object
+    plan: Plan
+
+    def save(self, out: str | Path, overwrite: bool = False) -> Path:
+        """Write the HF model (safetensors), tokenizer, plan and summary; the folder appears only when complete."""
+        out = Path(out)
+        with atomic_output_dir(out, overwrite) as tmp:
+            self.model.save_pretrained(tmp)
+            self.tokenizer.save_pretrained(tmp)
+            self.plan.save(tmp / PLAN_FILE)
+            (tmp / SUMMARY_FILE).write_text(summary_text(self.plan))
+        return out
+
+
+def resolve_device(device: str) -> str:
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def resolve_target(cfg: PruneConfig, model, num_layers: int, per_layer: int) -> int:
+    """Target depth from --target-layers, or from --sparsity (fraction of ALL parameters, nearest whole layer)."""
+    if cfg.sparsity is not None:
+        target = num_layers - round(cfg.sparsity * count_params(model) / per_layer)
+        if target < 1:
+            raise ComeError(f"--sparsity {cfg.sparsity} removes every layer: pass a smaller sparsity")
+        if target >= num_layers:
+            raise ComeError(
+                f"--sparsity {cfg.sparsity} removes less than one layer ({per_layer:,} parameters each): "
+                "pass a larger sparsity or --target-layers"
+            )
+        return target
+    target = cfg.target_layers
+    if not 1 <= target < num_layers:
+        raise ComeError(f"--target-layers must be between 1 and {num_layers - 1} for this model, got {target}")
+    return target
+
+
+def check_reachable(cfg: PruneConfig, num_layers: int, target: int) -> None:
+    """Without re-merge each merge needs two fresh layers: at most floor(L/2) merges."""
+    if cfg.method.startswith("come") and not cfg.remerge and num_layers - target > num_layers // 2:
+        raise ComeError(
+            f"{num_layers} -> {target} layers needs {num_layers - target} merges, but without re-merging at most "
+            f"{num_layers // 2} are possible (target >= {num_layers - num_layers // 2}): raise the target or "
+            "pass --remerge"
+        )
+
+
+def prune(config: PruneConfig | None = None, **kwargs) -> PruneResult:
+    """Compress `config.model` to the target depth with `config.method`; see PruneConfig for the options."""
+    cfg = config if config is not None else PruneConfig(**kwargs)
+    cfg.validate()
+    method = get_method(cfg.method)
+    t0 = time.perf_counter()
+    device = resolve_device(cfg.device)
+    skeleton = get_adapter(meta_model(load_config(cfg.model)[0]))  # check the target before loading weights
+    target = resolve_target(cfg, skeleton.model, skeleton.num_layers, skeleton.params_per_layer())
+    check_reachable(cfg, skeleton.num_layers, target)
+    model, tokenizer, path = load_model(cfg.model, cfg.dtype, device)
+    adapter = get_adapter(model)
+    n0, p0 = adapter.num_layers, count_params(model)
+    base = base_model_info(model, cfg.model)
+    c = cfg.calib
+    ids = calibration_windows(tokenizer, c.data, c.samples, c.seq_len, c.seed)
+    torch.manual_seed(c.seed)
+    calib = Calibration(model, adapter, ids, c.batch_size, device, cfg.store_device, cfg.progress)
+    ctx = PruneContext(model, adapter, calib, target, cfg)
+    method(ctx)
+    del calib, ctx.calib
+    wall = time.perf_counter() - t0
+    stats = {
+        "layers_before": n0,
+        "layers_after": adapter.num_layers,
+        "params_before": p0,
+        "params_after": count_params(model),
+        "wall_time_s": round(wall, 2),
+        "peak_memory_gb": round(peak_memory_gb(device), 3),
+        "device": device,
+        "dtype": str(model.dtype).replace("torch.", ""),
+        "calib_tokens": int(ids.numel()),
+    }
+    settings = cfg.to_dict()
+    settings["model_path"] = path
+    plan = Plan(cfg.method, base, settings, ctx.steps, ctx.tree, c.seed, versions(), stats=stats)
+    return PruneResult(model, tokenizer, plan)
+
+
+def peak_memory_gb(device: str) -> float:
+    """Peak device memory (CUDA) or peak resident memory of this process (CPU), in GB."""
+    if device.startswith("cuda"):
+        return torch.cuda.max_memory_allocated() / 1e9
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss / 1e9 if sys.platform == "darwin" else rss / 1e6
+
+
+def summary_text(plan: Plan) -> str:
+    s = plan.stats
+    lines = [
+        f"# {plan.method} on {plan.base_model['name']}",
+        "",
+        "| | before | after |",
+        "|---|---|---|",
+        f"| layers | {s['layers_before']} | {s['layers_after']} |",
+        f"| parameters | {s['params_before']:,} | {s['params_after']:,} |",
+        "",
+        f"Removed {1 - s['params_after'] / s['params_before']:.1%} of the parameters in {s['wall_time_s']:.0f} s "
+        f"(peak memory {s['peak_memory_gb']:.2f} GB, {s['device']}, {s['dtype']}, {s['calib_tokens']:,} "
+        "calibration tokens).",
+        "",
+        "## Merge tree (new layer -> original layers)",
+        "",
+    ]
+    lines += [f"- {j}: {block}" for j, block in enumerate(plan.tree)]
+    steps = [st for st in plan.steps if st["op"] in ("merge", "drop")]
+    if steps:
+        lines += ["", "## Steps", ""]
+        for i, st in enumerate(steps):
+            ratio = st.get("ratio")
+            detail = "" if ratio is None else f", ratio {ratio[0]:.2f}/{ratio[1]:.2f}"
+            if "attn_groups" in st:
+                g = st["attn_groups"]
+                detail += f", KV groups {g[0]}+{g[1]}, MLP channels {len(st['mlp_channels'][0])}+" \
+                          f"{len(st['mlp_channels'][1])}"
+            lines.append(f"{i + 1}. {st['op']} at layer {st['layer']} (original {st.get('sources', '')}){detail}")
+    return "\n".join(lines) + "\n"
+
+
+__all__ = ["PruneConfig", "PruneResult", "check_output_dir", "prune", "summary_text"]

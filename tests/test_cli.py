@@ -1,0 +1,91 @@
+"""Bad input: one line on stderr, exit code 2, no output folder left behind."""
+
+import json
+
+import pytest
+
+from come.cli import main
+
+
+@pytest.fixture
+def run(capsys):
+    def _run(*argv):
+        code = main([str(a) for a in argv])
+        err = capsys.readouterr().err.strip().splitlines()
+        return code, err[-1] if err else ""
+
+    return _run
+
+
+def prune_args(path, text, out, *extra):
+    return ["prune", path, "--calib-data", text, "--calib-samples", 2, "--calib-seq-len", 32, "--device", "cpu",
+            "--out", out, *extra]
+
+
+@pytest.mark.parametrize("extra,needle", [
+    (["--target-layers", 6], "--target-layers must be between 1 and 5"),
+    (["--target-layers", 0], "--target-layers must be between 1 and 5"),
+    (["--sparsity", 1.5], "--sparsity must be in (0, 1)"),
+    (["--sparsity", 0.0], "--sparsity must be in (0, 1)"),
+    (["--target-layers", 2], "without re-merging at most 3"),
+    (["--sparsity", 0.7], "without re-merging"),
+    (["--sparsity", 0.99], "removes every layer"),
+    (["--target-layers", 4, "--method", "nope"], "unknown method 'nope'"),
+    (["--target-layers", 4, "--dtype", "int3"], "unknown dtype 'int3'"),
+    (["--target-layers", 4, "--calib-seq-len", 100000], "too short for one window"),
+])
+def test_bad_prune_input(run, tiny_dir, tmp_path, extra, needle):
+    path, text = tiny_dir
+    out = tmp_path / "out"
+    args = prune_args(path, text, out, *extra)
+    code, err = run(*args)  # a repeated flag: the later one wins in argparse
+    assert code == 2
+    assert err.startswith("come: error: ") and needle in err, err
+    assert not out.exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out.tmp")]
+
+
+def test_unknown_model_and_unsupported_architecture(run, tmp_path):
+    code, err = run("prune", tmp_path / "missing", "--target-layers", 2, "--out", tmp_path / "o")
+    assert code == 2 and "is not a folder, a hub id" in err
+    bad = tmp_path / "gpt2"
+    bad.mkdir()
+    (bad / "config.json").write_text(json.dumps({"model_type": "gpt2", "architectures": ["GPT2LMHeadModel"]}))
+    code, err = run("prune", bad, "--target-layers", 2, "--out", tmp_path / "o")
+    assert code == 2 and "unsupported architecture 'GPT2LMHeadModel'" in err and "llama" in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_offline_hub_names_say_to_pass_a_file(run, tiny_dir, tmp_path):
+    path, _ = tiny_dir
+    code, err = run("prune", path, "--target-layers", 4, "--calib-data", "wikitext2", "--out", tmp_path / "o")
+    assert code == 2 and "pass a local text file" in err
+    code, err = run("prune", "org/not-here", "--target-layers", 4, "--out", tmp_path / "o")
+    assert code == 2 and "pass a local model folder" in err
+
+
+def test_existing_output_needs_overwrite_then_succeeds(run, tiny_dir, tmp_path):
+    path, text = tiny_dir
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("x")
+    code, err = run(*prune_args(path, text, out, "--target-layers", 5))
+    assert code == 2 and "--overwrite" in err and (out / "keep.txt").exists()
+    code, _ = run(*prune_args(path, text, out, "--target-layers", 5, "--overwrite"))
+    assert code == 0
+    plan = json.loads((out / "come_plan.json").read_text())
+    assert len(plan["tree"]) == 5 and not (out / "keep.txt").exists()
+
+
+def test_apply_replays_a_saved_plan(run, tiny_dir, tmp_path):
+    path, text = tiny_dir
+    out = tmp_path / "out"
+    assert run(*prune_args(path, text, out, "--target-layers", 4))[0] == 0
+    code, err = run("apply", out, "--model", path, "--out", tmp_path / "replayed")
+    assert code == 0, err
+    from safetensors.torch import load_file
+
+    a, b = load_file(out / "model.safetensors"), load_file(tmp_path / "replayed" / "model.safetensors")
+    assert a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a)
+    code, err = run("apply", out, "--model", tmp_path / "replayed", "--out", tmp_path / "again")
+    assert code == 2 and "plan was made for a 6-layer" in err

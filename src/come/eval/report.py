@@ -85,7 +85,8 @@ def markdown(result: dict) -> str:
         table(result),
         "",
         "Accuracies are in %. `retained %` = 100 x model / baseline (for perplexity above 100 is worse).",
-        f"- dtype {s['dtype']}, device {s['device']}, batch size {s['batch_size']}",
+        f"- dtype {result['model']['dtype']}, device {result['model']['device']} (asked: {s['dtype']}, "
+        f"{s['device']}), batch size {s['batch_size']}",
     ]
     if s.get("ppl"):
         p = next(iter(result["model"]["ppl"].values()))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import statistics
 import time
+import warnings
 from pathlib import Path
 
 import torch
@@ -27,9 +28,11 @@ def _prefill_and_decode(model, prompt: torch.Tensor, gen_len: int) -> tuple[floa
     _sync(device)
     t1 = time.perf_counter()
     past, nxt = out.past_key_values, out.logits[:, -1:].argmax(-1)
-    for _ in range(gen_len):
-        out = model(input_ids=nxt, past_key_values=past, use_cache=True)
-        past, nxt = out.past_key_values, out.logits[:, -1:].argmax(-1)
+    with warnings.catch_warnings():  # transformers 5.2x renames `past_key_values`; the old name still works
+        warnings.simplefilter("ignore", FutureWarning)
+        for _ in range(gen_len):
+            out = model(input_ids=nxt, past_key_values=past, use_cache=True)
+            past, nxt = out.past_key_values, out.logits[:, -1:].argmax(-1)
     _sync(device)
     return t1 - t0, time.perf_counter() - t1
 

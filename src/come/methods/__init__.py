@@ -25,4 +25,12 @@ def get_method(name: str) -> MethodFn:
     return METHODS[name]
 
 
+from come.methods import angular as _angular  # noqa: E402,F401
 from come.methods import come as _come  # noqa: E402,F401  (registration)
+from come.methods import laco as _laco  # noqa: E402,F401
+from come.methods import magnitude as _magnitude  # noqa: E402,F401
+from come.methods import mka as _mka  # noqa: E402,F401
+from come.methods import reverse as _reverse  # noqa: E402,F401
+from come.methods import shortgpt as _shortgpt  # noqa: E402,F401
+from come.methods import sleb as _sleb  # noqa: E402,F401
+from come.methods import wsum as _wsum  # noqa: E402,F401

@@ -1,0 +1,98 @@
+"""LaCo (Yang et al. 2024, "Layer Collapse"): merge a layer with the C-1 layers after it by RDSC,
+θ* = θ_l + Σ_k (θ_{l+k} - θ_l), walking from the top of the stack down; a merge is kept only when the merged
+model's last hidden states stay close to the ORIGINAL model's (mean token cosine on the calibration windows
+> T), then the walk jumps I layers down, else it moves one layer down.
+
+Defaults (the paper's Llama2-7B setting): C = 4, I = 2, T = 0.65, merges at layers >= 1. The last merge is
+shortened so the result has exactly the target depth. Differs from the authors' code, which ends up dropping
+layers: the equation is applied to every linear weight and bias (norms stay those of layer l, as RDSC sums
+the layers' residual functions); states are the true last-layer outputs (before the final norm).
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+
+from come.capture import cos_rows
+from come.errors import ComeError
+from come.methods import register
+from come.methods.base import PruneContext
+from come.models import ModelAdapter
+from come.plan import register_op
+
+C, I, T, LOWEST = 4, 2, 0.65, 1
+
+
+def _is_norm(name: str) -> bool:
+    return "norm" in name
+
+
+def rdsc_layer(layers: list[torch.nn.Module]) -> torch.nn.Module:
+    """Layer 0 of `layers` with every non-norm parameter θ_0 + Σ_k (θ_k - θ_0) (float32 math)."""
+    merged = copy.deepcopy(layers[0])
+    others = [dict(x.named_parameters()) for x in layers[1:]]
+    with torch.no_grad():
+        for name, p in merged.named_parameters():
+            if _is_norm(name):
+                continue
+            base = p.float()
+            p.copy_((base + sum(o[name].detach().float() - base for o in others)).to(p.dtype))
+    return merged
+
+
+@register_op("rdsc")
+def apply_rdsc(adapter: ModelAdapter, step: dict) -> None:
+    """Replace layers l .. l+span-1 by their RDSC merge."""
+    l, span = step["layer"], step["span"]
+    layers = list(adapter.layers)
+    merged = rdsc_layer(layers[l : l + span])
+    kept = [i for i in range(len(layers)) if not l < i < l + span]
+    adapter.set_layers([*layers[:l], merged, *layers[l + span :]], kept)
+
+
+def final_similarity(states, reference) -> float:
+    """Mean token cosine of two lists of last-layer states."""
+    total, count = 0.0, 0
+    for a, b in zip(states, reference):
+        c = cos_rows(a, b).nan_to_num(0.0)
+        total += c.sum().item()
+        count += c.numel()
+    return total / count
+
+
+def _loss_batches(ctx: PruneContext) -> int | None:
+    k = ctx.config.loss_samples
+    return None if k is None else max(1, -(-k // ctx.config.calib.batch_size))
+
+
+@register("laco")
+def laco(ctx: PruneContext) -> None:
+    calib = ctx.calib
+    calib.run(0)
+    n = _loss_batches(ctx)
+    reference = calib.hidden[-1][:n]  # the original model's last-layer states
+    tried = []
+    l = ctx.num_layers - C
+    while ctx.num_layers > ctx.target_layers and l >= LOWEST:
+        span = min(C, ctx.num_layers - ctx.target_layers + 1, ctx.num_layers - l)
+        layers = list(ctx.adapter.layers)
+        states = calib.hidden[l][:n]
+        for layer in [rdsc_layer(layers[l : l + span]), *layers[l + span :]]:
+            states, _ = calib.run_layer(layer, states)
+        s = final_similarity(states, reference)
+        tried.append([l, span, s])
+        if s <= T:
+            l -= 1
+            continue
+        ctx.apply({"op": "rdsc", "layer": l, "span": span, "sources": [list(b) for b in ctx.tree[l : l + span]],
+                   "scores": {"similarity": s, "threshold": T, "tried": tried}})
+        tried = []
+        calib.run(l)
+        l = min(l - I, ctx.num_layers - C)
+    if ctx.num_layers > ctx.target_layers:
+        raise ComeError(
+            f"laco stopped at {ctx.num_layers} layers: no further merge keeps the last hidden states' cosine "
+            f"similarity to the original above T = {T}; raise --target-layers"
+        )

@@ -1,0 +1,33 @@
+"""SLEB (Song et al. 2024): remove, one at a time, the layer whose removal raises the calibration NLL least,
+re-scored on the current model after every removal.
+
+Differs from the authors' code: a trial at layer i re-runs only layers i+1.. from the cached boundary state
+(their code re-runs the whole model); `--loss-samples` limits the windows of the trials as it does for CoMe.
+"""
+
+from __future__ import annotations
+
+from come.methods import register
+from come.methods.base import PruneContext
+
+
+def _loss_batches(ctx: PruneContext) -> int | None:
+    k = ctx.config.loss_samples
+    return None if k is None else max(1, -(-k // ctx.config.calib.batch_size))
+
+
+def removal_nll(ctx: PruneContext, n_batches: int | None = None) -> list[float]:
+    """Calibration NLL of the current model without layer i, for every i (cache untouched)."""
+    layers = list(ctx.adapter.layers)
+    return [ctx.calib.forward_from(i, layers[i + 1 :], n_batches) for i in range(len(layers))]
+
+
+@register("sleb")
+def sleb(ctx: PruneContext) -> None:
+    ctx.calib.run(0)
+    n = _loss_batches(ctx)
+    while ctx.num_layers > ctx.target_layers:
+        nll = removal_nll(ctx, n)
+        l = min(range(len(nll)), key=lambda i: (nll[i], i))
+        ctx.apply({"op": "drop", "layer": l, "sources": list(ctx.tree[l]), "scores": {"removal_nll": nll}})
+        ctx.calib.run(l)  # boundaries up to l are unchanged

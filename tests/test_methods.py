@@ -1,0 +1,137 @@
+"""Baseline methods on tiny random models: depth, bit-for-bit replay, reload, and exact method properties."""
+
+import copy
+import json
+
+import pytest
+import torch
+from conftest import SAMPLE_TEXT, tiny_model, tiny_tokenizer
+from transformers import AutoModelForCausalLM
+
+from come import PruneConfig, apply_plan, prune
+from come.capture import Calibration
+from come.config import CalibConfig
+from come.data import calibration_windows
+from come.errors import ComeError
+from come.methods.laco import rdsc_layer
+from come.methods.wsum import weighted_layer
+from come.models import get_adapter, load_model
+from come.plan import Plan
+
+BASELINES = ["reverse", "reverse-keep-last", "magnitude", "magnitude+", "taylor", "taylor+", "shortgpt", "angular",
+             "sleb", "laco", "mka", "wsum"]
+
+
+def cfg(path, text, **kw):
+    calib = CalibConfig(data=str(text), samples=4, seq_len=32, batch_size=2, seed=0)
+    return PruneConfig(model=str(path), calib=calib, progress=False, device="cpu", **kw)
+
+
+def same_weights(m1, m2):
+    s1, s2 = m1.state_dict(), m2.state_dict()
+    return s1.keys() == s2.keys() and all(torch.equal(s1[k], s2[k]) for k in s1)
+
+
+@pytest.fixture
+def tiny8_dir(tmp_path):
+    """An 8-layer tiny Llama: enough for the `+` variants, which keep 6 layers."""
+    path = tmp_path / "tiny8"
+    tiny_model("llama", num_hidden_layers=8).save_pretrained(path)
+    tiny_tokenizer().save_pretrained(path)
+    text = tmp_path / "calib.txt"
+    text.write_text(SAMPLE_TEXT * 40)
+    return path, text
+
+
+@pytest.mark.parametrize("method", BASELINES)
+def test_method_depth_replay_reload(tiny8_dir, tmp_path, monkeypatch, method):
+    path, text = tiny8_dir
+    monkeypatch.setattr("come.methods.laco.T", 0.3)  # random layers: merged states sit at cos 0.4-0.6
+    res = prune(cfg(path, text, method=method, target_layers=6))
+    assert res.model.config.num_hidden_layers == 6 == len(res.model.model.layers) == len(res.plan.tree)
+    assert sorted(i for block in res.plan.tree for i in block) == list(range(8))
+    fresh, _, _ = load_model(str(path), "float32", "cpu")
+    apply_plan(fresh, Plan.load_dict(json.loads(res.plan.to_json())))
+    assert same_weights(fresh, res.model)
+    out = res.save(tmp_path / "out")
+    reloaded = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
+    ids = torch.randint(0, 512, (1, 10))
+    with torch.no_grad():
+        assert torch.equal(reloaded(ids).logits, res.model(ids).logits)
+
+
+def _calibration(path, text):
+    model, tok, _ = load_model(str(path), "float32", "cpu")
+    ids = calibration_windows(tok, str(text), 4, 32, 0)
+    adapter = get_adapter(model)
+    return model, adapter, Calibration(model, adapter, ids, 2, "cpu", progress=False)
+
+
+def test_shortgpt_drops_exactly_the_lowest_bi_layers(tiny_dir):
+    path, text = tiny_dir
+    _, _, calib = _calibration(path, text)
+    calib.run(0)
+    bi = torch.tensor([s.bi for s in calib.stats])
+    lowest = sorted(torch.argsort(bi)[:3].tolist())
+    res = prune(cfg(path, text, method="shortgpt", target_layers=3))
+    dropped = sorted(st["sources"][0] for st in res.plan.steps)
+    assert dropped == lowest
+    kept = [i for i in range(6) if i not in lowest]
+    dense, _, _ = load_model(str(path), "float32", "cpu")
+    for new, orig in zip(res.model.model.layers, kept):
+        assert same_weights(new, dense.model.layers[orig])
+
+
+def test_sleb_first_choice_equals_brute_force(tiny_dir):
+    path, text = tiny_dir
+    model, adapter, calib = _calibration(path, text)
+    nll = []
+    for i in range(6):
+        m = copy.deepcopy(model)
+        a = get_adapter(m)
+        a.set_layers([x for j, x in enumerate(a.layers) if j != i])
+        c = Calibration(m, a, calib.input_ids, 2, "cpu", progress=False)
+        c.run(0)
+        nll.append(c.final_nll())
+    best = min(range(6), key=lambda i: nll[i])
+    res = prune(cfg(path, text, method="sleb", target_layers=5))
+    step = res.plan.steps[0]
+    assert step["layer"] == best
+    assert step["scores"]["removal_nll"] == pytest.approx(nll, rel=1e-5)
+
+
+def test_laco_weights_follow_the_rdsc_equation():
+    layers = tiny_model("llama").model.layers
+    merged = rdsc_layer([layers[1], layers[2], layers[3]])
+    p = {n: [dict(layers[i].named_parameters())[n] for i in (1, 2, 3)] for n, _ in merged.named_parameters()}
+    for name, w in merged.named_parameters():
+        a, b, c = p[name]
+        want = a if "norm" in name else a + (b - a) + (c - a)
+        torch.testing.assert_close(w, want, rtol=0, atol=1e-6)
+    assert not torch.equal(merged.self_attn.q_proj.weight, layers[1].self_attn.q_proj.weight)
+
+
+def test_wsum_ratio_one_zero_is_the_first_layer():
+    layers = tiny_model("qwen2").model.layers  # q/k/v biases are summed too
+    assert same_weights(weighted_layer(layers[2], layers[3], (1.0, 0.0)), layers[2])
+    half = weighted_layer(layers[2], layers[3], (0.5, 0.5))
+    up = (layers[2].mlp.up_proj.weight + layers[3].mlp.up_proj.weight) / 2
+    torch.testing.assert_close(half.mlp.up_proj.weight, up)
+
+
+def test_plus_variants_keep_first_four_and_last_two(tiny_dir):
+    path, text = tiny_dir
+    with pytest.raises(ComeError, match="at most 0 of 6 layers .it keeps the first 4 and last 2"):
+        prune(cfg(path, text, method="magnitude+", target_layers=5))
+
+
+def test_wsum_without_remerge_is_refused_beyond_half(tiny_dir):
+    path, text = tiny_dir
+    with pytest.raises(ComeError, match="remerge"):
+        prune(cfg(path, text, method="wsum", target_layers=2))
+
+
+def test_laco_says_why_it_cannot_reach_the_target(tiny8_dir):
+    path, text = tiny8_dir  # at T = 0.65 no merge of random layers passes (measured cos 0.38-0.60)
+    with pytest.raises(ComeError, match="laco stopped at 8 layers: .* above T = 0.65"):
+        prune(cfg(path, text, method="laco", target_layers=6))

@@ -66,7 +66,8 @@ def resolve_target(cfg: PruneConfig, model, num_layers: int, per_layer: int) -> 
 
 def check_reachable(cfg: PruneConfig, num_layers: int, target: int) -> None:
     """Without re-merge each merge needs two fresh layers: at most floor(L/2) merges."""
-    if cfg.method.startswith("come") and not cfg.remerge and num_layers - target > num_layers // 2:
+    no_remerge = cfg.method.startswith("come") or cfg.method == "wsum"
+    if no_remerge and not cfg.remerge and num_layers - target > num_layers // 2:
         raise ComeError(
             f"{num_layers} -> {target} layers needs {num_layers - target} merges, but without re-merging at most "
             f"{num_layers // 2} are possible (target >= {num_layers - num_layers // 2}): raise the target or "

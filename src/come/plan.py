@@ -19,14 +19,24 @@ from come.models import ModelAdapter, get_adapter
 
 PLAN_FORMAT = "come-plan/1"
 PLAN_FILE = "come_plan.json"
+TENSORS_FILE = "come_plan.safetensors"  # weights a plan step computed (e.g. a least-squares re-fit)
 
-Op = Callable[[ModelAdapter, dict], None]
+Op = Callable[..., None]
 OPS: dict[str, Op] = {}
+TENSOR_OPS: set[str] = set()
+DEPTH_KEEPING_OPS: set[str] = set()
 
 
-def register_op(name: str) -> Callable[[Op], Op]:
+def register_op(name: str, needs_tensors: bool = False, keeps_depth: bool = False) -> Callable[[Op], Op]:
+    """Register `fn(adapter, step)`; with `needs_tensors`, `fn(adapter, step, tensors)`. `keeps_depth`: the op
+    edits weights in place and leaves the merge tree as it is."""
+
     def deco(fn: Op) -> Op:
         OPS[name] = fn
+        if needs_tensors:
+            TENSOR_OPS.add(name)
+        if keeps_depth:
+            DEPTH_KEEPING_OPS.add(name)
         return fn
 
     return deco
@@ -43,16 +53,25 @@ class Plan:
     versions: dict[str, str] = field(default_factory=dict)
     format: str = PLAN_FORMAT
     stats: dict[str, Any] = field(default_factory=dict)
+    # Computed weights that some steps install, saved beside the JSON as safetensors (data, never code).
+    tensors: dict[str, Any] = field(default_factory=dict, repr=False)
 
     @property
     def num_layers(self) -> int:
         return len(self.tree)
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=1)
+        data = asdict(self)
+        data.pop("tensors")
+        return json.dumps(data, indent=1)
 
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(self.to_json())
+        path = Path(path)
+        path.write_text(self.to_json())
+        if self.tensors:
+            from safetensors.torch import save_file
+
+            save_file({k: v.detach().cpu().contiguous() for k, v in self.tensors.items()}, str(path.parent / TENSORS_FILE))
 
     @classmethod
     def load(cls, path: str | Path) -> Plan:
@@ -65,14 +84,19 @@ class Plan:
             data = json.loads(path.read_text())
         except json.JSONDecodeError as e:
             raise ComeError(f"plan {path} is not valid JSON ({e.msg} at line {e.lineno})") from e
-        return cls.load_dict(data, str(path))
+        plan = cls.load_dict(data, str(path))
+        if (path.parent / TENSORS_FILE).exists():
+            from safetensors.torch import load_file
+
+            plan.tensors = load_file(str(path.parent / TENSORS_FILE))
+        return plan
 
     @classmethod
     def load_dict(cls, data: dict, where: str = "plan") -> Plan:
         if not isinstance(data, dict) or data.get("format") != PLAN_FORMAT:
             got = data.get("format") if isinstance(data, dict) else type(data).__name__
             raise ComeError(f"{where} has format {got!r}, expected {PLAN_FORMAT!r}: pass a plan written by come")
-        known = set(cls.__dataclass_fields__)
+        known = set(cls.__dataclass_fields__) - {"tensors"}
         return cls(**{k: v for k, v in data.items() if k in known})
 
 
@@ -103,12 +127,15 @@ def initial_tree(num_layers: int) -> list[list[int]]:
     return [[i] for i in range(num_layers)]
 
 
-def apply_step(adapter: ModelAdapter, step: dict) -> None:
+def apply_step(adapter: ModelAdapter, step: dict, tensors: dict | None = None) -> None:
     _load_ops()
     op = step.get("op")
     if op not in OPS:
         raise ComeError(f"plan step has unknown op {op!r}: known ops are {', '.join(sorted(OPS))}")
-    OPS[op](adapter, step)
+    if op in TENSOR_OPS:
+        OPS[op](adapter, step, tensors or {})
+    else:
+        OPS[op](adapter, step)
 
 
 def apply_plan(model, plan: Plan | str | Path):
@@ -123,7 +150,7 @@ def apply_plan(model, plan: Plan | str | Path):
             f"{adapter.num_layers}-layer {model.config.model_type}: load the original model the plan names"
         )
     for step in plan.steps:
-        apply_step(adapter, step)
+        apply_step(adapter, step, plan.tensors)
     return model
 
 
@@ -131,6 +158,7 @@ def _load_ops() -> None:
     # Ops are registered by the modules that define them; importing the method registry loads them all.
     import come.merge  # noqa: F401
     import come.methods  # noqa: F401
+    import come.reconstruct  # noqa: F401
 
 
 def update_tree(tree: list[list[int]], step: dict) -> None:
@@ -140,6 +168,8 @@ def update_tree(tree: list[list[int]], step: dict) -> None:
     predecessor's (the first layer's joins its successor's): the layer before it now stands for both.
     """
     l = step["layer"]
+    if step["op"] in DEPTH_KEEPING_OPS:
+        return
     if step["op"] == "drop":
         gone = tree.pop(l)
         if l > 0:

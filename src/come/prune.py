@@ -110,7 +110,7 @@ def prune(config: PruneConfig | None = None, **kwargs) -> PruneResult:
     }
     settings = cfg.to_dict()
     settings["model_path"] = path
-    plan = Plan(cfg.method, base, settings, ctx.steps, ctx.tree, c.seed, versions(), stats=stats)
+    plan = Plan(cfg.method, base, settings, ctx.steps, ctx.tree, c.seed, versions(), stats=stats, tensors=ctx.tensors)
     return PruneResult(model, tokenizer, plan)
 
 

@@ -18,15 +18,17 @@ class PruneContext:
     config: object  # come.config.PruneConfig
     tree: list[list[int]] = field(default_factory=list)
     steps: list[dict] = field(default_factory=list)
+    tensors: dict = field(default_factory=dict)  # weights computed by steps (saved with the plan)
 
     def __post_init__(self) -> None:
         if not self.tree:
             self.tree = [[i] for i in range(self.adapter.num_layers)]
 
-    def apply(self, step: dict) -> None:
+    def apply(self, step: dict, tensors: dict | None = None) -> None:
         """Apply a step to the model (the same code as replay), record it, and update the merge tree."""
         step["tree_before"] = [list(b) for b in self.tree]
-        apply_step(self.adapter, step)
+        self.tensors.update(tensors or {})
+        apply_step(self.adapter, step, self.tensors)
         update_tree(self.tree, step)
         self.steps.append(step)
 

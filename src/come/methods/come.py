@@ -11,6 +11,7 @@ from come.errors import ComeError
 from come.merge import concat_layers
 from come.methods import register
 from come.methods.base import PruneContext
+from come.reconstruct import attention_updates, refit_merged
 from come.scores import attn_group_sensitivity, bi_ratio, mlp_sensitivity, pair_scores, split_budget, top_k
 
 
@@ -59,7 +60,7 @@ def candidates(ctx: PruneContext) -> list[int]:
     return [l for l in pairs if len(ctx.tree[l]) == 1 and len(ctx.tree[l + 1]) == 1]
 
 
-def progressive_merge(ctx: PruneContext, search_ratio: bool) -> None:
+def progressive_merge(ctx: PruneContext, search_ratio: bool, reconstruct: bool = False) -> None:
     cfg = ctx.config
     ctx.calib.run(0)
     while ctx.num_layers > ctx.target_layers:
@@ -91,7 +92,14 @@ def progressive_merge(ctx: PruneContext, search_ratio: bool) -> None:
         step = merge_step(ctx, l, ratio)
         step["scores"] = scores
         step["sources"] = [list(ctx.tree[l]), list(ctx.tree[l + 1])]
+        if reconstruct:
+            attn_target, out_target = attention_updates(ctx.calib, ctx.adapter, l), ctx.calib.hidden[l + 2]
         ctx.apply(step)
+        if reconstruct:
+            weights, report = refit_merged(ctx.calib, ctx.adapter, l, attn_target, out_target)
+            keys = {name: f"step{len(ctx.steps)}.{name}" for name in weights}
+            refit = {"op": "refit", "layer": l, "tensors": keys, "report": report}
+            ctx.apply(refit, {keys[name]: w for name, w in weights.items()})
         ctx.calib.run(l)
 
 
@@ -105,3 +113,10 @@ def come(ctx: PruneContext) -> None:
 def come_p(ctx: PruneContext) -> None:
     """CoMe-P: as CoMe, with the ratio chosen on a grid by calibration NLL (r = 0 or 1 drops a layer)."""
     progressive_merge(ctx, search_ratio=True)
+
+
+@register("come-plus")
+def come_plus(ctx: PruneContext) -> None:
+    """Ours: CoMe, then each merged layer's o_proj and down_proj re-fitted by ridge least squares to
+    reproduce the pair it replaces (training-free, closed form)."""
+    progressive_merge(ctx, search_ratio=False, reconstruct=True)

@@ -1,0 +1,186 @@
+"""Closed-form reconstruction (ours): re-fit a merged layer's output projections by ridge least squares.
+
+After a merge at l, `o_proj` is re-fitted so the merged attention's residual update matches the sum of the two
+original attention updates, then `down_proj` so the merged layer's output matches the original pair's output
+`h_out(l+1)`, taking the (re-fitted) attention part as given. Gram matrices are accumulated over windows in
+float64 (memory d_in^2, independent of the number of tokens); the ridge strength is chosen on held-out
+windows; a fit that does not lower the calibration error is not applied. The weights are stored with the
+plan (safetensors), so replay is bit for bit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from come.capture import Calibration, _first, on_device
+from come.models import ModelAdapter
+from come.plan import register_op
+
+LAMBDAS = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)  # relative to the mean diagonal of the Gram matrix
+HOLDOUT_EVERY = 4  # every 4th calibration window is held out to choose the ridge strength
+
+
+@dataclass
+class Gram:
+    """Sufficient statistics of a least-squares problem X W^T ~ T: X^T X, X^T T and ||T||^2 (float64)."""
+
+    xx: torch.Tensor | None = None
+    xt: torch.Tensor | None = None
+    tt: float = 0.0
+    n: int = 0
+
+    def add(self, x: torch.Tensor, t: torch.Tensor) -> None:
+        x = x.reshape(-1, x.shape[-1]).double()
+        t = t.reshape(-1, t.shape[-1]).double()
+        xx, xt = x.T @ x, x.T @ t
+        self.xx = xx if self.xx is None else self.xx + xx
+        self.xt = xt if self.xt is None else self.xt + xt
+        self.tt += float((t * t).sum())
+        self.n += x.shape[0]
+
+    def __add__(self, other: Gram) -> Gram:
+        return Gram(self.xx + other.xx, self.xt + other.xt, self.tt + other.tt, self.n + other.n)
+
+    def error(self, wt: torch.Tensor) -> float:
+        """||X W^T - T||^2 for W^T = wt [d_in, d_out], from the statistics alone."""
+        wt = wt.double()
+        return float((wt * (self.xx @ wt)).sum() - 2 * (wt * self.xt).sum() + self.tt)
+
+    def solve(self, lam: float) -> torch.Tensor:
+        scale = self.xx.diagonal().mean().clamp_min(1e-12)
+        eye = torch.eye(self.xx.shape[0], dtype=self.xx.dtype, device=self.xx.device)
+        return torch.linalg.solve(self.xx + lam * scale * eye, self.xt)
+
+
+@dataclass
+class RidgeResult:
+    weight: torch.Tensor | None  # new W [d_out, d_in] in the layer's dtype, None when the fit did not help
+    lam: float
+    error_before: float
+    error_after: float
+    val_errors: dict = field(default_factory=dict)
+
+
+def ridge_fit(fit: Gram, val: Gram, w0: torch.Tensor) -> RidgeResult:
+    """Choose lambda on `val`, re-solve on all windows, keep the result only if it lowers the total error."""
+    val_errors = {lam: val.error(fit.solve(lam)) for lam in LAMBDAS}
+    lam = min(LAMBDAS, key=lambda k: (val_errors[k], k))
+    total = fit + val
+    wt = total.solve(lam)
+    before, after = total.error(w0.T), total.error(wt)
+    weight = wt.T.to(w0.dtype).contiguous() if after < before else None
+    return RidgeResult(weight, lam, before, after, {f"{k:g}": v for k, v in val_errors.items()})
+
+
+def _split_add(fit: Gram, val: Gram, x: torch.Tensor, t: torch.Tensor, first_window: int) -> None:
+    """Add windows of a batch to `fit` or `val` by their global index (every HOLDOUT_EVERY-th is held out)."""
+    idx = torch.arange(first_window, first_window + x.shape[0])
+    held = idx % HOLDOUT_EVERY == HOLDOUT_EVERY - 1
+    if (~held).any():
+        fit.add(x[~held], t[~held])
+    if held.any():
+        val.add(x[held], t[held])
+
+
+@torch.no_grad()
+def capture(calib: Calibration, layer: nn.Module, inputs: Sequence[torch.Tensor], module: nn.Module,
+            fn: Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], None]) -> None:
+    """Run `layer` over all batches; for each, call fn(batch, layer_input, module_input, module_output, out)."""
+    seen: dict = {}
+
+    def hook(_m, args, out):
+        seen["x"], seen["y"] = args[0].detach(), out.detach()
+
+    handle = module.register_forward_hook(hook)
+    try:
+        with on_device(layer, calib.device):
+            for b, (h, kw) in enumerate(zip(inputs, calib.layer_kwargs)):
+                h = h.to(calib.device)
+                out = _first(layer(h, **kw))
+                fn(b, h, seen["x"], seen["y"], out)
+    finally:
+        handle.remove()
+
+
+def attention_updates(calib: Calibration, adapter: ModelAdapter, l: int) -> list[torch.Tensor]:
+    """Per batch, Attn_l(h_in(l)) + Attn_{l+1}(h_in(l+1)): the two original attention residual updates."""
+    updates: list[torch.Tensor] = []
+
+    def first(b, h, x, y, out):
+        updates.append(y.float())
+
+    def second(b, h, x, y, out):
+        updates[b] = (updates[b] + y.float()).to(calib.store_device)
+
+    capture(calib, adapter.layers[l], calib.hidden[l], adapter.o_proj(adapter.layers[l]), first)
+    capture(calib, adapter.layers[l + 1], calib.hidden[l + 1], adapter.o_proj(adapter.layers[l + 1]), second)
+    return updates
+
+
+def refit_merged(calib: Calibration, adapter: ModelAdapter, l: int, attn_target: Sequence[torch.Tensor],
+                 out_target: Sequence[torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict]:
+    """Ridge re-fit of o_proj then down_proj of the (already merged) layer l; returns (weights, report)."""
+    layer = adapter.layers[l]
+    sizes = [h.shape[0] for h in calib.hidden[l]]
+    starts = [sum(sizes[:b]) for b in range(len(sizes))]
+    weights, report = {}, {}
+    o, down = adapter.o_proj(layer), adapter.down_proj(layer)
+
+    fit, val = Gram(), Gram()
+
+    def add_attn(b, h, x, y, out):
+        t = attn_target[b].to(x.device).float()
+        if o.bias is not None:
+            t = t - o.bias.float()
+        _split_add(fit, val, x, t, starts[b])
+
+    capture(calib, layer, calib.hidden[l], o, add_attn)
+    res = ridge_fit(fit, val, o.weight.detach())
+    report["o_proj"] = _report(res)
+    if res.weight is not None:
+        with torch.no_grad():
+            o.weight.copy_(res.weight)
+        weights["o_proj"] = res.weight
+
+    fit, val = Gram(), Gram()
+    attn_out: dict = {}
+    handle = o.register_forward_hook(lambda _m, _a, y: attn_out.__setitem__("y", y.detach()))
+
+    def add_mlp(b, h, x, y, out):
+        u = h.float() + attn_out["y"].float()  # post-attention residual of the merged layer
+        t = out_target[b].to(x.device).float() - u
+        if down.bias is not None:
+            t = t - down.bias.float()
+        _split_add(fit, val, x, t, starts[b])
+
+    try:
+        capture(calib, layer, calib.hidden[l], down, add_mlp)
+    finally:
+        handle.remove()
+    res = ridge_fit(fit, val, down.weight.detach())
+    report["down_proj"] = _report(res)
+    if res.weight is not None:
+        with torch.no_grad():
+            down.weight.copy_(res.weight)
+        weights["down_proj"] = res.weight
+    return weights, report
+
+
+def _report(res: RidgeResult) -> dict:
+    return {"lambda": res.lam, "error_before": res.error_before, "error_after": res.error_after,
+            "applied": res.weight is not None, "val_errors": res.val_errors}
+
+
+@register_op("refit", needs_tensors=True, keeps_depth=True)
+def apply_refit(adapter: ModelAdapter, step: dict, tensors: dict) -> None:
+    """Install re-fitted projection weights of layer `layer` from the plan's tensors."""
+    layer = adapter.layers[step["layer"]]
+    getters = {"o_proj": adapter.o_proj, "down_proj": adapter.down_proj}
+    for name, key in step["tensors"].items():
+        proj = getters[name](layer)
+        with torch.no_grad():
+            proj.weight.copy_(tensors[key].to(proj.weight.device))

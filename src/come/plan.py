@@ -71,7 +71,8 @@ class Plan:
         if self.tensors:
             from safetensors.torch import save_file
 
-            save_file({k: v.detach().cpu().contiguous() for k, v in self.tensors.items()}, str(path.parent / TENSORS_FILE))
+            tensors = {k: v.detach().cpu().contiguous() for k, v in self.tensors.items()}
+            save_file(tensors, str(path.parent / TENSORS_FILE))
 
     @classmethod
     def load(cls, path: str | Path) -> Plan:

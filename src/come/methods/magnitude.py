@@ -62,19 +62,30 @@ def _run(ctx: PruneContext, kind: str, plus: bool) -> None:
 
 @register("magnitude")
 def magnitude(ctx: PruneContext) -> None:
+    """Drop the layers with the smallest sum |W|."""
     _run(ctx, "magnitude", plus=False)
 
 
 @register("magnitude+")
 def magnitude_plus(ctx: PruneContext) -> None:
+    """Keeps the first 4 and last 2 layers; drops the others with the smallest sum |W|."""
     _run(ctx, "magnitude", plus=True)
 
 
 @register("taylor")
 def taylor(ctx: PruneContext) -> None:
+    """Drop the layers with the smallest sum |W * dL/dW|."""
     _run(ctx, "taylor", plus=False)
 
 
 @register("taylor+")
 def taylor_plus(ctx: PruneContext) -> None:
+    """Keeps the first 4 and last 2 layers; drops the others with the smallest sum |W * dL/dW|."""
     _run(ctx, "taylor", plus=True)
+
+
+def _removable(n: int) -> int:
+    return max(n - KEEP_FIRST - KEEP_LAST, 0)
+
+
+magnitude_plus.max_removable = taylor_plus.max_removable = _removable  # checked by `come compare` up front

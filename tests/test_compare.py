@@ -1,0 +1,92 @@
+"""`come compare` end to end on a tiny random model: files, table, sweep by plan prefixes, bad input."""
+
+import json
+
+import pytest
+
+from come.cli import main
+from come.compare import CompareConfig, compare, parse_methods
+from come.config import CalibConfig
+from come.errors import ComeError
+from come.methods import METHODS
+
+
+def args(path, text, out, *extra):
+    return [str(path), "--target-layers", "4", "--eval", "ppl", "--ppl-data", str(text), "--ppl-seq-len", "32",
+            "--ppl-max-windows", "4", "--calib-data", str(text), "--calib-samples", "4", "--calib-seq-len", "32",
+            "--batch-size", "2", "--device", "cpu", "--out", str(out), *extra]
+
+
+def test_compare_end_to_end_with_ppl(tiny_dir, tmp_path, capsys):
+    path, text = tiny_dir
+    out = tmp_path / "cmp"
+    assert main(["compare", *args(path, text, out, "--methods", "reverse-keep-last,shortgpt,sleb,come")]) == 0
+    result = json.loads((out / "compare.json").read_text())
+    rows = {r["method"]: r for r in result["rows"]}
+    assert list(rows) == ["dense", "reverse-keep-last", "shortgpt", "sleb", "come"]
+    assert rows["dense"]["layers"] == 6 and all(rows[m]["layers"] == 4 for m in list(rows)[1:])
+    assert all(rows[m]["params"] < rows["dense"]["params"] for m in list(rows)[1:])
+    assert all(r["ppl"]["windows"] == 4 and r["ppl"]["seq_len"] == 32 for r in rows.values())
+    for m in list(rows)[1:]:
+        folder = out / "methods" / m
+        assert (folder / "model.safetensors").exists() and (folder / "come_plan.json").exists()
+    md = (out / "compare.md").read_text()
+    assert "| sleb | 4 |" in md and f"{rows['sleb']['ppl']['ppl']:.2f}" in md
+    assert (out / "compare.png").stat().st_size > 1000
+    assert "wrote" in capsys.readouterr().out
+
+
+def test_sweep_prefixes_equal_pruning_at_each_depth(tiny_dir, tmp_path):
+    path, text = tiny_dir
+    calib = CalibConfig(data=str(text), samples=4, seq_len=32, batch_size=2)
+    kw = dict(model=str(path), evals="ppl", ppl_data=str(text), ppl_seq_len=32, ppl_max_windows=4, calib=calib,
+              device="cpu", progress=False)
+    swept = compare(CompareConfig(methods="sleb,angular", target_layers=3, sweep=True, save_models=False,
+                                  out=str(tmp_path / "sweep"), **kw))
+    rows = {r["method"]: r for r in swept["rows"]}
+    assert [p["layers"] for p in rows["sleb"]["sweep"]] == [5, 4] == [p["layers"] for p in rows["angular"]["sweep"]]
+    assert (tmp_path / "sweep" / "sweep.png").exists()
+    assert (tmp_path / "sweep" / "methods" / "sleb" / "come_plan.json").exists()
+    assert not (tmp_path / "sweep" / "methods" / "sleb" / "model.safetensors").exists()
+    at4 = compare(CompareConfig(methods="sleb,angular", target_layers=4, **kw))
+    direct = {r["method"]: r["ppl"]["ppl"] for r in at4["rows"]}
+    assert rows["sleb"]["sweep"][1]["ppl"]["ppl"] == pytest.approx(direct["sleb"], rel=1e-6)
+    assert rows["angular"]["sweep"][1]["ppl"]["ppl"] == pytest.approx(direct["angular"], rel=1e-6)
+
+
+def test_all_lists_every_registered_method():
+    names = parse_methods("all")
+    assert sorted(names) == sorted(METHODS) and names[0] == "reverse"
+
+
+@pytest.mark.parametrize("extra,message", [
+    (["--methods", "shortgpt,nope"], "unknown method 'nope': registered methods are .*sleb"),
+    (["--methods", "magnitude+"], "magnitude\\+ can remove at most 0 of 6 layers .Keeps the first 4 and last 2"),
+    (["--methods", "wsum", "--target-layers", "2"], "needs 4 merges, but without re-merging at most 3"),
+    (["--eval", "ppl,speed"], "--eval must be a comma list of ppl, tasks"),
+    (["--eval", "tasks", "--tasks", "piqa,nope"], "unknown task nope"),
+    (["--ppl-seq-len", "100000"], "exceeds the model context"),
+])
+def test_bad_input_is_one_line_exit_2_and_no_folder(tiny_dir, tmp_path, capsys, extra, message):
+    import re
+
+    path, text = tiny_dir
+    out = tmp_path / "cmp"
+    argv = args(path, text, out, *extra)
+    if "--target-layers" in extra:  # the later value wins in argparse; keep one
+        i = argv.index("--target-layers")
+        del argv[i : i + 2]
+    assert main(["compare", *argv]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and re.search(message, err), err
+    assert not out.exists()
+
+
+def test_existing_output_is_refused(tiny_dir, tmp_path):
+    path, text = tiny_dir
+    out = tmp_path / "cmp"
+    out.mkdir()
+    (out / "x").write_text("keep")
+    with pytest.raises(ComeError, match="not empty"):
+        compare(CompareConfig(model=str(path), methods="reverse", target_layers=4, out=str(out)))
+    assert (out / "x").read_text() == "keep"

@@ -71,3 +71,14 @@ def test_sparsity_resolves_to_whole_layers(tiny_dir):
     s = 2.4 * per_layer / count_params(model)  # 2.4 layers' worth rounds to 2
     res = prune(cfg(path, text, sparsity=s))
     assert res.model.config.num_hidden_layers == 4
+
+
+def test_plan_prefix_replays_the_shallower_depth(tiny_dir):
+    path, text = tiny_dir
+    deep = prune(cfg(path, text, method="come-plus", target_layers=4)).plan
+    shallow = prune(cfg(path, text, method="come-plus", target_layers=5))
+    cut = deep.prefix(5)
+    assert cut.tree == shallow.plan.tree and len(cut.steps) == 2  # merge + refit
+    fresh, _, _ = load_model(str(path), "float32", "cpu")
+    apply_plan(fresh, cut)
+    assert same_weights(fresh, shallow.model)

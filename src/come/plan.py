@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import platform
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +59,24 @@ class Plan:
     @property
     def num_layers(self) -> int:
         return len(self.tree)
+
+    def prefix(self, num_layers: int) -> Plan:
+        """The plan cut where the model first reaches `num_layers` (with the weight edits that follow it):
+        a progressive method's plan holds every shallower depth on its way to the target."""
+        depth = self.base_model["num_layers"]
+        if not num_layers <= depth:
+            raise ComeError(f"cannot cut a {depth}-layer model's plan at {num_layers} layers")
+        tree = initial_tree(depth)
+        steps = []
+        for step in self.steps:
+            if len(tree) == num_layers and step["op"] not in DEPTH_KEEPING_OPS:
+                break
+            steps.append(step)
+            update_tree(tree, step)
+        if len(tree) != num_layers:
+            raise ComeError(f"this plan never has {num_layers} layers (it ends at {len(tree)})")
+        used = {k for st in steps for k in st.get("tensors", {}).values()}
+        return replace(self, steps=steps, tree=tree, tensors={k: v for k, v in self.tensors.items() if k in used})
 
     def to_json(self) -> str:
         data = asdict(self)

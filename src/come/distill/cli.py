@@ -1,0 +1,63 @@
+"""`come distill`: recover a pruned model by distillation from its teacher, or by the LoRA baseline."""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+from come.cli import add_common_model_args
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("distill", help="distil a pruned model from its teacher (layer-wise, global) or LoRA-tune it")
+    p.add_argument("--student", required=True, help="folder written by `come prune` (HF model + come_plan.json)")
+    p.add_argument("--teacher", default=None, help="the original model (default: the one the plan names)")
+    p.add_argument("--stage", default="both", choices=["layerwise", "global", "both", "lora"],
+                   help="layerwise (teacher-forced), global (hierarchical), both, or lora (LM-loss baseline)")
+    p.add_argument("--loss", default="", help="loss weights, e.g. mse=1,cos=0,kl=0.1,logits=1 "
+                   "(mse/cos/kl at each correspondence point, logits = KL on final logits)")
+    p.add_argument("--temperature", type=float, default=1.0, help="KL temperature")
+    p.add_argument("--train", default="merged", choices=["merged", "all", "norms", "lora"],
+                   help="what the global stage trains")
+    p.add_argument("--data", default="wiki-passages", help="training text: wiki-passages (its calibration part), "
+                   "wikitext2, c4, or a .txt/.jsonl/.parquet/datasets folder")
+    budget = p.add_mutually_exclusive_group(required=True)
+    budget.add_argument("--tokens", type=int, help="training tokens per stage")
+    budget.add_argument("--steps", type=int, help="optimizer steps per stage")
+    p.add_argument("--seq-len", type=int, default=256)
+    p.add_argument("--batch-size", type=int, default=4, help="windows per micro-batch, over all processes")
+    p.add_argument("--grad-accum", type=int, default=1)
+    p.add_argument("--lr", type=float, default=1e-4, help="learning rate of full weights")
+    p.add_argument("--lora-lr", type=float, default=1e-3, help="learning rate of LoRA adapters")
+    p.add_argument("--warmup", type=float, default=0.1, help="warm-up fraction of the steps")
+    p.add_argument("--weight-decay", type=float, default=0.0)
+    p.add_argument("--clip", type=float, default=1.0, help="max gradient norm per layer (0: off)")
+    p.add_argument("--autocast", action="store_true", help="bf16 autocast (GPUs)")
+    p.add_argument("--lora-rank", type=int, default=8)
+    p.add_argument("--lora-alpha", type=float, default=16.0)
+    p.add_argument("--checkpoint-every", type=int, default=0, help="checkpoint every N steps (0: never)")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run from its last checkpoint")
+    p.add_argument("--stop-after", type=int, default=None, help=argparse.SUPPRESS)  # tests
+    p.add_argument("--ppl-windows", type=int, default=0,
+                   help="measure perplexity on N evaluation windows before and after each stage (0: skip)")
+    p.add_argument("--ppl-data", default="wiki-passages")
+    p.add_argument("--ppl-seq-len", type=int, default=256)
+    p.add_argument("--seed", type=int, default=0)
+    add_common_model_args(p)
+    p.add_argument("--out", required=True, help="output folder (must be empty or absent, unless --overwrite)")
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(func=cmd_distill)
+
+
+def cmd_distill(args) -> int:
+    from come.distill.train import DistillConfig, distill, summary_text
+
+    keys = ("student", "teacher", "stage", "loss", "temperature", "train", "data", "tokens", "steps", "seq_len",
+            "batch_size", "grad_accum", "lr", "lora_lr", "warmup", "weight_decay", "clip", "autocast", "lora_rank",
+            "lora_alpha", "checkpoint_every", "resume", "stop_after", "ppl_windows", "ppl_data", "ppl_seq_len",
+            "seed", "dtype", "device", "out", "overwrite")
+    result = distill(DistillConfig(**{k: getattr(args, k) for k in keys}))
+    if os.environ.get("RANK", "0") == "0":
+        print(summary_text(result.summary), end="")
+        print(f"wrote {result.out}")
+    return 0

@@ -1,0 +1,66 @@
+"""Correspondences between the student's layers and the teacher's, read from the merge tree of the plan."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from come.errors import ComeError
+from come.models import get_adapter
+from come.plan import Plan
+
+
+@dataclass(frozen=True)
+class Correspondence:
+    """Student layer `layer` stands for the teacher's layers `first`..`last` (inclusive)."""
+
+    layer: int
+    first: int
+    last: int
+
+    @property
+    def merged(self) -> bool:
+        return self.last > self.first
+
+    @property
+    def name(self) -> str:
+        return f"L{self.layer}" if not self.merged else f"L{self.layer}({self.first}-{self.last})"
+
+
+def correspondences(tree: list[list[int]]) -> list[Correspondence]:
+    """One correspondence per new layer; refuses a tree that is not an ordered partition into contiguous blocks."""
+    out, expect = [], 0
+    for j, block in enumerate(tree):
+        if not block or list(block) != list(range(block[0], block[0] + len(block))) or block[0] != expect:
+            raise ComeError(f"merge tree entry {j} ({block}) is not the next contiguous block of original layers: "
+                            "pass a plan written by `come prune`")
+        out.append(Correspondence(j, block[0], block[-1]))
+        expect = block[-1] + 1
+    return out
+
+
+def check_pair(plan: Plan, teacher, student) -> list[Correspondence]:
+    """The correspondences, after checking that `student` is `teacher` pruned by `plan` (counts and shapes)."""
+    corr = correspondences(plan.tree)
+    t, s = get_adapter(teacher), get_adapter(student)
+    if t.num_layers != plan.base_model["num_layers"] or corr[-1].last + 1 != t.num_layers:
+        raise ComeError(f"the student's plan was made for a {plan.base_model['num_layers']}-layer model covering "
+                        f"{corr[-1].last + 1} layers, but the teacher has {t.num_layers}: pass the original model "
+                        f"({plan.base_model.get('name')}) as --teacher")
+    if s.num_layers != len(corr):
+        raise ComeError(f"the student has {s.num_layers} layers but its plan has {len(corr)}: "
+                        "pass the folder `come prune` wrote, unmodified")
+    for key in ("hidden_size", "vocab_size"):
+        a, b = getattr(teacher.config, key, None), getattr(student.config, key, None)
+        if a != b:
+            raise ComeError(f"teacher and student differ in {key} ({a} vs {b}): pass the original model as --teacher")
+    for c in corr:
+        ts = {k: v.shape for k, v in t.layers[c.first].state_dict().items()}
+        ss = {k: v.shape for k, v in s.layers[c.layer].state_dict().items()}
+        if ts != ss:
+            raise ComeError(f"student layer {c.layer} does not have the shapes of teacher layer {c.first}: "
+                            "pass the original model as --teacher")
+    if not torch.equal(t.embed_tokens().weight.cpu(), s.embed_tokens().weight.cpu()):
+        raise ComeError("teacher and student have different token embeddings: pass the original model as --teacher")
+    return corr

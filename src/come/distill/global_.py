@@ -1,0 +1,54 @@
+"""Hierarchical (global) stage: the student runs on its own states; the loss compares it with the teacher at every
+correspondence point (student output of layer j vs teacher output of b_j) and on the final logits."""
+
+from __future__ import annotations
+
+import torch
+
+from come.distill.correspond import Correspondence
+from come.distill.losses import LossWeights, hidden_loss, kl_logits
+from come.distill.teacher import capture_states
+
+TRAINABLE = ("merged", "all", "norms", "lora")
+
+
+def trainable_groups(s_adapter, corr: list[Correspondence], train: str) -> list[list[torch.nn.Parameter]]:
+    """Parameter groups (one per layer, each clipped on its own) the global stage trains (`lora` adds its own)."""
+    layers = s_adapter.layers
+    if train == "merged":
+        return [list(layers[c.layer].parameters()) for c in corr if c.merged]
+    if train == "all":
+        return [list(layer.parameters()) for layer in layers]
+    if train == "norms":
+        return [[p for n, p in layer.named_parameters() if "norm" in n] for layer in layers]
+    raise ValueError(train)
+
+
+def global_loss_fn(teacher, t_adapter, student, s_adapter, corr: list[Correspondence], w: LossWeights, autocast):
+    """micro-batch ids (this rank's share) -> (mean hidden term over points + w.logits * KL on logits, parts).
+
+    The hidden terms are averaged over the points rather than summed, so weights do not scale with depth.
+    `student` may be the DDP-wrapped module; hooks sit on the layers of `s_adapter`.
+    """
+    t_keep = {c.last + 1 for c in corr}
+    s_keep = {c.layer + 1 for c in corr}
+    norm, head = t_adapter.final_norm(), t_adapter.lm_head()
+
+    def fn(ids: torch.Tensor):
+        with torch.no_grad(), autocast():
+            t = capture_states(teacher, t_adapter, ids, t_keep, logits=w.logits > 0)
+        with autocast():
+            s = capture_states(student, s_adapter, ids, s_keep, logits=True)
+            parts, hidden = {}, 0.0
+            for c in corr:
+                loss = hidden_loss(s.boundary[c.layer + 1], t.boundary[c.last + 1], w, norm, head)
+                hidden = hidden + loss
+                parts[c.name] = loss.item()
+            total = hidden / len(corr)
+            if w.logits:
+                kl = kl_logits(s.logits, t.logits, w.temperature)
+                parts["logits_kl"] = kl.item()
+                total = total + w.logits * kl
+        return total, parts
+
+    return fn

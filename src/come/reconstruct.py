@@ -139,12 +139,7 @@ def refit_merged(calib: Calibration, adapter: ModelAdapter, l: int, attn_target:
         _split_add(fit, val, x, t, starts[b])
 
     capture(calib, layer, calib.hidden[l], o, add_attn)
-    res = ridge_fit(fit, val, o.weight.detach())
-    report["o_proj"] = _report(res)
-    if res.weight is not None:
-        with torch.no_grad():
-            o.weight.copy_(res.weight)
-        weights["o_proj"] = res.weight
+    _fit_and_install("o_proj", o, fit, val, weights, report)
 
     fit, val = Gram(), Gram()
     attn_out: dict = {}
@@ -161,18 +156,19 @@ def refit_merged(calib: Calibration, adapter: ModelAdapter, l: int, attn_target:
         capture(calib, layer, calib.hidden[l], down, add_mlp)
     finally:
         handle.remove()
-    res = ridge_fit(fit, val, down.weight.detach())
-    report["down_proj"] = _report(res)
-    if res.weight is not None:
-        with torch.no_grad():
-            down.weight.copy_(res.weight)
-        weights["down_proj"] = res.weight
+    _fit_and_install("down_proj", down, fit, val, weights, report)
     return weights, report
 
 
-def _report(res: RidgeResult) -> dict:
-    return {"lambda": res.lam, "error_before": res.error_before, "error_after": res.error_after,
-            "applied": res.weight is not None, "val_errors": res.val_errors}
+def _fit_and_install(name: str, proj: nn.Linear, fit: Gram, val: Gram, weights: dict, report: dict) -> None:
+    """Solve the ridge problem for `proj`; install and keep the weight only if it lowers the error."""
+    res = ridge_fit(fit, val, proj.weight.detach())
+    report[name] = {"lambda": res.lam, "error_before": res.error_before, "error_after": res.error_after,
+                    "applied": res.weight is not None, "val_errors": res.val_errors}
+    if res.weight is not None:
+        with torch.no_grad():
+            proj.weight.copy_(res.weight)
+        weights[name] = res.weight
 
 
 @register_op("refit", needs_tensors=True, keeps_depth=True)

@@ -8,12 +8,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import SAMPLE_TEXT
 from transformers import AutoModelForCausalLM
 
 from come import ComeError, PruneConfig, prune
 from come.config import CalibConfig
-from conftest import SAMPLE_TEXT
-
 from come.distill import DistillConfig, correspondences, distill
 from come.distill.correspond import Correspondence
 from come.distill.layerwise import layer_loss

@@ -30,6 +30,7 @@ def add_parser(sub) -> None:
     p.add_argument("--lr", type=float, default=1e-4, help="learning rate of full weights")
     p.add_argument("--lora-lr", type=float, default=1e-3, help="learning rate of LoRA adapters")
     p.add_argument("--warmup", type=float, default=0.1, help="warm-up fraction of the steps")
+    p.add_argument("--min-lr-ratio", type=float, default=0.1, help="the cosine schedule ends at lr x this")
     p.add_argument("--weight-decay", type=float, default=0.0)
     p.add_argument("--clip", type=float, default=1.0, help="max gradient norm per layer (0: off)")
     p.add_argument("--autocast", action="store_true", help="bf16 autocast (GPUs)")
@@ -50,12 +51,11 @@ def add_parser(sub) -> None:
 
 
 def cmd_distill(args) -> int:
+    from dataclasses import fields
+
     from come.distill.train import DistillConfig, distill, summary_text
 
-    keys = ("student", "teacher", "stage", "loss", "temperature", "train", "data", "tokens", "steps", "seq_len",
-            "batch_size", "grad_accum", "lr", "lora_lr", "warmup", "weight_decay", "clip", "autocast", "lora_rank",
-            "lora_alpha", "checkpoint_every", "resume", "stop_after", "ppl_windows", "ppl_data", "ppl_seq_len",
-            "seed", "dtype", "device", "out", "overwrite")
+    keys = [f.name for f in fields(DistillConfig) if f.name != "progress"]
     result = distill(DistillConfig(**{k: getattr(args, k) for k in keys}))
     if os.environ.get("RANK", "0") == "0":
         print(summary_text(result.summary), end="")

@@ -31,6 +31,7 @@ def prune_args(path, text, out, *extra):
     (["--sparsity", 0.7], "without re-merging"),
     (["--sparsity", 0.99], "removes every layer"),
     (["--target-layers", 4, "--method", "nope"], "unknown method 'nope'"),
+    (["--target-layers", 1, "--method", "taylor+"], "keeping the first 4 and last 2 layers at most 0"),
     (["--target-layers", 4, "--dtype", "int3"], "unknown dtype 'int3'"),
     (["--target-layers", 4, "--calib-seq-len", 100000], "too short for one window"),
 ])

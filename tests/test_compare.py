@@ -61,8 +61,8 @@ def test_all_lists_every_registered_method():
 
 @pytest.mark.parametrize("extra,message", [
     (["--methods", "shortgpt,nope"], "unknown method 'nope': registered methods are .*sleb"),
-    (["--methods", "magnitude+"], "magnitude\\+ can remove at most 0 of 6 layers .Keeps the first 4 and last 2"),
-    (["--methods", "wsum", "--target-layers", "2"], "needs 4 merges, but without re-merging at most 3"),
+    (["--methods", "magnitude+"], "keeping the first 4 and last 2 layers at most 0 are possible"),
+    (["--methods", "wsum", "--target-layers", "2"], "needs 4 removals, but without re-merging at most 3"),
     (["--eval", "ppl,speed"], "--eval must be a comma list of ppl, tasks"),
     (["--eval", "tasks", "--tasks", "piqa,nope"], "unknown task nope"),
     (["--ppl-seq-len", "100000"], "exceeds the model context"),

@@ -106,7 +106,6 @@ def parse_methods(spec: list[str] | str) -> list[str]:
 def check_targets(cfg: CompareConfig) -> int:
     """Resolve the target depth and refuse any method that cannot reach it, before any weights are loaded."""
     from come.eval.ppl import check_seq_len
-    from come.methods import get_method
     from come.models import get_adapter, load_config, meta_model
     from come.prune import check_reachable, resolve_target
 
@@ -117,13 +116,6 @@ def check_targets(cfg: CompareConfig) -> int:
     for pc in cfg.prune_configs():
         target = resolve_target(pc, skeleton.model, skeleton.num_layers, skeleton.params_per_layer())
         check_reachable(pc, skeleton.num_layers, target)
-        limit = getattr(get_method(pc.method), "max_removable", None)
-        if limit is not None and skeleton.num_layers - target > limit(skeleton.num_layers):
-            raise ComeError(
-                f"{pc.method} can remove at most {limit(skeleton.num_layers)} of {skeleton.num_layers} layers "
-                f"({get_method(pc.method).__doc__.strip().splitlines()[0]}), but the target {target} needs "
-                f"{skeleton.num_layers - target}: raise the target or leave {pc.method} out"
-            )
     return target
 
 

@@ -65,14 +65,17 @@ def resolve_target(cfg: PruneConfig, model, num_layers: int, per_layer: int) -> 
 
 
 def check_reachable(cfg: PruneConfig, num_layers: int, target: int) -> None:
-    """Without re-merge each merge needs two fresh layers: at most floor(L/2) merges."""
-    no_remerge = cfg.method.startswith("come") or cfg.method == "wsum"
-    if no_remerge and not cfg.remerge and num_layers - target > num_layers // 2:
-        raise ComeError(
-            f"{num_layers} -> {target} layers needs {num_layers - target} merges, but without re-merging at most "
-            f"{num_layers // 2} are possible (target >= {num_layers - num_layers // 2}): raise the target or "
-            "pass --remerge"
-        )
+    """Refuse, before any weights load, a target the method cannot reach: a method may carry
+    `max_removable(num_layers, cfg) -> int` and `limit_reason` (said in the error)."""
+    method = get_method(cfg.method)
+    limit = getattr(method, "max_removable", None)
+    if limit is None or num_layers - target <= limit(num_layers, cfg):
+        return
+    most = limit(num_layers, cfg)
+    raise ComeError(
+        f"{cfg.method}: {num_layers} -> {target} layers needs {num_layers - target} removals, but "
+        f"{method.limit_reason} at most {most} are possible (target >= {num_layers - most}): {method.limit_fix}"
+    )
 
 
 def prune(config: PruneConfig | None = None, **kwargs) -> PruneResult:

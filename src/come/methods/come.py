@@ -103,19 +103,35 @@ def progressive_merge(ctx: PruneContext, search_ratio: bool, reconstruct: bool =
         ctx.calib.run(l)
 
 
+def no_remerge_limit(num_layers: int, cfg) -> int:
+    """Without re-merge each merge needs two fresh layers: at most floor(L/2) merges."""
+    return num_layers - 1 if cfg.remerge else num_layers // 2
+
+
+def limit_merges(fn):
+    """Declare the no-re-merge limit on a merging method (checked by prune/compare before loading weights)."""
+    fn.max_removable = no_remerge_limit
+    fn.limit_reason = "without re-merging"
+    fn.limit_fix = "raise the target or pass --remerge"
+    return fn
+
+
 @register("come")
+@limit_merges
 def come(ctx: PruneContext) -> None:
     """Paper CoMe: merge the pair with the lowest angular score (or loss), BI-proportional ratio."""
     progressive_merge(ctx, search_ratio=False)
 
 
 @register("come-p")
+@limit_merges
 def come_p(ctx: PruneContext) -> None:
     """CoMe-P: as CoMe, with the ratio chosen on a grid by calibration NLL (r = 0 or 1 drops a layer)."""
     progressive_merge(ctx, search_ratio=True)
 
 
 @register("come-plus")
+@limit_merges
 def come_plus(ctx: PruneContext) -> None:
     """Ours: CoMe, then each merged layer's o_proj and down_proj re-fitted by ridge least squares to
     reproduce the pair it replaces (training-free, closed form)."""

@@ -84,8 +84,11 @@ def taylor_plus(ctx: PruneContext) -> None:
     _run(ctx, "taylor", plus=True)
 
 
-def _removable(n: int) -> int:
+def _removable(n: int, cfg=None) -> int:
     return max(n - KEEP_FIRST - KEEP_LAST, 0)
 
 
-magnitude_plus.max_removable = taylor_plus.max_removable = _removable  # checked by `come compare` up front
+for _fn in (magnitude_plus, taylor_plus):  # checked by prune/compare before any weights load
+    _fn.max_removable = _removable
+    _fn.limit_reason = f"keeping the first {KEEP_FIRST} and last {KEEP_LAST} layers"
+    _fn.limit_fix = "raise the target or use magnitude/taylor"

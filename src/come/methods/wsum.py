@@ -14,7 +14,7 @@ from come.errors import ComeError
 from come.merge import replace_pair
 from come.methods import register
 from come.methods.base import PruneContext
-from come.methods.come import candidates
+from come.methods.come import candidates, limit_merges
 from come.models import ModelAdapter
 from come.plan import register_op
 from come.scores import bi_ratio, pair_scores
@@ -38,6 +38,7 @@ def apply_wsum(adapter: ModelAdapter, step: dict) -> None:
 
 
 @register("wsum")
+@limit_merges
 def wsum(ctx: PruneContext) -> None:
     """Progressive: merge argmin SBI (no re-merge unless --remerge) by the BI-ratio weighted sum."""
     cfg = ctx.config

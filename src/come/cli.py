@@ -46,7 +46,8 @@ def add_prune_parser(sub) -> None:
     p.add_argument("--pair-tokens", default="last", choices=["last", "all"], help="tokens of the angular score")
     p.add_argument("--remerge", action="store_true", help="allow merging layers that are already merges")
     p.add_argument("--grid", type=int, default=20, help="CoMe-P ratio grid size g")
-    p.add_argument("--loss-samples", type=int, default=None, help="windows used for loss trials (default: all)")
+    p.add_argument("--loss-samples", type=int, default=None,
+                   help="windows used for loss trials, rounded up to whole batches (default: all)")
     add_calib_args(p)
     add_common_model_args(p)
     p.add_argument("--out", required=True, help="output folder (must be empty or absent, unless --overwrite)")

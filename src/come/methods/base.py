@@ -33,5 +33,11 @@ class PruneContext:
         self.steps.append(step)
 
     @property
+    def loss_batches(self) -> int | None:
+        """Calibration batches for loss trials: --loss-samples windows, rounded up to whole batches."""
+        k = self.config.loss_samples
+        return None if k is None else max(1, -(-k // self.config.calib.batch_size))
+
+    @property
     def num_layers(self) -> int:
         return self.adapter.num_layers

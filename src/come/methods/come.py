@@ -43,13 +43,9 @@ def trial_nll(ctx: PruneContext, step: dict) -> float:
     merged = concat_layers(
         a, a.layers[l], a.layers[l + 1], step["attn_groups"], step["mlp_channels"], step["ratio"], step["norm"]
     )
-    n = _loss_batches(ctx)
+    n = ctx.loss_batches
     return ctx.calib.forward_from(l, [merged, *list(a.layers)[l + 2 :]], n)
 
-
-def _loss_batches(ctx: PruneContext) -> int | None:
-    k = ctx.config.loss_samples
-    return None if k is None else max(1, -(-k // ctx.config.calib.batch_size))
 
 
 def candidates(ctx: PruneContext) -> list[int]:

@@ -62,16 +62,12 @@ def final_similarity(states, reference) -> float:
     return total / count
 
 
-def _loss_batches(ctx: PruneContext) -> int | None:
-    k = ctx.config.loss_samples
-    return None if k is None else max(1, -(-k // ctx.config.calib.batch_size))
-
 
 @register("laco")
 def laco(ctx: PruneContext) -> None:
     calib = ctx.calib
     calib.run(0)
-    n = _loss_batches(ctx)
+    n = ctx.loss_batches
     reference = calib.hidden[-1][:n]  # the original model's last-layer states
     tried = []
     l = ctx.num_layers - C

@@ -11,11 +11,6 @@ from come.methods import register
 from come.methods.base import PruneContext
 
 
-def _loss_batches(ctx: PruneContext) -> int | None:
-    k = ctx.config.loss_samples
-    return None if k is None else max(1, -(-k // ctx.config.calib.batch_size))
-
-
 def removal_nll(ctx: PruneContext, n_batches: int | None = None) -> list[float]:
     """Calibration NLL of the current model without layer i, for every i (cache untouched)."""
     layers = list(ctx.adapter.layers)
@@ -25,7 +20,7 @@ def removal_nll(ctx: PruneContext, n_batches: int | None = None) -> list[float]:
 @register("sleb")
 def sleb(ctx: PruneContext) -> None:
     ctx.calib.run(0)
-    n = _loss_batches(ctx)
+    n = ctx.loss_batches
     while ctx.num_layers > ctx.target_layers:
         nll = removal_nll(ctx, n)
         l = min(range(len(nll)), key=lambda i: (nll[i], i))

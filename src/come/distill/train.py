@@ -368,7 +368,7 @@ class _Trainer:
     def stage_done(self, name: str) -> None:
         self.state["done"].append(name)
         self.perplexity(f"after_{name}")
-        if self.cfg.checkpoint_every and self.cfg.stage in ("both",) and name != STAGES[self.cfg.stage][-1]:
+        if self.cfg.checkpoint_every and name != STAGES[self.cfg.stage][-1]:  # a later stage resumes from here
             self.save_checkpoint(self.student, None)
 
     # --- stages ---
@@ -505,10 +505,9 @@ def distill(config: DistillConfig | None = None, **kwargs) -> DistillResult:
     cfg = (config or DistillConfig(**kwargs)).validate()
     out = check_output_dir(cfg.out, cfg.overwrite)
     work = out.with_name(out.name + ".partial")
-    if work.exists() and not cfg.resume:
-        if not cfg.overwrite:
-            raise ComeError(f"an interrupted run left {work}: pass --resume to continue it or --overwrite to "
-                            "start over")
+    if work.exists() and not cfg.resume and not cfg.overwrite:
+        raise ComeError(f"an interrupted run left {work}: pass --resume to continue it or --overwrite to "
+                        "start over")
     d = _Dist(cfg.device)
     try:
         if d.main and work.exists() and not cfg.resume:

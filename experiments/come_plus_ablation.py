@@ -24,6 +24,7 @@ VARIANTS = {
     "come remerge": dict(method="come", remerge=True),
     "come-plus (come + ridge re-fit)": dict(method="come-plus"),
     "come-plus norm=fold": dict(method="come-plus", norm="fold"),
+    "come-plus refit-target=dense": dict(method="come-plus", refit_target="dense"),
     "come pair=loss": dict(method="come", pair_score="loss"),
     "come-p (grid 10)": dict(method="come-p", grid=10),
     "sleb": dict(method="sleb"),

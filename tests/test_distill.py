@@ -13,11 +13,11 @@ from transformers import AutoModelForCausalLM
 
 from come import ComeError, PruneConfig, prune
 from come.config import CalibConfig
-from come.distill import DistillConfig, correspondences, distill
-from come.distill.correspond import Correspondence
-from come.distill.layerwise import layer_loss
-from come.distill.losses import LossWeights
-from come.distill.teacher import capture_states
+from come.distillation import DistillConfig, correspondences, distill
+from come.distillation.correspond import Correspondence
+from come.distillation.layerwise import layer_loss
+from come.distillation.losses import LossWeights
+from come.distillation.teacher import capture_states
 from come.models import get_adapter, load_model
 from come.plan import PLAN_FILE
 

@@ -5,7 +5,7 @@ import torch
 
 from come import PruneConfig, prune
 from come.config import CalibConfig
-from come.distill import DistillConfig, distill
+from come.distillation import DistillConfig, distill
 
 pytestmark = pytest.mark.smollm2
 

@@ -23,7 +23,8 @@ def same_weights(m1, m2):
 
 
 @pytest.mark.parametrize("method,extra", [("come", {}), ("come", {"norm": "fold", "pair_score": "loss"}),
-                                          ("come-p", {"grid": 4}), ("come-plus", {})])
+                                          ("come-p", {"grid": 4}), ("come-plus", {}),
+                                          ("come-plus", {"refit_target": "dense"})])
 def test_prune_replays_bit_for_bit(tiny_dir, method, extra):
     path, text = tiny_dir
     res = prune(cfg(path, text, method=method, target_layers=4, **extra))

@@ -46,6 +46,8 @@ def add_prune_parser(sub) -> None:
     p.add_argument("--pair-tokens", default="last", choices=["last", "all"], help="tokens of the angular score")
     p.add_argument("--remerge", action="store_true", help="allow merging layers that are already merges")
     p.add_argument("--grid", type=int, default=20, help="CoMe-P ratio grid size g")
+    p.add_argument("--refit-target", default="pair", choices=["pair", "dense"],
+                   help="come-plus: re-fit to the current pair's output or to the dense model's")
     p.add_argument("--loss-samples", type=int, default=None,
                    help="windows used for loss trials, rounded up to whole batches (default: all)")
     add_calib_args(p)
@@ -63,7 +65,8 @@ def cmd_prune(args) -> int:
     cfg = PruneConfig(
         model=args.model, target_layers=args.target_layers, sparsity=args.sparsity, method=args.method,
         norm=args.norm, pair_score=args.pair_score, pair_tokens=args.pair_tokens, remerge=args.remerge,
-        grid=args.grid, loss_samples=args.loss_samples, calib=calib_config(args), dtype=args.dtype,
+        grid=args.grid, loss_samples=args.loss_samples, refit_target=args.refit_target, calib=calib_config(args),
+        dtype=args.dtype,
         device=args.device,
     )
     cfg.validate()
@@ -116,7 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # Further subcommands live beside their code; each module exposes add_parser(subparsers).
-SUBCOMMAND_MODULES = ["come.eval.cli", "come.compare", "come.distill.cli"]
+SUBCOMMAND_MODULES = ["come.eval.cli", "come.compare", "come.distillation.cli"]
 
 
 def main(argv: list[str] | None = None) -> int:

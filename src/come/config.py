@@ -39,6 +39,7 @@ class PruneConfig:
     ratio_power: float = 1.0  # p in r_i = BI_i^p / sum BI^p
     grid: int = 20  # CoMe-P ratio grid {0, 1/g, ..., 1}
     loss_samples: int | None = None  # windows used for loss trials (pair choice by loss, CoMe-P); None = all
+    refit_target: str = "pair"  # come-plus: fit the current pair's output (pair) or the dense model's (dense)
     calib: CalibConfig | None = None
     dtype: str = "auto"
     device: str = "auto"
@@ -66,6 +67,8 @@ class PruneConfig:
             raise ComeError(f"--pair-score must be angular or loss, got {self.pair_score!r}")
         if self.pair_tokens not in ("last", "all"):
             raise ComeError(f"--pair-tokens must be last or all, got {self.pair_tokens!r}")
+        if self.refit_target not in ("pair", "dense"):
+            raise ComeError(f"--refit-target must be pair or dense, got {self.refit_target!r}")
         if self.grid < 1:
             raise ComeError(f"--grid must be >= 1, got {self.grid}")
         if self.loss_samples is not None and self.loss_samples < 1:

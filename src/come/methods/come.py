@@ -59,6 +59,7 @@ def candidates(ctx: PruneContext) -> list[int]:
 def progressive_merge(ctx: PruneContext, search_ratio: bool, reconstruct: bool = False) -> None:
     cfg = ctx.config
     ctx.calib.run(0)
+    dense = list(ctx.calib.hidden)  # the unpruned model's boundary states (refit_target="dense")
     while ctx.num_layers > ctx.target_layers:
         sbi = pair_scores(ctx.calib.hidden, last_token=cfg.pair_tokens == "last")
         bi = [s.bi for s in ctx.calib.stats]
@@ -89,7 +90,10 @@ def progressive_merge(ctx: PruneContext, search_ratio: bool, reconstruct: bool =
         step["scores"] = scores
         step["sources"] = [list(ctx.tree[l]), list(ctx.tree[l + 1])]
         if reconstruct:
-            attn_target, out_target = attention_updates(ctx.calib, ctx.adapter, l), ctx.calib.hidden[l + 2]
+            attn_target = attention_updates(ctx.calib, ctx.adapter, l)
+            # "dense": the original model's state after the pair's last original layer, so the fit also
+            # absorbs the error that earlier merges left in the input
+            out_target = dense[ctx.tree[l + 1][-1] + 1] if cfg.refit_target == "dense" else ctx.calib.hidden[l + 2]
         ctx.apply(step)
         if reconstruct:
             weights, report = refit_merged(ctx.calib, ctx.adapter, l, attn_target, out_target)

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import torch
 
-from come.distill.correspond import Correspondence
-from come.distill.losses import LossWeights, hidden_loss
-from come.distill.teacher import TeacherStates, capture_states
+from come.distillation.correspond import Correspondence
+from come.distillation.losses import LossWeights, hidden_loss
+from come.distillation.teacher import TeacherStates, capture_states
 
 
 def layer_loss(layer, states: TeacherStates, c: Correspondence, w: LossWeights, norm=None, head=None) -> torch.Tensor:

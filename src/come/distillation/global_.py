@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import torch
 
-from come.distill.correspond import Correspondence
-from come.distill.losses import LossWeights, hidden_loss, kl_logits
-from come.distill.teacher import capture_states
+from come.distillation.correspond import Correspondence
+from come.distillation.losses import LossWeights, hidden_loss, kl_logits
+from come.distillation.teacher import capture_states
 
 TRAINABLE = ("merged", "all", "norms", "lora")
 

@@ -53,7 +53,7 @@ def add_parser(sub) -> None:
 def cmd_distill(args) -> int:
     from dataclasses import fields
 
-    from come.distill.train import DistillConfig, distill, summary_text
+    from come.distillation.train import DistillConfig, distill, summary_text
 
     keys = [f.name for f in fields(DistillConfig) if f.name != "progress"]
     result = distill(DistillConfig(**{k: getattr(args, k) for k in keys}))

@@ -21,11 +21,11 @@ import torch.distributed as dist
 from tqdm.auto import tqdm
 
 from come.data import load_text, split_windows, tokenize
-from come.distill.correspond import check_pair
-from come.distill.global_ import TRAINABLE, global_loss_fn, trainable_groups
-from come.distill.layerwise import layerwise_loss_fn, owned
-from come.distill.lora import add_lora, lm_loss_fn, lora_groups
-from come.distill.losses import LossWeights
+from come.distillation.correspond import check_pair
+from come.distillation.global_ import TRAINABLE, global_loss_fn, trainable_groups
+from come.distillation.layerwise import layerwise_loss_fn, owned
+from come.distillation.lora import add_lora, lm_loss_fn, lora_groups
+from come.distillation.losses import LossWeights
 from come.errors import ComeError
 from come.io import atomic_output_dir, check_output_dir
 from come.models import get_adapter, load_model

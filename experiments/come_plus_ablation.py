@@ -73,7 +73,11 @@ def main() -> None:
           f"perplexity on {args.ppl_max_windows} windows of {args.ppl_seq_len} (eval part)\n")
     print("| variant | " + " | ".join(f"ppl @{d}" for d in depths) + " | prune wall s (to the deepest) |")
     print("|---" * (len(depths) + 2) + "|")
+    (n_dense, ppl_dense), = results["dense"]["ppl"].items()
+    print(f"| dense ({n_dense} layers) | " + " | ".join(f"{ppl_dense:.1f}" for _ in depths) + " | |")
     for name, row in results.items():
+        if name == "dense":
+            continue
         cells = [f"{row['ppl'].get(str(d), float('nan')):.1f}" for d in depths]
         print(f"| {name} | " + " | ".join(cells) + f" | {row.get('prune_wall_s', '')} |")
 

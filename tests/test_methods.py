@@ -121,7 +121,7 @@ def test_wsum_ratio_one_zero_is_the_first_layer():
 
 def test_plus_variants_keep_first_four_and_last_two(tiny_dir):
     path, text = tiny_dir
-    with pytest.raises(ComeError, match="at most 0 of 6 layers .it keeps the first 4 and last 2"):
+    with pytest.raises(ComeError, match="needs 1 removals, but keeping the first 4 and last 2 layers at most 0"):
         prune(cfg(path, text, method="magnitude+", target_layers=5))
 
 

@@ -24,7 +24,7 @@ def same_weights(m1, m2):
 
 @pytest.mark.parametrize("method,extra", [("come", {}), ("come", {"norm": "fold", "pair_score": "loss"}),
                                           ("come-p", {"grid": 4}), ("come-plus", {}),
-                                          ("come-plus", {"refit_target": "dense"})])
+                                          ("come", {"reconstruct": True, "refit_target": "dense"})])
 def test_prune_replays_bit_for_bit(tiny_dir, method, extra):
     path, text = tiny_dir
     res = prune(cfg(path, text, method=method, target_layers=4, **extra))
@@ -79,7 +79,8 @@ def test_plan_prefix_replays_the_shallower_depth(tiny_dir):
     deep = prune(cfg(path, text, method="come-plus", target_layers=4)).plan
     shallow = prune(cfg(path, text, method="come-plus", target_layers=5))
     cut = deep.prefix(5)
-    assert cut.tree == shallow.plan.tree and len(cut.steps) == 2  # merge + refit
+    assert cut.tree == shallow.plan.tree
+    assert [st["op"] for st in cut.steps] == [st["op"] for st in shallow.plan.steps]
     fresh, _, _ = load_model(str(path), "float32", "cpu")
     apply_plan(fresh, cut)
     assert same_weights(fresh, shallow.model)

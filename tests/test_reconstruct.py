@@ -54,7 +54,7 @@ def test_double_width_refit_reproduces_the_pair_and_never_hurts():
     replace_pair(a, l, merged)
     # o_proj: the merged attention holds both layers' heads; with their own o_proj columns the update is exact
     # up to the input of layer l+1 (h_out(l) vs h_in(l)); the refit must lower the error and be applied.
-    weights, report = refit_merged(calib, a, l, attn_t, out_t)
+    weights, report = refit_merged(calib, a, a.layers[l], calib.hidden[l], attn_t, out_t)
     for name in ("o_proj", "down_proj"):
         r = report[name]
         assert r["error_after"] <= r["error_before"]
@@ -73,7 +73,7 @@ def test_lambda_selection_is_deterministic():
         merged = concat_layers(a, a.layers[l], a.layers[l + 1], ([0], [1]), (list(range(64)), list(range(64, 128))),
                                (0.5, 0.5), "mean")
         replace_pair(a, l, merged)
-        weights, report = refit_merged(calib, a, l, attn_t, out_t)
+        weights, report = refit_merged(calib, a, a.layers[l], calib.hidden[l], attn_t, out_t)
         reports.append((report, weights))
     assert reports[0][0] == reports[1][0]
     assert all(torch.equal(reports[0][1][k], reports[1][1][k]) for k in reports[0][1])
@@ -94,7 +94,7 @@ def test_refit_reproduces_a_reachable_layer_output_exactly():
     h1.remove()
     with torch.no_grad():
         down.weight.add_(0.05 * torch.randn_like(down.weight))  # move away from W*, keep o_proj exact
-    weights, report = refit_merged(calib, a, l, seen["attn"], targets)
+    weights, report = refit_merged(calib, a, a.layers[l], calib.hidden[l], seen["attn"], targets)
     assert report["down_proj"]["applied"]
     with torch.no_grad():
         got = [merged(h, **kw) for h, kw in zip(calib.hidden[l], calib.layer_kwargs)]

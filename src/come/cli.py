@@ -46,6 +46,8 @@ def add_prune_parser(sub) -> None:
     p.add_argument("--pair-tokens", default="last", choices=["last", "all"], help="tokens of the angular score")
     p.add_argument("--remerge", action="store_true", help="allow merging layers that are already merges")
     p.add_argument("--grid", type=int, default=20, help="CoMe-P ratio grid size g")
+    p.add_argument("--reconstruct", action="store_true",
+                   help="come/come-p: ridge re-fit of each merged layer's o_proj/down_proj (always on in come-plus)")
     p.add_argument("--refit-target", default="pair", choices=["pair", "dense"],
                    help="come-plus: re-fit to the current pair's output or to the dense model's")
     p.add_argument("--loss-samples", type=int, default=None,
@@ -65,7 +67,8 @@ def cmd_prune(args) -> int:
     cfg = PruneConfig(
         model=args.model, target_layers=args.target_layers, sparsity=args.sparsity, method=args.method,
         norm=args.norm, pair_score=args.pair_score, pair_tokens=args.pair_tokens, remerge=args.remerge,
-        grid=args.grid, loss_samples=args.loss_samples, refit_target=args.refit_target, calib=calib_config(args),
+        grid=args.grid, loss_samples=args.loss_samples, refit_target=args.refit_target, reconstruct=args.reconstruct,
+        calib=calib_config(args),
         dtype=args.dtype,
         device=args.device,
     )

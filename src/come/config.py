@@ -39,6 +39,7 @@ class PruneConfig:
     ratio_power: float = 1.0  # p in r_i = BI_i^p / sum BI^p
     grid: int = 20  # CoMe-P ratio grid {0, 1/g, ..., 1}
     loss_samples: int | None = None  # windows used for loss trials (pair choice by loss, CoMe-P); None = all
+    reconstruct: bool = False  # come/come-p: ridge re-fit of each merged layer (always on in come-plus)
     refit_target: str = "pair"  # come-plus: fit the current pair's output (pair) or the dense model's (dense)
     calib: CalibConfig | None = None
     dtype: str = "auto"

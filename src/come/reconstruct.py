@@ -121,11 +121,12 @@ def attention_updates(calib: Calibration, adapter: ModelAdapter, l: int) -> list
     return updates
 
 
-def refit_merged(calib: Calibration, adapter: ModelAdapter, l: int, attn_target: Sequence[torch.Tensor],
-                 out_target: Sequence[torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict]:
-    """Ridge re-fit of o_proj then down_proj of the (already merged) layer l; returns (weights, report)."""
-    layer = adapter.layers[l]
-    sizes = [h.shape[0] for h in calib.hidden[l]]
+def refit_merged(calib: Calibration, adapter: ModelAdapter, layer: nn.Module, inputs: Sequence[torch.Tensor],
+                 attn_target: Sequence[torch.Tensor], out_target: Sequence[torch.Tensor]
+                 ) -> tuple[dict[str, torch.Tensor], dict]:
+    """Ridge re-fit (in place) of o_proj then down_proj of a merged `layer` that runs on `inputs` (per batch);
+    returns (weights, report)."""
+    sizes = [h.shape[0] for h in inputs]
     starts = [sum(sizes[:b]) for b in range(len(sizes))]
     weights, report = {}, {}
     o, down = adapter.o_proj(layer), adapter.down_proj(layer)
@@ -138,7 +139,7 @@ def refit_merged(calib: Calibration, adapter: ModelAdapter, l: int, attn_target:
             t = t - o.bias.float()
         _split_add(fit, val, x, t, starts[b])
 
-    capture(calib, layer, calib.hidden[l], o, add_attn)
+    capture(calib, layer, inputs, o, add_attn)
     _fit_and_install("o_proj", o, fit, val, weights, report)
 
     fit, val = Gram(), Gram()
@@ -153,7 +154,7 @@ def refit_merged(calib: Calibration, adapter: ModelAdapter, l: int, attn_target:
         _split_add(fit, val, x, t, starts[b])
 
     try:
-        capture(calib, layer, calib.hidden[l], down, add_mlp)
+        capture(calib, layer, inputs, down, add_mlp)
     finally:
         handle.remove()
     _fit_and_install("down_proj", down, fit, val, weights, report)

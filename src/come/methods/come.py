@@ -37,15 +37,20 @@ def merge_step(ctx: PruneContext, l: int, ratio: tuple[float, float]) -> dict:
     }
 
 
-def trial_nll(ctx: PruneContext, step: dict) -> float:
-    """Calibration NLL if `step` were applied; re-runs only the layers from the pair on."""
+def trial(ctx: PruneContext, step: dict, targets: tuple | None = None, score: bool = True
+          ) -> tuple[dict, float | None, dict, dict]:
+    """(step, calibration NLL if `step` were applied, refit weights, refit report): the merged layer is ridge
+    re-fitted to `targets` (attention, output) when given; the NLL (skipped unless `score`) re-runs only the
+    layers from the pair on."""
     a, l = ctx.adapter, step["layer"]
     merged = concat_layers(
         a, a.layers[l], a.layers[l + 1], step["attn_groups"], step["mlp_channels"], step["ratio"], step["norm"]
     )
-    n = ctx.loss_batches
-    return ctx.calib.forward_from(l, [merged, *list(a.layers)[l + 2 :]], n)
-
+    weights, report = {}, {}
+    if targets is not None:
+        weights, report = refit_merged(ctx.calib, a, merged, ctx.calib.hidden[l], *targets)
+    nll = ctx.calib.forward_from(l, [merged, *list(a.layers)[l + 2 :]], ctx.loss_batches) if score else None
+    return step, nll, weights, report
 
 
 def candidates(ctx: PruneContext) -> list[int]:
@@ -56,7 +61,13 @@ def candidates(ctx: PruneContext) -> list[int]:
     return [l for l in pairs if len(ctx.tree[l]) == 1 and len(ctx.tree[l + 1]) == 1]
 
 
-def progressive_merge(ctx: PruneContext, search_ratio: bool, reconstruct: bool = False) -> None:
+def progressive_merge(ctx: PruneContext, ratios: str = "bi", reconstruct: bool = False) -> None:
+    """Merge pairs until the target depth.
+
+    ratios: "bi" (the BI-proportional ratio), "grid" (CoMe-P: r in {0, 1/g, ..., 1} by calibration NLL) or
+    "plus" ({0, r_BI, 1} by calibration NLL: merge, or keep one layer of the pair). With `reconstruct`, the
+    merged layer's o_proj/down_proj are ridge re-fitted to the pair's output (inside every trial too).
+    """
     cfg = ctx.config
     ctx.calib.run(0)
     dense = list(ctx.calib.hidden)  # the unpruned model's boundary states (refit_target="dense")
@@ -71,32 +82,34 @@ def progressive_merge(ctx: PruneContext, search_ratio: bool, reconstruct: bool =
             )
         scores: dict = {"pair_angular": sbi, "bi": bi, "candidates": cands}
         if cfg.pair_score == "loss":
-            loss = {i: trial_nll(ctx, merge_step(ctx, i, bi_ratio(bi[i], bi[i + 1], cfg.ratio_power))) for i in cands}
+            loss = {i: trial(ctx, merge_step(ctx, i, bi_ratio(bi[i], bi[i + 1], cfg.ratio_power)))[1] for i in cands}
             l = min(cands, key=lambda i: (loss[i], i))
             scores["pair_loss"] = {str(k): v for k, v in loss.items()}
         else:
             l = min(cands, key=lambda i: (sbi[i], i))
         ratio = bi_ratio(bi[l], bi[l + 1], cfg.ratio_power)
         scores["bi_ratio"] = list(ratio)
-        if search_ratio:
-            grid = {}
-            for i in range(cfg.grid + 1):
-                r = i / cfg.grid
-                grid[r] = trial_nll(ctx, merge_step(ctx, l, (r, 1 - r)))
-            r = min(grid, key=lambda k: (grid[k], abs(k - ratio[0])))
-            ratio = (r, 1 - r)
-            scores["ratio_grid_nll"] = {f"{k:.4f}": v for k, v in grid.items()}
-        step = merge_step(ctx, l, ratio)
-        step["scores"] = scores
-        step["sources"] = [list(ctx.tree[l]), list(ctx.tree[l + 1])]
+        targets = None
         if reconstruct:
-            attn_target = attention_updates(ctx.calib, ctx.adapter, l)
             # "dense": the original model's state after the pair's last original layer, so the fit also
             # absorbs the error that earlier merges left in the input
-            out_target = dense[ctx.tree[l + 1][-1] + 1] if cfg.refit_target == "dense" else ctx.calib.hidden[l + 2]
+            out = dense[ctx.tree[l + 1][-1] + 1] if cfg.refit_target == "dense" else ctx.calib.hidden[l + 2]
+            targets = (attention_updates(ctx.calib, ctx.adapter, l), out)
+        if ratios == "bi":
+            grid = [ratio[0]]
+        elif ratios == "grid":
+            grid = [i / cfg.grid for i in range(cfg.grid + 1)]
+        else:
+            grid = sorted({0.0, ratio[0], 1.0})
+        trials = {r: trial(ctx, merge_step(ctx, l, (r, 1 - r)), targets, score=len(grid) > 1) for r in grid}
+        if len(grid) > 1:
+            scores["ratio_grid_nll"] = {f"{r:.4f}": t[1] for r, t in trials.items()}
+        best = min(grid, key=lambda r: (trials[r][1] or 0.0, abs(r - ratio[0])))
+        step, _, weights, report = trials[best]
+        step["scores"] = scores
+        step["sources"] = [list(ctx.tree[l]), list(ctx.tree[l + 1])]
         ctx.apply(step)
-        if reconstruct:
-            weights, report = refit_merged(ctx.calib, ctx.adapter, l, attn_target, out_target)
+        if weights:
             keys = {name: f"step{len(ctx.steps)}.{name}" for name in weights}
             refit = {"op": "refit", "layer": l, "tensors": keys, "report": report}
             ctx.apply(refit, {keys[name]: w for name, w in weights.items()})
@@ -120,19 +133,19 @@ def limit_merges(fn):
 @limit_merges
 def come(ctx: PruneContext) -> None:
     """Paper CoMe: merge the pair with the lowest angular score (or loss), BI-proportional ratio."""
-    progressive_merge(ctx, search_ratio=False)
+    progressive_merge(ctx, "bi", ctx.config.reconstruct)
 
 
 @register("come-p")
 @limit_merges
 def come_p(ctx: PruneContext) -> None:
     """CoMe-P: as CoMe, with the ratio chosen on a grid by calibration NLL (r = 0 or 1 drops a layer)."""
-    progressive_merge(ctx, search_ratio=True)
+    progressive_merge(ctx, "grid", ctx.config.reconstruct)
 
 
 @register("come-plus")
 @limit_merges
 def come_plus(ctx: PruneContext) -> None:
-    """Ours: CoMe, then each merged layer's o_proj and down_proj re-fitted by ridge least squares to
-    reproduce the pair it replaces (training-free, closed form)."""
-    progressive_merge(ctx, search_ratio=False, reconstruct=True)
+    """Ours, training-free: for the lowest-angular pair, try the BI-ratio merge and keeping either layer alone,
+    each with o_proj/down_proj ridge re-fitted to the pair's output, and take the lowest calibration NLL."""
+    progressive_merge(ctx, "plus", reconstruct=True)

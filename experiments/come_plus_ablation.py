@@ -25,7 +25,7 @@ VARIANTS = {
     "come + ridge re-fit": dict(method="come", reconstruct=True),
     "come + ridge re-fit, norm=fold": dict(method="come", reconstruct=True, norm="fold"),
     "come + ridge re-fit, refit-target=dense": dict(method="come", reconstruct=True, refit_target="dense"),
-    "come-plus (re-fit, ratio in {0, r_BI, 1} by loss)": dict(method="come-plus"),
+    "come-plus (re-fit, pair by loss, ratio in {0, r_BI, 1})": dict(method="come-plus"),
     "come pair=loss": dict(method="come", pair_score="loss"),
     "come-p (grid 10)": dict(method="come-p", grid=10),
     "sleb": dict(method="sleb"),

@@ -61,14 +61,17 @@ def candidates(ctx: PruneContext) -> list[int]:
     return [l for l in pairs if len(ctx.tree[l]) == 1 and len(ctx.tree[l + 1]) == 1]
 
 
-def progressive_merge(ctx: PruneContext, ratios: str = "bi", reconstruct: bool = False) -> None:
+def progressive_merge(ctx: PruneContext, ratios: str = "bi", reconstruct: bool = False,
+                      pair_score: str | None = None) -> None:
     """Merge pairs until the target depth.
 
     ratios: "bi" (the BI-proportional ratio), "grid" (CoMe-P: r in {0, 1/g, ..., 1} by calibration NLL) or
     "plus" ({0, r_BI, 1} by calibration NLL: merge, or keep one layer of the pair). With `reconstruct`, the
     merged layer's o_proj/down_proj are ridge re-fitted to the pair's output (inside every trial too).
+    pair_score: "angular" or "loss" (default: the config's).
     """
     cfg = ctx.config
+    pair_score = pair_score or cfg.pair_score
     ctx.calib.run(0)
     dense = list(ctx.calib.hidden)  # the unpruned model's boundary states (refit_target="dense")
     while ctx.num_layers > ctx.target_layers:
@@ -81,20 +84,25 @@ def progressive_merge(ctx: PruneContext, ratios: str = "bi", reconstruct: bool =
                 "raise the target or pass --remerge"
             )
         scores: dict = {"pair_angular": sbi, "bi": bi, "candidates": cands}
-        if cfg.pair_score == "loss":
-            loss = {i: trial(ctx, merge_step(ctx, i, bi_ratio(bi[i], bi[i + 1], cfg.ratio_power)))[1] for i in cands}
+        ratio_of = {i: bi_ratio(bi[i], bi[i + 1], cfg.ratio_power) for i in cands}
+
+        def targets_of(i: int) -> tuple | None:
+            if not reconstruct:
+                return None
+            # "dense": the original model's state after the pair's last original layer, so the fit also
+            # absorbs the error that earlier merges left in the input
+            out = dense[ctx.tree[i + 1][-1] + 1] if cfg.refit_target == "dense" else ctx.calib.hidden[i + 2]
+            return attention_updates(ctx.calib, ctx.adapter, i), out
+
+        if pair_score == "loss":
+            loss = {i: trial(ctx, merge_step(ctx, i, ratio_of[i]), targets_of(i))[1] for i in cands}
             l = min(cands, key=lambda i: (loss[i], i))
             scores["pair_loss"] = {str(k): v for k, v in loss.items()}
         else:
             l = min(cands, key=lambda i: (sbi[i], i))
-        ratio = bi_ratio(bi[l], bi[l + 1], cfg.ratio_power)
+        ratio = ratio_of[l]
         scores["bi_ratio"] = list(ratio)
-        targets = None
-        if reconstruct:
-            # "dense": the original model's state after the pair's last original layer, so the fit also
-            # absorbs the error that earlier merges left in the input
-            out = dense[ctx.tree[l + 1][-1] + 1] if cfg.refit_target == "dense" else ctx.calib.hidden[l + 2]
-            targets = (attention_updates(ctx.calib, ctx.adapter, l), out)
+        targets = targets_of(l)
         if ratios == "bi":
             grid = [ratio[0]]
         elif ratios == "grid":
@@ -146,6 +154,7 @@ def come_p(ctx: PruneContext) -> None:
 @register("come-plus")
 @limit_merges
 def come_plus(ctx: PruneContext) -> None:
-    """Ours, training-free: for the lowest-angular pair, try the BI-ratio merge and keeping either layer alone,
-    each with o_proj/down_proj ridge re-fitted to the pair's output, and take the lowest calibration NLL."""
-    progressive_merge(ctx, "plus", reconstruct=True)
+    """Ours, training-free: every step merges the pair whose merge, ridge re-fitted (o_proj/down_proj) to the
+    pair's output, gives the lowest calibration NLL; for that pair, keeping either layer alone (also
+    re-fitted) is tried too and wins if its NLL is lower."""
+    progressive_merge(ctx, "plus", reconstruct=True, pair_score="loss")

@@ -52,10 +52,7 @@ class CompareConfig:
     progress: bool = True
 
     def __post_init__(self) -> None:
-        if self.calib is None:
-            self.calib = CalibConfig()
-        elif isinstance(self.calib, dict):
-            self.calib = CalibConfig(**self.calib)
+        self.calib = CalibConfig.coerce(self.calib)
 
     def validate(self) -> CompareConfig:
         from come.eval.harness import parse_tasks

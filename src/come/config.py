@@ -15,6 +15,13 @@ class CalibConfig:
     batch_size: int = 8
     seed: int = 0
 
+    @classmethod
+    def coerce(cls, value: CalibConfig | dict | None) -> CalibConfig:
+        """A CalibConfig from None (defaults), a dict (e.g. a plan's settings) or a CalibConfig."""
+        if value is None:
+            return cls()
+        return cls(**value) if isinstance(value, dict) else value
+
     def validate(self) -> None:
         if self.samples < 1:
             raise ComeError(f"--calib-samples must be >= 1, got {self.samples}")
@@ -48,10 +55,7 @@ class PruneConfig:
     progress: bool = True
 
     def __post_init__(self) -> None:
-        if self.calib is None:
-            self.calib = CalibConfig()
-        elif isinstance(self.calib, dict):
-            self.calib = CalibConfig(**self.calib)
+        self.calib = CalibConfig.coerce(self.calib)
 
     def validate(self) -> None:
         from come.merge import NORM_MODES

@@ -309,3 +309,25 @@ def test_cli_model_that_does_not_load_exits_2(tmp_path, capsys):
     (broken / "config.json").write_text("{not json")
     assert main(["eval", str(broken), "--ppl", "wiki-passages"]) == 2
     assert "could not load model" in capsys.readouterr().err
+
+
+def test_cli_baseline_reuses_an_earlier_eval_json(tiny_dir, tmp_path, capsys):
+    model_dir, text = tiny_dir
+    flags = ["--ppl", str(text), "--ppl-seq-len", "64", "--ppl-max-windows", "2", "--device", "cpu"]
+    assert main(["eval", str(model_dir), *flags, "--out", str(tmp_path / "dense")]) == 0
+    dense = json.loads((tmp_path / "dense" / "eval.json").read_text())
+    # the folder `come eval --out` wrote, and the file itself, both name the baseline's numbers
+    for baseline in (tmp_path / "dense", tmp_path / "dense" / "eval.json"):
+        out = tmp_path / f"vs-{baseline.name}"
+        assert main(["eval", str(model_dir), *flags, "--baseline", str(baseline), "--out", str(out)]) == 0
+        result = json.loads((out / "eval.json").read_text())
+        assert result["baseline"]["reused_from"].endswith("eval.json")
+        assert result["baseline"]["ppl"] == dense["model"]["ppl"]
+        assert result["retained"][f"ppl/{text}"] == pytest.approx(100.0)
+    capsys.readouterr()
+    # measured another way: refused in one line before the model runs
+    rc = main(["eval", str(model_dir), *flags[:-4], "--ppl-max-windows", "3", "--device", "cpu",
+               "--baseline", str(tmp_path / "dense")])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert "ppl_max_windows=2" in err and "re-run it with the same flags" in err

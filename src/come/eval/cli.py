@@ -11,7 +11,9 @@ def add_parser(sub) -> None:
 
     p = sub.add_parser("eval", help="perplexity, zero-shot accuracy and speed of a model (vs. a baseline)")
     p.add_argument("model", help="HF model folder (e.g. a `come prune` output), hub id, or alias")
-    p.add_argument("--baseline", default=None, help="evaluate this model the same way and report retained %%")
+    p.add_argument("--baseline", default=None,
+                   help="evaluate this model the same way and report retained %%; or an earlier eval.json (or "
+                   "`come eval --out` folder) of it, measured with the same flags, to reuse its numbers")
     g = p.add_argument_group("perplexity")
     g.add_argument("--ppl", default=None,
                    help="comma list of text sources: wiki-passages, wikitext2, c4, or files")

@@ -95,16 +95,53 @@ def evaluate(cfg: EvalConfig) -> dict:
     from come.models import resolve_model
 
     cfg.validate()
-    for name in filter(None, (cfg.model, cfg.baseline)):
-        resolve_model(name)  # a bad baseline fails before the model's long run
+    reused = reused_baseline(cfg) if cfg.baseline else None  # a bad baseline fails before the model's long run
+    for name in filter(None, (cfg.model, None if reused else cfg.baseline)):
+        resolve_model(name)
     result: dict = {"come_version": come_version, "settings": settings(cfg), "config": asdict(cfg)}
     result["model"] = evaluate_model(cfg.model, cfg)
-    result["baseline"] = evaluate_model(cfg.baseline, cfg) if cfg.baseline else None
+    if reused is not None:
+        result["baseline"] = reused
+    else:
+        result["baseline"] = evaluate_model(cfg.baseline, cfg) if cfg.baseline else None
     if result["baseline"] is not None:
         result["retained"] = report.retained(result["model"], result["baseline"])
     if cfg.tasks:
         result["settings"]["lm_eval_version"] = result["model"]["lm_eval"]["lm_eval_version"]
     return result
+
+
+# Settings that change the numbers: a reused baseline must have been measured with the same ones.
+_SAME = ("ppl", "ppl_seq_len", "ppl_max_windows", "ppl_bos", "tasks", "limit", "offline_tasks", "dtype", "speed")
+
+
+def baseline_result_file(baseline: str) -> Path | None:
+    """The eval.json that `--baseline` names (the file, or a `come eval --out` folder), else None (a model)."""
+    p = Path(baseline)
+    if p.is_file() and p.suffix == ".json":
+        return p
+    if p.is_dir() and (p / RESULT_FILE).is_file() and not (p / "config.json").exists():
+        return p / RESULT_FILE
+    return None
+
+
+def reused_baseline(cfg: EvalConfig) -> dict | None:
+    """The baseline's numbers from an earlier `come eval` result, checked to be measured the same way."""
+    path = baseline_result_file(cfg.baseline)
+    if path is None:
+        return None
+    try:
+        old = json.loads(path.read_text())
+        old_settings, model = old["settings"], old["model"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ComeError(f"--baseline {path} is not a `come eval` eval.json ({e}): pass the file that "
+                        "`come eval --out DIR` wrote, or the baseline model itself") from None
+    new = settings(cfg)
+    for key in _SAME:
+        if old_settings.get(key) != new.get(key):
+            raise ComeError(f"--baseline {path} was measured with {key}={old_settings.get(key)!r}, this run uses "
+                            f"{new.get(key)!r}: re-run it with the same flags, or pass the baseline model itself")
+    return {**model, "reused_from": str(path)}
 
 
 def settings(cfg: EvalConfig) -> dict:

@@ -27,6 +27,7 @@ VARIANTS = {
     "come + ridge re-fit, refit-target=dense": dict(method="come", reconstruct=True, refit_target="dense"),
     "come-plus (re-fit, ratio in {0, r_BI, 1} by loss)": dict(method="come-plus"),
     "come-plus --pair-score loss": dict(method="come-plus", pair_score="loss"),
+    "come-plus --drop-candidates": dict(method="come-plus", drop_candidates=True),
     "come pair=loss": dict(method="come", pair_score="loss"),
     "come-p (grid 10)": dict(method="come-p", grid=10),
     "sleb": dict(method="sleb"),

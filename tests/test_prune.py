@@ -84,3 +84,24 @@ def test_plan_prefix_replays_the_shallower_depth(tiny_dir):
     fresh, _, _ = load_model(str(path), "float32", "cpu")
     apply_plan(fresh, cut)
     assert same_weights(fresh, shallow.model)
+
+
+def test_drop_candidates_take_the_lower_calibration_nll_and_replay(tiny_dir):
+    path, text = tiny_dir
+    res = prune(cfg(path, text, method="come-plus", target_layers=2, drop_candidates=True))  # beyond L/2 merges
+    assert res.model.config.num_hidden_layers == 2
+    moves = [st for st in res.plan.steps if st["op"] != "refit"]
+    for st in moves:
+        sc = st["scores"]
+        best_drop = min(sc["removal_nll"])
+        if "merge_nll" not in sc:  # no fresh pair was left: a drop is the only move
+            assert st["op"] == "drop"
+        elif st["op"] == "drop":
+            assert best_drop < sc["merge_nll"] and st["layer"] == sc["removal_nll"].index(best_drop)
+        else:
+            assert st["op"] == "merge" and sc["merge_nll"] <= best_drop
+    fresh, _, _ = load_model(str(path), "float32", "cpu")
+    replay = Plan.load_dict(json.loads(res.plan.to_json()))
+    replay.tensors = dict(res.plan.tensors)
+    apply_plan(fresh, replay)
+    assert same_weights(fresh, res.model)

@@ -50,6 +50,9 @@ def add_prune_parser(sub) -> None:
                    help="come/come-p: ridge re-fit of each merged layer's o_proj/down_proj (always on in come-plus)")
     p.add_argument("--refit-target", default="pair", choices=["pair", "dense"],
                    help="come-plus: re-fit to the current pair's output or to the dense model's")
+    p.add_argument("--drop-candidates", action="store_true",
+                   help="come family: each step, SLEB's best single-layer drop competes with the merge by "
+                   "calibration NLL")
     p.add_argument("--loss-samples", type=int, default=None,
                    help="windows used for loss trials, rounded up to whole batches (default: all)")
     add_calib_args(p)
@@ -68,6 +71,7 @@ def cmd_prune(args) -> int:
         model=args.model, target_layers=args.target_layers, sparsity=args.sparsity, method=args.method,
         norm=args.norm, pair_score=args.pair_score, pair_tokens=args.pair_tokens, remerge=args.remerge,
         grid=args.grid, loss_samples=args.loss_samples, refit_target=args.refit_target, reconstruct=args.reconstruct,
+        drop_candidates=args.drop_candidates,
         calib=calib_config(args),
         dtype=args.dtype,
         device=args.device,

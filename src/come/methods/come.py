@@ -62,28 +62,42 @@ def candidates(ctx: PruneContext) -> list[int]:
 
 
 def progressive_merge(ctx: PruneContext, ratios: str = "bi", reconstruct: bool = False,
-                      pair_score: str | None = None) -> None:
+                      pair_score: str | None = None, drops: bool | None = None) -> None:
     """Merge pairs until the target depth.
 
     ratios: "bi" (the BI-proportional ratio), "grid" (CoMe-P: r in {0, 1/g, ..., 1} by calibration NLL) or
     "plus" ({0, r_BI, 1} by calibration NLL: merge, or keep one layer of the pair). With `reconstruct`, the
     merged layer's o_proj/down_proj are ridge re-fitted to the pair's output (inside every trial too).
     pair_score: "angular" or "loss" (default: the config's).
+    drops: also try SLEB's candidates (drop any one layer) each step and take a drop when its calibration NLL is
+    lower than the chosen merge's (default: the config's `drop_candidates`).
     """
+    from come.methods.sleb import removal_nll
+
     cfg = ctx.config
     pair_score = pair_score or cfg.pair_score
+    drops = cfg.drop_candidates if drops is None else drops
     ctx.calib.run(0)
     dense = list(ctx.calib.hidden)  # the unpruned model's boundary states (refit_target="dense")
     while ctx.num_layers > ctx.target_layers:
         sbi = pair_scores(ctx.calib.hidden, last_token=cfg.pair_tokens == "last")
         bi = [s.bi for s in ctx.calib.stats]
         cands = candidates(ctx)
+        if drops:
+            drop_nll = removal_nll(ctx, ctx.loss_batches)
+            d = min(range(len(drop_nll)), key=lambda i: (drop_nll[i], i))
+        if drops and not cands:  # no fresh pair left: dropping is the only move
+            ctx.apply({"op": "drop", "layer": d, "sources": list(ctx.tree[d]), "scores": {"removal_nll": drop_nll}})
+            ctx.calib.run(d)
+            continue
         if not cands:
             raise ComeError(
                 f"no pair left to merge at {ctx.num_layers} layers without re-merging: "
                 "raise the target or pass --remerge"
             )
         scores: dict = {"pair_angular": sbi, "bi": bi, "candidates": cands}
+        if drops:
+            scores["removal_nll"] = drop_nll
         ratio_of = {i: bi_ratio(bi[i], bi[i + 1], cfg.ratio_power) for i in cands}
 
         def targets_of(i: int) -> tuple | None:
@@ -109,11 +123,18 @@ def progressive_merge(ctx: PruneContext, ratios: str = "bi", reconstruct: bool =
             grid = [i / cfg.grid for i in range(cfg.grid + 1)]
         else:
             grid = sorted({0.0, ratio[0], 1.0})
-        trials = {r: trial(ctx, merge_step(ctx, l, (r, 1 - r)), targets, score=len(grid) > 1) for r in grid}
+        scored = len(grid) > 1 or drops
+        trials = {r: trial(ctx, merge_step(ctx, l, (r, 1 - r)), targets, score=scored) for r in grid}
         if len(grid) > 1:
             scores["ratio_grid_nll"] = {f"{r:.4f}": t[1] for r, t in trials.items()}
         best = min(grid, key=lambda r: (trials[r][1] or 0.0, abs(r - ratio[0])))
-        step, _, weights, report = trials[best]
+        step, merge_nll, weights, report = trials[best]
+        if drops:
+            scores["merge_nll"] = merge_nll
+        if drops and drop_nll[d] < merge_nll:
+            ctx.apply({"op": "drop", "layer": d, "sources": list(ctx.tree[d]), "scores": scores})
+            ctx.calib.run(d)
+            continue
         step["scores"] = scores
         step["sources"] = [list(ctx.tree[l]), list(ctx.tree[l + 1])]
         ctx.apply(step)
@@ -125,8 +146,8 @@ def progressive_merge(ctx: PruneContext, ratios: str = "bi", reconstruct: bool =
 
 
 def no_remerge_limit(num_layers: int, cfg) -> int:
-    """Without re-merge each merge needs two fresh layers: at most floor(L/2) merges."""
-    return num_layers - 1 if cfg.remerge else num_layers // 2
+    """Without re-merge each merge needs two fresh layers: at most floor(L/2) merges (drops have no limit)."""
+    return num_layers - 1 if cfg.remerge or cfg.drop_candidates else num_layers // 2
 
 
 def limit_merges(fn):
@@ -156,6 +177,7 @@ def come_p(ctx: PruneContext) -> None:
 def come_plus(ctx: PruneContext) -> None:
     """Ours, training-free: the lowest-angular pair (or --pair-score loss) is merged with o_proj/down_proj ridge
     re-fitted to the pair's output; keeping either layer alone (also re-fitted) is tried too and wins if its
-    calibration NLL is lower. Choosing the pair by re-fitted loss was measured worse on SmolLM2 (75.9 / 135.4
-    ppl at 24 / 20 layers vs 49.0 / 106.0), so the angular choice is the default."""
+    calibration NLL is lower. With --drop-candidates, SLEB's best single-layer drop competes too. Choosing the
+    pair by re-fitted loss was measured worse on SmolLM2 (75.9 / 135.4 ppl at 24 / 20 layers vs 49.0 / 106.0),
+    so the angular choice is the default."""
     progressive_merge(ctx, "plus", reconstruct=True)

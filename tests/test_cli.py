@@ -34,6 +34,10 @@ def prune_args(path, text, out, *extra):
     (["--target-layers", 1, "--method", "taylor+"], "keeping the first 4 and last 2 layers at most 0"),
     (["--target-layers", 4, "--dtype", "int3"], "unknown dtype 'int3'"),
     (["--target-layers", 4, "--calib-seq-len", 100000], "too short for one window"),
+    (["--target-layers", 4, "--method", "laco", "--option", "X=1"], "method laco has no option 'X': its options"),
+    (["--target-layers", 4, "--method", "laco", "--option", "T=high"], "option T='high' of laco must be a float"),
+    (["--target-layers", 4, "--method", "laco", "--option", "T"], "must look like KEY=VALUE"),
+    (["--target-layers", 4, "--option", "T=0.5"], "method come has no option 'T': its options are none"),
 ])
 def test_bad_prune_input(run, tiny_dir, tmp_path, extra, needle):
     path, text = tiny_dir

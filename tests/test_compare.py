@@ -66,6 +66,9 @@ def test_all_lists_every_registered_method():
     (["--eval", "ppl,speed"], "--eval must be a comma list of ppl, tasks"),
     (["--eval", "tasks", "--tasks", "piqa,nope"], "unknown task nope"),
     (["--ppl-seq-len", "100000"], "exceeds the model context"),
+    (["--methods", "laco,sleb", "--option", "T=0.5"], "--option T must name one of the compared methods"),
+    (["--methods", "laco,sleb", "--option", "come.T=0.5"], "--option come.T must name one of the compared"),
+    (["--methods", "laco,sleb", "--option", "laco.Q=0.5"], "method laco has no option 'Q'"),
 ])
 def test_bad_input_is_one_line_exit_2_and_no_folder(tiny_dir, tmp_path, capsys, extra, message):
     import re

@@ -44,10 +44,10 @@ def tiny8_dir(tmp_path):
 
 
 @pytest.mark.parametrize("method", BASELINES)
-def test_method_depth_replay_reload(tiny8_dir, tmp_path, monkeypatch, method):
+def test_method_depth_replay_reload(tiny8_dir, tmp_path, method):
     path, text = tiny8_dir
-    monkeypatch.setattr("come.methods.laco.T", 0.3)  # random layers: merged states sit at cos 0.4-0.6
-    res = prune(cfg(path, text, method=method, target_layers=6))
+    opts = {"T": 0.3} if method == "laco" else {}  # random layers: merged states sit at cos 0.4-0.6
+    res = prune(cfg(path, text, method=method, target_layers=6, method_options=opts))
     assert res.model.config.num_hidden_layers == 6 == len(res.model.model.layers) == len(res.plan.tree)
     assert sorted(i for block in res.plan.tree for i in block) == list(range(8))
     fresh, _, _ = load_model(str(path), "float32", "cpu")
@@ -133,5 +133,14 @@ def test_wsum_without_remerge_is_refused_beyond_half(tiny_dir):
 
 def test_laco_says_why_it_cannot_reach_the_target(tiny8_dir):
     path, text = tiny8_dir  # at T = 0.65 no merge of random layers passes (measured cos 0.38-0.60)
-    with pytest.raises(ComeError, match="laco stopped at 8 layers: .* above T = 0.65"):
+    with pytest.raises(ComeError, match="laco stopped at 8 layers: .* above T = 0.65.*--option T="):
         prune(cfg(path, text, method="laco", target_layers=6))
+
+
+def test_laco_options_shape_the_merge(tiny8_dir):
+    path, text = tiny8_dir
+    res = prune(cfg(path, text, method="laco", target_layers=6, method_options={"T": "0.3", "C": "2"}))
+    assert res.plan.settings["method_options"] == {"C": 2, "I": 2, "T": 0.3, "L": 1}  # typed, defaults filled
+    spans = [st["span"] for st in res.plan.steps]
+    assert spans == [2, 2]  # C = 2: pairs (the default C = 4 takes 3 layers at once here)
+    assert all(st["scores"]["threshold"] == 0.3 for st in res.plan.steps)

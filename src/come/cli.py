@@ -50,6 +50,8 @@ def add_prune_parser(sub) -> None:
                    help="come/come-p: ridge re-fit of each merged layer's o_proj/down_proj (always on in come-plus)")
     p.add_argument("--refit-target", default="pair", choices=["pair", "dense"],
                    help="come-plus: re-fit to the current pair's output or to the dense model's")
+    p.add_argument("--option", action="append", metavar="KEY=VALUE",
+                   help="a method option, repeatable (laco: C=4, I=2, T=0.65, L=1; docs/methods.md)")
     p.add_argument("--drop-candidates", action="store_true",
                    help="come family: each step, SLEB's best single-layer drop competes with the merge by "
                    "calibration NLL")
@@ -65,13 +67,14 @@ def add_prune_parser(sub) -> None:
 def cmd_prune(args) -> int:
     from come.config import PruneConfig
     from come.io import check_output_dir
+    from come.methods import parse_option_args
     from come.prune import prune, summary_text
 
     cfg = PruneConfig(
         model=args.model, target_layers=args.target_layers, sparsity=args.sparsity, method=args.method,
         norm=args.norm, pair_score=args.pair_score, pair_tokens=args.pair_tokens, remerge=args.remerge,
         grid=args.grid, loss_samples=args.loss_samples, refit_target=args.refit_target, reconstruct=args.reconstruct,
-        drop_candidates=args.drop_candidates,
+        drop_candidates=args.drop_candidates, method_options=parse_option_args(args.option),
         calib=calib_config(args),
         dtype=args.dtype,
         device=args.device,

@@ -47,6 +47,7 @@ class CompareConfig:
     overwrite: bool = False
     calib: CalibConfig | None = None
     loss_samples: int | None = None
+    options: dict = field(default_factory=dict)  # {"laco.T": 0.5}: a method's --option, by method name
     dtype: str = "auto"
     device: str = "auto"
     progress: bool = True
@@ -67,6 +68,11 @@ class CompareConfig:
             raise ComeError(f"--limit {self.limit} must be at least 1 (or omitted for the full tasks)")
         if self.ppl_max_windows is not None and self.ppl_max_windows < 1:
             raise ComeError(f"--ppl-max-windows {self.ppl_max_windows} must be at least 1")
+        for key in self.options:
+            method, dot, name = key.partition(".")
+            if not dot or method not in self.methods:
+                raise ComeError(f"--option {key} must name one of the compared methods, as METHOD.KEY=VALUE "
+                                f"(e.g. laco.T=0.5); compared: {', '.join(self.methods)}")
         for cfg in self.prune_configs():
             cfg.validate()
         return self
@@ -75,6 +81,8 @@ class CompareConfig:
         sparsity = None if target_layers is not None else self.sparsity
         return PruneConfig(model=self.model, target_layers=target_layers or self.target_layers, sparsity=sparsity,
                            method=method, calib=copy.deepcopy(self.calib), loss_samples=self.loss_samples,
+                           method_options={k.partition(".")[2]: v for k, v in self.options.items()
+                                           if k.partition(".")[0] == method},
                            dtype=self.dtype, device=self.device, progress=self.progress)
 
     def prune_configs(self) -> list[PruneConfig]:
@@ -383,6 +391,8 @@ def add_parser(sub) -> None:
     p.add_argument("--ppl-max-windows", type=int, default=None)
     p.add_argument("--loss-samples", type=int, default=None,
                    help="windows used for loss trials (sleb, laco, come-p; default: all)")
+    p.add_argument("--option", action="append", metavar="METHOD.KEY=VALUE",
+                   help="a method's option, e.g. laco.T=0.5 (repeatable; `come prune --help` lists them)")
     p.add_argument("--sweep", action="store_true", help="also score every depth between dense and the target")
     p.add_argument("--no-save-models", action="store_true", help="save each method's plan only, not its weights")
     add_calib_args(p)
@@ -394,13 +404,14 @@ def add_parser(sub) -> None:
 
 def cmd_compare(args) -> int:
     from come.cli import calib_config
+    from come.methods import parse_option_args
 
     cfg = CompareConfig(
         model=args.model, methods=args.methods, target_layers=args.target_layers, sparsity=args.sparsity,
         evals=args.eval, tasks=args.tasks, limit=args.limit, ppl_data=args.ppl_data, ppl_seq_len=args.ppl_seq_len,
         ppl_max_windows=args.ppl_max_windows, out=args.out, save_models=not args.no_save_models, sweep=args.sweep,
         overwrite=args.overwrite, calib=calib_config(args), loss_samples=args.loss_samples, dtype=args.dtype,
-        device=args.device,
+        device=args.device, options=parse_option_args(args.option),
     )
     result = compare(cfg)
     print(table(result))

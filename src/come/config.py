@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 from come.errors import ComeError
 
@@ -48,6 +48,7 @@ class PruneConfig:
     loss_samples: int | None = None  # windows used for loss trials (pair choice by loss, CoMe-P); None = all
     reconstruct: bool = False  # come/come-p: ridge re-fit of each merged layer (always on in come-plus)
     refit_target: str = "pair"  # come-plus: fit the current pair's output (pair) or the dense model's (dense)
+    method_options: dict = field(default_factory=dict)  # the method's --option KEY=VALUE settings
     drop_candidates: bool = False  # come family: SLEB's best single-layer drop competes with the merge each step
     calib: CalibConfig | None = None
     dtype: str = "auto"
@@ -60,9 +61,10 @@ class PruneConfig:
 
     def validate(self) -> None:
         from come.merge import NORM_MODES
-        from come.methods import get_method
+        from come.methods import get_method, method_options
 
         get_method(self.method)
+        self.method_options = method_options(self.method, self.method_options)
         if (self.target_layers is None) == (self.sparsity is None):
             raise ComeError("give exactly one of --target-layers and --sparsity")
         if self.sparsity is not None and not 0 < self.sparsity < 1:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from come.errors import ComeError
 from come.methods.base import PruneContext
@@ -11,12 +12,48 @@ MethodFn = Callable[[PruneContext], None]
 METHODS: dict[str, MethodFn] = {}
 
 
-def register(name: str) -> Callable[[MethodFn], MethodFn]:
+@dataclass(frozen=True)
+class Option:
+    """A method's tunable constant (`--option KEY=VALUE`): its type, default and one-line meaning."""
+
+    type: type
+    default: float | int
+    help: str
+
+
+def register(name: str, options: dict[str, Option] | None = None) -> Callable[[MethodFn], MethodFn]:
     def deco(fn: MethodFn) -> MethodFn:
+        fn.options = dict(options or {})
         METHODS[name] = fn
         return fn
 
     return deco
+
+
+def method_options(name: str, given: dict | None) -> dict:
+    """The method's options with `given` (strings or numbers) typed and checked; unknown keys are refused."""
+    declared = get_method(name).options
+    out = {k: o.default for k, o in declared.items()}
+    for key, value in (given or {}).items():
+        if key not in declared:
+            known = ", ".join(f"{k} ({o.help})" for k, o in declared.items()) or "none"
+            raise ComeError(f"method {name} has no option {key!r}: its options are {known}")
+        try:
+            out[key] = declared[key].type(value)
+        except (TypeError, ValueError):
+            raise ComeError(f"option {key}={value!r} of {name} must be a {declared[key].type.__name__}") from None
+    return out
+
+
+def parse_option_args(items: list[str] | None) -> dict[str, str]:
+    """["T=0.5", "laco.C=3"] -> {"T": "0.5", "laco.C": "3"}; a malformed item raises a ComeError."""
+    out = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip() or not value.strip():
+            raise ComeError(f"--option {item!r} must look like KEY=VALUE (e.g. --option T=0.5)")
+        out[key.strip()] = value.strip()
+    return out
 
 
 def get_method(name: str) -> MethodFn:

@@ -32,6 +32,12 @@ class PruneContext:
         update_tree(self.tree, step)
         self.steps.append(step)
 
+    def option(self, key: str):
+        """The value of the method's option `key` (its default unless --option set it)."""
+        from come.methods import method_options
+
+        return method_options(self.config.method, self.config.method_options)[key]
+
     @property
     def loss_batches(self) -> int | None:
         """Calibration batches for loss trials: --loss-samples windows, rounded up to whole batches."""

@@ -3,7 +3,8 @@
 model's last hidden states stay close to the ORIGINAL model's (mean token cosine on the calibration windows
 > T), then the walk jumps I layers down, else it moves one layer down.
 
-Defaults (the paper's Llama2-7B setting): C = 4, I = 2, T = 0.65, merges at layers >= 1. The last merge is
+Defaults (the paper's Llama2-7B setting): C = 4, I = 2, T = 0.65, merges at layers >= 1 (L); each can be set
+with `--option KEY=VALUE` (`come compare`: `--option laco.KEY=VALUE`). The last merge is
 shortened so the result has exactly the target depth. Differs from the authors' code, which ends up dropping
 layers: the equation is applied to every linear weight and bias (norms stay those of layer l, as RDSC sums
 the layers' residual functions); states are the true last-layer outputs (before the final norm).
@@ -17,12 +18,17 @@ import torch
 
 from come.capture import cos_rows
 from come.errors import ComeError
-from come.methods import register
+from come.methods import Option, register
 from come.methods.base import PruneContext
 from come.models import ModelAdapter
 from come.plan import register_op
 
-C, I, T, LOWEST = 4, 2, 0.65, 1
+OPTIONS = {
+    "C": Option(int, 4, "layers merged into one, the first included"),
+    "I": Option(int, 2, "layers the walk jumps down after an accepted merge"),
+    "T": Option(float, 0.65, "similarity threshold of the last hidden states"),
+    "L": Option(int, 1, "lowest layer a merge may start at"),
+}
 
 
 def _is_norm(name: str) -> bool:
@@ -63,8 +69,11 @@ def final_similarity(states, reference) -> float:
 
 
 
-@register("laco")
+@register("laco", OPTIONS)
 def laco(ctx: PruneContext) -> None:
+    C, I, T, LOWEST = (ctx.option(k) for k in ("C", "I", "T", "L"))
+    if C < 2 or I < 0 or not -1 <= T <= 1 or LOWEST < 0:
+        raise ComeError(f"laco options out of range (C={C} >= 2, I={I} >= 0, T={T} in [-1, 1], L={LOWEST} >= 0)")
     calib = ctx.calib
     calib.run(0)
     n = ctx.loss_batches
@@ -90,5 +99,5 @@ def laco(ctx: PruneContext) -> None:
     if ctx.num_layers > ctx.target_layers:
         raise ComeError(
             f"laco stopped at {ctx.num_layers} layers: no further merge keeps the last hidden states' cosine "
-            f"similarity to the original above T = {T}; raise --target-layers"
+            f"similarity to the original above T = {T}; raise --target-layers or lower it with --option T=..."
         )

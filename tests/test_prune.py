@@ -105,3 +105,26 @@ def test_drop_candidates_take_the_lower_calibration_nll_and_replay(tiny_dir):
     replay.tensors = dict(res.plan.tensors)
     apply_plan(fresh, replay)
     assert same_weights(fresh, res.model)
+
+
+def test_saved_in_the_checkpoint_dtype_unless_told(tmp_path):
+    from conftest import SAMPLE_TEXT, tiny_model, tiny_tokenizer
+
+    src = tmp_path / "bf16"  # a bfloat16 checkpoint with tied embeddings, computed in float32 here
+    m = tiny_model("llama", tie_word_embeddings=True).to(torch.bfloat16)
+    m.save_pretrained(src)
+    tiny_tokenizer().save_pretrained(src)
+    text = tmp_path / "calib.txt"
+    text.write_text(SAMPLE_TEXT * 40)
+    res = prune(cfg(src, text, target_layers=4, dtype="float32"))
+    assert res.model.dtype == torch.float32 and res.plan.stats["save_dtype"] == "bfloat16"
+    out = res.save(tmp_path / "out")
+    assert res.model.dtype == torch.float32  # the in-memory result is untouched
+    back = AutoModelForCausalLM.from_pretrained(out, dtype="auto")  # dtype from the saved config
+    assert back.dtype == torch.bfloat16 and back.config.tie_word_embeddings
+    assert back.lm_head.weight.data_ptr() == back.model.embed_tokens.weight.data_ptr()
+    want = {k: v.to(torch.bfloat16) for k, v in res.model.state_dict().items()}
+    assert all(torch.equal(v, want[k]) for k, v in back.state_dict().items())
+    res.save_dtype = torch.float32  # --save-dtype float32
+    back32 = AutoModelForCausalLM.from_pretrained(res.save(tmp_path / "out32"), dtype="auto")
+    assert back32.dtype == torch.float32 and same_weights(back32, res.model)

@@ -50,6 +50,8 @@ def add_prune_parser(sub) -> None:
                    help="come/come-p: ridge re-fit of each merged layer's o_proj/down_proj (always on in come-plus)")
     p.add_argument("--refit-target", default="pair", choices=["pair", "dense"],
                    help="come-plus: re-fit to the current pair's output or to the dense model's")
+    p.add_argument("--save-dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
+                   help="dtype of the saved weights (auto: the original checkpoint's, whatever --dtype computed in)")
     p.add_argument("--option", action="append", metavar="KEY=VALUE",
                    help="a method option, repeatable (laco: C=4, I=2, T=0.65, L=1; docs/methods.md)")
     p.add_argument("--drop-candidates", action="store_true",
@@ -75,6 +77,7 @@ def cmd_prune(args) -> int:
         norm=args.norm, pair_score=args.pair_score, pair_tokens=args.pair_tokens, remerge=args.remerge,
         grid=args.grid, loss_samples=args.loss_samples, refit_target=args.refit_target, reconstruct=args.reconstruct,
         drop_candidates=args.drop_candidates, method_options=parse_option_args(args.option),
+        save_dtype=args.save_dtype,
         calib=calib_config(args),
         dtype=args.dtype,
         device=args.device,
@@ -93,6 +96,8 @@ def add_apply_parser(sub) -> None:
     p.add_argument("plan", help="a come_plan.json or a folder that holds one")
     p.add_argument("--model", default=None, help="the original model (default: the one the plan names)")
     add_common_model_args(p)
+    p.add_argument("--save-dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
+                   help="dtype of the saved weights (auto: the original checkpoint's)")
     p.add_argument("--out", required=True)
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=cmd_apply)
@@ -100,16 +105,19 @@ def add_apply_parser(sub) -> None:
 
 def cmd_apply(args) -> int:
     from come.io import atomic_output_dir, check_output_dir
-    from come.models import load_model
+    from come.models import checkpoint_dtype, load_config, load_model, parse_dtype
     from come.plan import PLAN_FILE, Plan, apply_plan
+    from come.prune import save_model
 
     plan = Plan.load(args.plan)
     check_output_dir(args.out, args.overwrite)
-    model, tok, _ = load_model(args.model or plan.base_model["name"], args.dtype,
-                               "cpu" if args.device == "auto" else args.device)
+    name = args.model or plan.base_model["name"]
+    save_dtype = (checkpoint_dtype(load_config(name)[0]) if args.save_dtype == "auto"
+                  else parse_dtype(args.save_dtype))
+    model, tok, _ = load_model(name, args.dtype, "cpu" if args.device == "auto" else args.device)
     apply_plan(model, plan)
     with atomic_output_dir(args.out, args.overwrite) as tmp:
-        model.save_pretrained(tmp)
+        save_model(model, tmp, save_dtype)
         tok.save_pretrained(tmp)
         plan.save(tmp / PLAN_FILE)
     print(f"wrote {args.out} ({model.config.num_hidden_layers} layers)")

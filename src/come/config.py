@@ -52,6 +52,7 @@ class PruneConfig:
     drop_candidates: bool = False  # come family: SLEB's best single-layer drop competes with the merge each step
     calib: CalibConfig | None = None
     dtype: str = "auto"
+    save_dtype: str = "auto"  # dtype of the saved weights; auto = the original checkpoint's
     device: str = "auto"
     store_device: str | None = None  # where cached hidden states live (default: the compute device)
     progress: bool = True
@@ -77,6 +78,10 @@ class PruneConfig:
             raise ComeError(f"--pair-tokens must be last or all, got {self.pair_tokens!r}")
         if self.refit_target not in ("pair", "dense"):
             raise ComeError(f"--refit-target must be pair or dense, got {self.refit_target!r}")
+        if self.save_dtype != "auto":
+            from come.models import parse_dtype
+
+            parse_dtype(self.save_dtype)
         if self.grid < 1:
             raise ComeError(f"--grid must be >= 1, got {self.grid}")
         if self.loss_samples is not None and self.loss_samples < 1:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import resource
 import sys
 import time
@@ -17,7 +18,15 @@ from come.errors import ComeError
 from come.io import atomic_output_dir, check_output_dir
 from come.methods import get_method
 from come.methods.base import PruneContext
-from come.models import count_params, get_adapter, load_config, load_model, meta_model
+from come.models import (
+    checkpoint_dtype,
+    count_params,
+    get_adapter,
+    load_config,
+    load_model,
+    meta_model,
+    parse_dtype,
+)
 from come.plan import PLAN_FILE, Plan, base_model_info, versions
 
 SUMMARY_FILE = "come_summary.md"
@@ -28,16 +37,38 @@ class PruneResult:
     model: torch.nn.Module
     tokenizer: object
     plan: Plan
+    save_dtype: torch.dtype | None = None  # dtype of the saved weights (None: the model's own)
 
     def save(self, out: str | Path, overwrite: bool = False) -> Path:
-        """Write the HF model (safetensors), tokenizer, plan and summary; the folder appears only when complete."""
+        """Write the HF model (safetensors, in `save_dtype`), tokenizer, plan and summary; the folder appears only
+        when complete. The in-memory model is left as it is."""
         out = Path(out)
         with atomic_output_dir(out, overwrite) as tmp:
-            self.model.save_pretrained(tmp)
+            save_model(self.model, tmp, self.save_dtype)
             self.tokenizer.save_pretrained(tmp)
             self.plan.save(tmp / PLAN_FILE)
             (tmp / SUMMARY_FILE).write_text(summary_text(self.plan))
         return out
+
+
+def save_model(model: torch.nn.Module, folder: Path, dtype: torch.dtype | None) -> None:
+    """save_pretrained with the floating-point weights cast to `dtype` (tied weights stay one tensor)."""
+    if dtype is None or all(p.dtype == dtype for p in model.parameters()):
+        model.save_pretrained(folder)
+        return
+    cast: dict[int, torch.Tensor] = {}  # by storage, so tied weights share one cast tensor
+    state = {}
+    for k, v in model.state_dict().items():
+        key = v.untyped_storage().data_ptr()
+        if key not in cast:
+            cast[key] = v.to(dtype) if v.is_floating_point() else v
+        state[k] = cast[key]
+    model.save_pretrained(folder, state_dict=state)
+    # save_pretrained records the in-memory dtype; the weights on disk are `dtype`
+    cfg_file = Path(folder) / "config.json"
+    saved = json.loads(cfg_file.read_text())
+    saved["dtype"] = str(dtype).replace("torch.", "")
+    cfg_file.write_text(json.dumps(saved, indent=2, sort_keys=True) + "\n")
 
 
 def resolve_device(device: str) -> str:
@@ -85,7 +116,8 @@ def prune(config: PruneConfig | None = None, **kwargs) -> PruneResult:
     method = get_method(cfg.method)
     t0 = time.perf_counter()
     device = resolve_device(cfg.device)
-    skeleton = get_adapter(meta_model(load_config(cfg.model)[0]))  # check the target before loading weights
+    config = load_config(cfg.model)[0]
+    skeleton = get_adapter(meta_model(config))  # check the target before loading weights
     target = resolve_target(cfg, skeleton.model, skeleton.num_layers, skeleton.params_per_layer())
     check_reachable(cfg, skeleton.num_layers, target)
     model, tokenizer, path = load_model(cfg.model, cfg.dtype, device)
@@ -111,10 +143,12 @@ def prune(config: PruneConfig | None = None, **kwargs) -> PruneResult:
         "dtype": str(model.dtype).replace("torch.", ""),
         "calib_tokens": int(ids.numel()),
     }
+    save_dtype = checkpoint_dtype(config) if cfg.save_dtype == "auto" else parse_dtype(cfg.save_dtype)
+    stats["save_dtype"] = str(save_dtype).replace("torch.", "")
     settings = cfg.to_dict()
     settings["model_path"] = path
     plan = Plan(cfg.method, base, settings, ctx.steps, ctx.tree, c.seed, versions(), stats=stats, tensors=ctx.tensors)
-    return PruneResult(model, tokenizer, plan)
+    return PruneResult(model, tokenizer, plan, save_dtype)
 
 
 def peak_memory_gb(device: str) -> float:

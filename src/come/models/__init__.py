@@ -54,6 +54,14 @@ def resolve_model(name: str) -> str:
     return name
 
 
+def checkpoint_dtype(config) -> torch.dtype:
+    """The dtype a checkpoint declares in its config (float32 when it declares none)."""
+    d = getattr(config, "dtype", None) if config is not None else None
+    if isinstance(d, str):
+        d = DTYPES.get(d.replace("torch.", ""))
+    return d if isinstance(d, torch.dtype) else torch.float32
+
+
 def parse_dtype(dtype: str | torch.dtype | None, config=None, device: str = "cpu") -> torch.dtype:
     """`auto` is float32 on CPU (bf16 matmuls measured 8x slower than fp32 on this CPU) and the checkpoint's
     dtype on an accelerator."""
@@ -62,10 +70,7 @@ def parse_dtype(dtype: str | torch.dtype | None, config=None, device: str = "cpu
     if dtype in (None, "auto"):
         if str(device).startswith("cpu"):
             return torch.float32
-        d = getattr(config, "dtype", None) if config is not None else None
-        if isinstance(d, str):
-            d = DTYPES.get(d.replace("torch.", ""))
-        return d if isinstance(d, torch.dtype) else torch.float32
+        return checkpoint_dtype(config)
     if dtype not in DTYPES:
         raise ComeError(f"unknown dtype '{dtype}': use one of auto, float32, bfloat16, float16")
     return DTYPES[dtype]

@@ -22,6 +22,15 @@ def same_weights(m1, m2):
     return s1.keys() == s2.keys() and all(torch.equal(s1[k], s2[k]) for k in s1)
 
 
+def replays_bit_for_bit(res, path) -> bool:
+    """The plan (through its JSON and tensors) applied to a fresh load of `path` gives `res.model` exactly."""
+    fresh, _, _ = load_model(str(path), "float32", "cpu")
+    replay = Plan.load_dict(json.loads(res.plan.to_json()))
+    replay.tensors = dict(res.plan.tensors)
+    apply_plan(fresh, replay)
+    return same_weights(fresh, res.model)
+
+
 @pytest.mark.parametrize("method,extra", [("come", {}), ("come", {"norm": "fold", "pair_score": "loss"}),
                                           ("come-p", {"grid": 4}), ("come-plus", {}),
                                           ("come", {"reconstruct": True, "refit_target": "dense"})])
@@ -32,11 +41,7 @@ def test_prune_replays_bit_for_bit(tiny_dir, method, extra):
     assert [st["op"] for st in res.plan.steps if st["op"] != "refit"] == ["merge", "merge"]
     assert sorted(i for block in res.plan.tree for i in block) == list(range(6))
     assert all(len(b) <= 2 for b in res.plan.tree)  # no re-merge by default
-    fresh, _, _ = load_model(str(path), "float32", "cpu")
-    replay = Plan.load_dict(json.loads(res.plan.to_json()))
-    replay.tensors = dict(res.plan.tensors)
-    apply_plan(fresh, replay)
-    assert same_weights(fresh, res.model)
+    assert replays_bit_for_bit(res, path)
 
 
 def test_same_seed_same_plan_other_seed_other_windows(tiny_dir):
@@ -100,11 +105,7 @@ def test_drop_candidates_take_the_lower_calibration_nll_and_replay(tiny_dir):
             assert best_drop < sc["merge_nll"] and st["layer"] == sc["removal_nll"].index(best_drop)
         else:
             assert st["op"] == "merge" and sc["merge_nll"] <= best_drop
-    fresh, _, _ = load_model(str(path), "float32", "cpu")
-    replay = Plan.load_dict(json.loads(res.plan.to_json()))
-    replay.tensors = dict(res.plan.tensors)
-    apply_plan(fresh, replay)
-    assert same_weights(fresh, res.model)
+    assert replays_bit_for_bit(res, path)
 
 
 def test_saved_in_the_checkpoint_dtype_unless_told(tmp_path):

@@ -94,3 +94,24 @@ def test_apply_replays_a_saved_plan(run, tiny_dir, tmp_path):
     assert a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a)
     code, err = run("apply", out, "--model", tmp_path / "replayed", "--out", tmp_path / "again")
     assert code == 2 and "plan was made for a 6-layer" in err
+
+
+def test_apply_target_layers_gives_the_shallower_depth_of_a_progressive_plan(run, tiny_dir, tmp_path):
+    from safetensors.torch import load_file
+
+    path, text = tiny_dir
+    deep, shallow = tmp_path / "deep", tmp_path / "shallow"
+    assert run(*prune_args(path, text, deep, "--target-layers", 4, "--method", "sleb"))[0] == 0
+    assert run(*prune_args(path, text, shallow, "--target-layers", 5, "--method", "sleb"))[0] == 0
+    code, err = run("apply", deep, "--model", path, "--target-layers", 5, "--out", tmp_path / "cut")
+    assert code == 0, err
+    a, b = load_file(shallow / "model.safetensors"), load_file(tmp_path / "cut" / "model.safetensors")
+    assert a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a)
+    assert json.loads((tmp_path / "cut" / "come_plan.json").read_text())["tree"] == \
+        json.loads((shallow / "come_plan.json").read_text())["tree"]
+    code, err = run("apply", deep, "--model", path, "--target-layers", 3, "--out", tmp_path / "x")
+    assert code == 2 and "never has 3 layers" in err
+    ang = tmp_path / "ang"
+    assert run(*prune_args(path, text, ang, "--target-layers", 4, "--method", "angular"))[0] == 0
+    code, err = run("apply", ang, "--model", path, "--target-layers", 5, "--out", tmp_path / "y")
+    assert code == 2 and "not progressive" in err and not (tmp_path / "y").exists()

@@ -95,6 +95,9 @@ def add_apply_parser(sub) -> None:
     p = sub.add_parser("apply", help="replay a plan on the original model and save the result")
     p.add_argument("plan", help="a come_plan.json or a folder that holds one")
     p.add_argument("--model", default=None, help="the original model (default: the one the plan names)")
+    p.add_argument("--target-layers", type=int, default=None,
+                   help="replay a progressive plan only until the model has N layers (every depth on the way "
+                   "to the plan's target comes from the same run)")
     add_common_model_args(p)
     p.add_argument("--save-dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
                    help="dtype of the saved weights (auto: the original checkpoint's)")
@@ -110,6 +113,8 @@ def cmd_apply(args) -> int:
     from come.prune import save_model
 
     plan = Plan.load(args.plan)
+    if args.target_layers is not None:
+        plan = progressive_prefix(plan, args.target_layers)
     check_output_dir(args.out, args.overwrite)
     name = args.model or plan.base_model["name"]
     save_dtype = (checkpoint_dtype(load_config(name)[0]) if args.save_dtype == "auto"
@@ -122,6 +127,17 @@ def cmd_apply(args) -> int:
         plan.save(tmp / PLAN_FILE)
     print(f"wrote {args.out} ({model.config.num_hidden_layers} layers)")
     return 0
+
+
+def progressive_prefix(plan, num_layers: int):
+    """`plan` cut at `num_layers`, refused for methods whose shallower depths are not prefixes of a deeper run."""
+    from come.methods import METHODS
+
+    fn = METHODS.get(plan.method)
+    if fn is not None and not getattr(fn, "prefix_consistent", True):
+        raise ComeError(f"a {plan.method} plan is not progressive (each depth picks its own layers): "
+                        f"run `come prune --method {plan.method} --target-layers {num_layers}` instead")
+    return plan.prefix(num_layers)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -72,7 +72,7 @@ def progressive_merge(ctx: PruneContext, ratios: str = "bi", reconstruct: bool =
     drops: also try SLEB's candidates (drop any one layer) each step and take a drop when its calibration NLL is
     lower than the chosen merge's (default: the config's `drop_candidates`).
     """
-    from come.methods.sleb import removal_nll
+    from come.methods.sleb import drop_layer, removal_nll
 
     cfg = ctx.config
     pair_score = pair_score or cfg.pair_score
@@ -87,8 +87,7 @@ def progressive_merge(ctx: PruneContext, ratios: str = "bi", reconstruct: bool =
             drop_nll = removal_nll(ctx, ctx.loss_batches)
             d = min(range(len(drop_nll)), key=lambda i: (drop_nll[i], i))
         if drops and not cands:  # no fresh pair left: dropping is the only move
-            ctx.apply({"op": "drop", "layer": d, "sources": list(ctx.tree[d]), "scores": {"removal_nll": drop_nll}})
-            ctx.calib.run(d)
+            drop_layer(ctx, d, {"removal_nll": drop_nll})
             continue
         if not cands:
             raise ComeError(
@@ -132,8 +131,7 @@ def progressive_merge(ctx: PruneContext, ratios: str = "bi", reconstruct: bool =
         if drops:
             scores["merge_nll"] = merge_nll
         if drops and drop_nll[d] < merge_nll:
-            ctx.apply({"op": "drop", "layer": d, "sources": list(ctx.tree[d]), "scores": scores})
-            ctx.calib.run(d)
+            drop_layer(ctx, d, scores)
             continue
         step["scores"] = scores
         step["sources"] = [list(ctx.tree[l]), list(ctx.tree[l + 1])]

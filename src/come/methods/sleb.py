@@ -17,6 +17,12 @@ def removal_nll(ctx: PruneContext, n_batches: int | None = None) -> list[float]:
     return [ctx.calib.forward_from(i, layers[i + 1 :], n_batches) for i in range(len(layers))]
 
 
+def drop_layer(ctx: PruneContext, l: int, scores: dict) -> None:
+    """Drop current layer `l` (a plan step) and re-run the calibration cache from it."""
+    ctx.apply({"op": "drop", "layer": l, "sources": list(ctx.tree[l]), "scores": scores})
+    ctx.calib.run(l)  # boundaries up to l are unchanged
+
+
 @register("sleb")
 def sleb(ctx: PruneContext) -> None:
     ctx.calib.run(0)
@@ -24,5 +30,4 @@ def sleb(ctx: PruneContext) -> None:
     while ctx.num_layers > ctx.target_layers:
         nll = removal_nll(ctx, n)
         l = min(range(len(nll)), key=lambda i: (nll[i], i))
-        ctx.apply({"op": "drop", "layer": l, "sources": list(ctx.tree[l]), "scores": {"removal_nll": nll}})
-        ctx.calib.run(l)  # boundaries up to l are unchanged
+        drop_layer(ctx, l, {"removal_nll": nll})

@@ -108,7 +108,7 @@ def add_apply_parser(sub) -> None:
 
 def cmd_apply(args) -> int:
     from come.io import atomic_output_dir, check_output_dir
-    from come.models import checkpoint_dtype, load_config, load_model, parse_dtype
+    from come.models import load_config, load_model, save_dtype_for
     from come.plan import PLAN_FILE, Plan, apply_plan
     from come.prune import save_model
 
@@ -117,8 +117,7 @@ def cmd_apply(args) -> int:
         plan = progressive_prefix(plan, args.target_layers)
     check_output_dir(args.out, args.overwrite)
     name = args.model or plan.base_model["name"]
-    save_dtype = (checkpoint_dtype(load_config(name)[0]) if args.save_dtype == "auto"
-                  else parse_dtype(args.save_dtype))
+    save_dtype = save_dtype_for(args.save_dtype, load_config(name)[0])
     model, tok, _ = load_model(name, args.dtype, "cpu" if args.device == "auto" else args.device)
     apply_plan(model, plan)
     with atomic_output_dir(args.out, args.overwrite) as tmp:
@@ -131,10 +130,9 @@ def cmd_apply(args) -> int:
 
 def progressive_prefix(plan, num_layers: int):
     """`plan` cut at `num_layers`, refused for methods whose shallower depths are not prefixes of a deeper run."""
-    from come.methods import METHODS
+    from come.methods import METHODS, is_progressive
 
-    fn = METHODS.get(plan.method)
-    if fn is not None and not getattr(fn, "prefix_consistent", True):
+    if plan.method in METHODS and not is_progressive(plan.method):
         raise ComeError(f"a {plan.method} plan is not progressive (each depth picks its own layers): "
                         f"run `come prune --method {plan.method} --target-layers {num_layers}` instead")
     return plan.prefix(num_layers)

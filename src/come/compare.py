@@ -151,12 +151,12 @@ def _log(cfg: CompareConfig, msg: str) -> None:
 
 def sweep_points(cfg: CompareConfig, method: str, plan, dense, tokenizer) -> list[dict]:
     """Scores at every depth the method passes through on its way to the target (the target itself excluded)."""
-    from come.methods import get_method
+    from come.methods import is_progressive
     from come.plan import apply_plan
     from come.prune import prune
 
     points = []
-    if getattr(get_method(method), "prefix_consistent", True):
+    if is_progressive(method):
         keeps_depth = _depth_keeping_ops()
         steps = plan.steps
         ends = [k for k in range(1, len(steps)) if steps[k]["op"] not in keeps_depth]  # evaluate before these

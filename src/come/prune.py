@@ -18,15 +18,7 @@ from come.errors import ComeError
 from come.io import atomic_output_dir, check_output_dir
 from come.methods import get_method
 from come.methods.base import PruneContext
-from come.models import (
-    checkpoint_dtype,
-    count_params,
-    get_adapter,
-    load_config,
-    load_model,
-    meta_model,
-    parse_dtype,
-)
+from come.models import count_params, get_adapter, load_config, load_model, meta_model, save_dtype_for
 from come.plan import PLAN_FILE, Plan, base_model_info, versions
 
 SUMMARY_FILE = "come_summary.md"
@@ -143,7 +135,7 @@ def prune(config: PruneConfig | None = None, **kwargs) -> PruneResult:
         "dtype": str(model.dtype).replace("torch.", ""),
         "calib_tokens": int(ids.numel()),
     }
-    save_dtype = checkpoint_dtype(config) if cfg.save_dtype == "auto" else parse_dtype(cfg.save_dtype)
+    save_dtype = save_dtype_for(cfg.save_dtype, config)
     stats["save_dtype"] = str(save_dtype).replace("torch.", "")
     settings = cfg.to_dict()
     settings["model_path"] = path

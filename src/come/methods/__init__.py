@@ -56,6 +56,11 @@ def parse_option_args(items: list[str] | None) -> dict[str, str]:
     return out
 
 
+def is_progressive(name: str) -> bool:
+    """Whether every prefix of the method's plan is the method at that shallower depth (False: `angular`)."""
+    return getattr(get_method(name), "prefix_consistent", True)
+
+
 def get_method(name: str) -> MethodFn:
     if name not in METHODS:
         raise ComeError(f"unknown method '{name}': registered methods are {', '.join(sorted(METHODS))}")

@@ -62,6 +62,11 @@ def checkpoint_dtype(config) -> torch.dtype:
     return d if isinstance(d, torch.dtype) else torch.float32
 
 
+def save_dtype_for(spec: str, config) -> torch.dtype:
+    """`--save-dtype`: "auto" is the checkpoint's own dtype, anything else a dtype name."""
+    return checkpoint_dtype(config) if spec == "auto" else parse_dtype(spec)
+
+
 def parse_dtype(dtype: str | torch.dtype | None, config=None, device: str = "cpu") -> torch.dtype:
     """`auto` is float32 on CPU (bf16 matmuls measured 8x slower than fp32 on this CPU) and the checkpoint's
     dtype on an accelerator."""

@@ -110,3 +110,77 @@ def test_sleb_beats_reverse_on_smollm2(tmp_path):
     assert 21 < ppl["dense"] < 23.5, ppl
     assert ppl["sleb"] <= ppl["shortgpt"] * 1.001 and ppl["sleb"] < ppl["reverse-keep-last"] / 50, ppl
     assert ppl["dense"] < ppl["sleb"] < 1.5 * ppl["dense"], ppl
+
+
+def _count_prunes(monkeypatch):
+    import sys
+
+    module = sys.modules["come.prune"]  # `come.prune` is also the API function
+    calls, real = [], module.prune
+    monkeypatch.setattr(module, "prune", lambda cfg: calls.append(cfg.method) or real(cfg))
+    return calls
+
+
+def test_interrupted_compare_resumes_without_repruning(tiny_dir, tmp_path, monkeypatch):
+    import sys
+
+    path, text = tiny_dir
+    calib = CalibConfig(data=str(text), samples=4, seq_len=32, batch_size=2)
+    kw = dict(model=str(path), methods="shortgpt,sleb,come", target_layers=4, evals="ppl", ppl_data=str(text),
+              ppl_seq_len=32, ppl_max_windows=4, calib=calib, device="cpu", progress=False)
+    fresh = compare(CompareConfig(out=str(tmp_path / "fresh"), **kw))
+    out, partial = tmp_path / "cmp", tmp_path / "cmp.partial"
+    module = sys.modules["come.compare"]  # `come.compare` is also the API function
+    real_eval, seen = module.evaluate_model, []
+
+    def stop_at_third(*a):  # dense, shortgpt, then Ctrl-C while sleb is evaluated
+        seen.append(1)
+        if len(seen) == 3:
+            raise KeyboardInterrupt
+        return real_eval(*a)
+
+    monkeypatch.setattr(module, "evaluate_model", stop_at_third)
+    with pytest.raises(KeyboardInterrupt):
+        compare(CompareConfig(out=str(out), **kw))
+    assert not out.exists() and (partial / "rows" / "shortgpt.json").exists()
+    assert [r["method"] for r in json.loads((partial / "compare.json").read_text())["rows"]] == ["dense", "shortgpt"]
+    assert "Unfinished" in (partial / "compare.md").read_text()
+    with pytest.raises(ComeError, match="interrupted compare left .*cmp.partial: pass --resume"):
+        compare(CompareConfig(out=str(out), **kw))
+
+    monkeypatch.setattr(module, "evaluate_model", real_eval)
+    prunes = _count_prunes(monkeypatch)
+    resumed = compare(CompareConfig(out=str(out), resume=True, **kw))
+    assert prunes == ["sleb", "come"]  # shortgpt's plan and row were kept
+    assert not partial.exists() and (out / "methods" / "shortgpt" / "model.safetensors").exists()
+    got = {r["method"]: (r["ppl"]["ppl"], r.get("reused")) for r in resumed["rows"]}
+    want = {r["method"]: r["ppl"]["ppl"] for r in fresh["rows"]}
+    assert {m: v for m, (v, _) in got.items()} == want
+    assert got["dense"][1] == got["shortgpt"][1] == "row" and got["sleb"][1] is None
+    assert resumed["complete"] and "rows reused as they were dense, shortgpt" in (out / "compare.md").read_text()
+
+
+def test_resume_extends_a_finished_compare_by_replaying_plans(tiny_dir, tmp_path, monkeypatch):
+    path, text = tiny_dir
+    calib = CalibConfig(data=str(text), samples=4, seq_len=32, batch_size=2)
+    kw = dict(model=str(path), methods="sleb,come", target_layers=4, evals="ppl", ppl_data=str(text),
+              ppl_seq_len=32, calib=calib, device="cpu", progress=False)
+    out = tmp_path / "cmp"
+    compare(CompareConfig(out=str(out), ppl_max_windows=2, save_models=False, **kw))
+    wider = compare(CompareConfig(out=str(tmp_path / "wider"), ppl_max_windows=4, **kw))
+    prunes = _count_prunes(monkeypatch)
+    extended = compare(CompareConfig(out=str(out), ppl_max_windows=4, resume=True, **kw))  # new eval setting
+    assert prunes == []
+    assert [r["ppl"]["ppl"] for r in extended["rows"]] == [r["ppl"]["ppl"] for r in wider["rows"]]
+    assert [r.get("reused") for r in extended["rows"]] == [None, "plan", "plan"]
+    assert (out / "methods" / "sleb" / "model.safetensors").exists()  # saved now: this run saves models
+    recal = compare(CompareConfig(out=str(out), ppl_max_windows=4, resume=True, **dict(kw, calib=CalibConfig(
+        data=str(text), samples=4, seq_len=32, batch_size=2, seed=1))))  # other calibration: pruned again
+    assert prunes == ["sleb", "come"] and [r.get("reused") for r in recal["rows"]] == ["row", None, None]
+
+
+def test_resume_and_overwrite_together_are_refused(tiny_dir, tmp_path, capsys):
+    path, text = tiny_dir
+    assert main(["compare", *args(path, text, tmp_path / "cmp", "--methods", "shortgpt", "--resume",
+                                  "--overwrite")]) == 2
+    assert "--resume reuses what OUT" in capsys.readouterr().err

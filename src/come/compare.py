@@ -4,6 +4,11 @@ Every method prunes the same model with the same calibration settings (same wind
 model) is saved, and each result and the dense model are scored by `come.eval`. With `sweep`, every depth
 between the dense model and the target is scored too: progressive methods by replaying plan prefixes, others
 (`prefix_consistent = False`) by pruning again at each depth.
+
+Results are written as they come, into `OUT.partial` (each finished method: its folder and `rows/METHOD.json`);
+the folder becomes `OUT` when every method is done. `resume` continues an interrupted run, or extends a finished
+one (another `--eval`, more methods): a method whose pruning settings match is not pruned again (its plan is
+replayed), and its row is reused as it is when the evaluation settings match too.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ import copy
 import dataclasses
 import gc
 import json
+import shutil
 import sys
 import time
 from dataclasses import dataclass, field
@@ -21,6 +27,10 @@ from come.config import CalibConfig, PruneConfig
 from come.errors import ComeError
 
 RESULT_FILE, REPORT_FILE, PLOT_FILE, SWEEP_PLOT_FILE = "compare.json", "compare.md", "compare.png", "sweep.png"
+ROWS_DIR = "rows"  # rows/METHOD.json: one finished row with the settings it was made under (what --resume reads)
+# the settings a plan depends on (plus the method's own options), and those a row's numbers depend on
+PRUNE_KEYS = ("model", "target_layers_resolved", "calib", "loss_samples", "dtype")
+EVAL_KEYS = ("model", "evals", "tasks", "limit", "ppl_data", "ppl_seq_len", "ppl_max_windows", "dtype", "sweep")
 EVALS = ("ppl", "tasks")
 # The paper's table order; methods registered later (e.g. new CoMe variants) follow in name order.
 ORDER = ("reverse", "reverse-keep-last", "magnitude", "magnitude+", "taylor", "taylor+", "sleb", "shortgpt",
@@ -45,6 +55,7 @@ class CompareConfig:
     save_models: bool = True
     sweep: bool = False
     overwrite: bool = False
+    resume: bool = False  # continue OUT.partial or extend OUT, reusing plans (and rows) made under equal settings
     calib: CalibConfig | None = None
     loss_samples: int | None = None
     options: dict = field(default_factory=dict)  # {"laco.T": 0.5}: a method's --option, by method name
@@ -73,6 +84,10 @@ class CompareConfig:
             if not dot or method not in self.methods:
                 raise ComeError(f"--option {key} must name one of the compared methods, as METHOD.KEY=VALUE "
                                 f"(e.g. laco.T=0.5); compared: {', '.join(self.methods)}")
+        if self.resume and self.overwrite:
+            raise ComeError("--resume reuses what OUT (or OUT.partial) holds and --overwrite discards it: pass one")
+        if self.resume and self.out is None:
+            raise ComeError("--resume needs --out: the folder of the run to continue or extend")
         for cfg in self.prune_configs():
             cfg.validate()
         return self
@@ -182,54 +197,219 @@ def _depth_keeping_ops() -> set[str]:
 
 def compare(config: CompareConfig | None = None, **kwargs) -> dict:
     """Prune `config.model` with every method, evaluate each and the dense model; write the folder `out`."""
-    from come.io import atomic_output_dir, check_output_dir
     from come.models import load_model
-    from come.plan import PLAN_FILE
-    from come.prune import prune, resolve_device
+    from come.prune import resolve_device
 
     cfg = config if config is not None else CompareConfig(**kwargs)
     cfg.validate()
-    if cfg.out is not None:
-        check_output_dir(cfg.out, cfg.overwrite)
+    out = _check_out(cfg)
     target = check_targets(cfg)
     t_start = time.perf_counter()
-    dense, tokenizer, _ = load_model(cfg.model, cfg.dtype, resolve_device(cfg.device))
-    _log(cfg, f"dense model: {dense.config.num_hidden_layers} layers -> target {target}")
-    rows = [{"method": "dense", **evaluate_model(dense, tokenizer, cfg), "prune_wall_s": 0.0}]
-    result: dict = {"settings": _settings(cfg, target), "rows": rows}
-    with atomic_output_dir(cfg.out or _scratch(), cfg.overwrite) as tmp:
+    settings = _jsonable(_settings(cfg, target))
+    previous = _previous_rows(out) if cfg.resume else {}
+    if cfg.resume:
+        _log(cfg, f"--resume: {len(previous)} earlier rows found ({', '.join(previous) or 'none'})")
+    stage = _partial(out) if out is not None else _scratch()
+    stage.mkdir(parents=True, exist_ok=True)
+    result: dict = {"settings": settings, "rows": [], "complete": False}
+    try:
+        dense, tokenizer, _ = load_model(cfg.model, cfg.dtype, resolve_device(cfg.device))
+        _log(cfg, f"dense model: {dense.config.num_hidden_layers} layers -> target {target}")
+        old = previous.get("dense")
+        if old is not None and old["eval_key"] == _eval_key(settings):
+            _log(cfg, "dense: row reused")
+            row = dict(old["row"], reused="row")
+        else:
+            row = {"method": "dense", **evaluate_model(dense, tokenizer, cfg), "prune_wall_s": 0.0}
+        _finish_row(stage, result, row, settings)
         for method in cfg.methods:
-            _log(cfg, f"{method}: pruning")
-            try:
-                res = prune(cfg.prune_config(method))
-            except ComeError as e:  # data-dependent refusal (e.g. LaCo's threshold): keep the other methods
-                _log(cfg, f"{method}: failed: {e}")
-                rows.append({"method": method, "error": str(e)})
-                continue
-            plan = res.plan
-            folder = tmp / "methods" / method
-            if cfg.save_models:
-                res.save(folder)
-            else:
-                folder.mkdir(parents=True)
-                plan.save(folder / PLAN_FILE)
-            _log(cfg, f"{method}: {plan.num_layers} layers in {plan.stats['wall_time_s']:.0f} s; evaluating")
-            row = {"method": method, **evaluate_model(res.model, tokenizer, cfg),
-                   "prune_wall_s": plan.stats["wall_time_s"], "tree": plan.tree}
-            del res
+            row = _method_row(cfg, method, settings, previous.get(method), stage, dense, tokenizer)
+            _finish_row(stage, result, row, settings)
             gc.collect()
-            if cfg.sweep:
-                row["sweep"] = sweep_points(cfg, method, plan, dense, tokenizer)
-            rows.append(row)
-            _log(cfg, f"{method}: {_brief(row)}")
-        _add_retained(rows)
+        result["complete"] = True
         result["wall_s"] = round(time.perf_counter() - t_start, 1)
-        (tmp / RESULT_FILE).write_text(json.dumps(result, indent=1) + "\n")
-        (tmp / REPORT_FILE).write_text(markdown(result))
-        plot(result, tmp / PLOT_FILE)
+        _write_result(stage, result)
+        plot(result, stage / PLOT_FILE)
         if cfg.sweep:
-            plot_sweep(result, tmp / SWEEP_PLOT_FILE)
+            plot_sweep(result, stage / SWEEP_PLOT_FILE)
+    except BaseException:
+        if out is not None and result["rows"]:
+            _log(cfg, f"stopped: {len(result['rows'])} finished rows kept in {stage}; the same command with "
+                      "--resume continues from them")
+        elif out is not None:
+            shutil.rmtree(stage, ignore_errors=True)
+        raise
+    if out is None:
+        shutil.rmtree(stage.parent, ignore_errors=True)
+    else:
+        if out.exists():
+            shutil.rmtree(out)
+        stage.rename(out)
     return result
+
+
+def _partial(out: Path) -> Path:
+    return out.with_name(out.name + ".partial")
+
+
+def _check_out(cfg: CompareConfig) -> Path | None:
+    """The output folder, refused before any work when it (or an unfinished run beside it) would be lost."""
+    from come.io import check_output_dir
+
+    if cfg.out is None:
+        return None
+    out = Path(cfg.out).expanduser()
+    partial = _partial(out)
+    if cfg.resume:
+        if out.exists() and not out.is_dir():
+            raise ComeError(f"output {out} exists and is a file: pass a folder path")
+        return out
+    check_output_dir(out, cfg.overwrite)
+    if partial.exists():
+        if not cfg.overwrite:
+            raise ComeError(f"an interrupted compare left {partial}: pass --resume to continue it or --overwrite to "
+                            "start over")
+        shutil.rmtree(partial)
+    return out
+
+
+def _jsonable(obj):
+    return json.loads(json.dumps(obj))
+
+
+def _prune_key(settings: dict, method: str) -> dict:
+    key = {k: settings.get(k) for k in PRUNE_KEYS}
+    key["options"] = {k: v for k, v in (settings.get("options") or {}).items() if k.partition(".")[0] == method}
+    return key
+
+
+def _eval_key(settings: dict) -> dict:
+    key = {k: settings.get(k) for k in EVAL_KEYS}
+    key["batch_size"] = (settings.get("calib") or {}).get("batch_size")
+    return key
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise ComeError(f"--resume: cannot read {path} ({e}): delete it, or pass --overwrite to start over") from e
+
+
+def _previous_rows(out: Path) -> dict[str, dict]:
+    """Finished rows of an earlier run, by method: {"row", "prune_key", "eval_key", "folder"}. A finished `OUT`
+    first (its compare.json, then its rows/), then an unfinished `OUT.partial`, the later overriding."""
+    found: dict[str, dict] = {}
+    for folder in (out, _partial(out)):
+        if (folder / RESULT_FILE).is_file():
+            data = _read_json(folder / RESULT_FILE)
+            for row in data.get("rows", []):
+                found[row["method"]] = {"row": row, "prune_key": _prune_key(data["settings"], row["method"]),
+                                        "eval_key": _eval_key(data["settings"]), "folder": folder}
+        for path in sorted((folder / ROWS_DIR).glob("*.json")):
+            entry = _read_json(path)
+            found[entry["row"]["method"]] = {**entry, "folder": folder}
+    return found
+
+
+def _finish_row(stage: Path, result: dict, row: dict, settings: dict) -> None:
+    """Record a finished row: rows/METHOD.json (with the settings behind it) and the compare.json so far."""
+    result["rows"].append(row)
+    entry = {"prune_key": _prune_key(settings, row["method"]),
+             "eval_key": None if "error" in row else _eval_key(settings), "row": row}
+    _add_retained(result["rows"])
+    (stage / ROWS_DIR).mkdir(exist_ok=True)
+    tmp = stage / ROWS_DIR / f".{row['method']}.json.tmp"
+    tmp.write_text(json.dumps(entry, indent=1) + "\n")
+    tmp.replace(stage / ROWS_DIR / f"{row['method']}.json")
+    _write_result(stage, result)
+
+
+def _write_result(stage: Path, result: dict) -> None:
+    tmp = stage / f".{RESULT_FILE}.tmp"
+    tmp.write_text(json.dumps(result, indent=1) + "\n")
+    tmp.replace(stage / RESULT_FILE)
+    (stage / REPORT_FILE).write_text(markdown(result))
+
+
+def _has_weights(folder: Path) -> bool:
+    return (folder / "model.safetensors").exists() or (folder / "model.safetensors.index.json").exists()
+
+
+def _method_row(cfg: CompareConfig, method: str, settings: dict, old: dict | None, stage: Path, dense,
+                tokenizer) -> dict:
+    """One method's row; its folder (plan, and model unless --no-save-models) is written to stage/methods."""
+    from come.plan import PLAN_FILE, Plan
+    from come.prune import prune
+
+    folder = stage / "methods" / method
+    if old is not None and old["prune_key"] == _prune_key(settings, method):
+        if "error" in old["row"]:
+            _log(cfg, f"{method}: failed before with the same settings, not re-run: {old['row']['error']}")
+            return dict(old["row"])
+        src = old["folder"] / "methods" / method
+        if (src / PLAN_FILE).is_file():
+            return _reused_row(cfg, method, settings, old, src, folder, Plan.load(src / PLAN_FILE), dense,
+                               tokenizer)
+        _log(cfg, f"{method}: no plan in {src}: pruning again")
+    if folder.exists():  # an unfinished attempt (or settings that changed): start the method over
+        shutil.rmtree(folder)
+    _log(cfg, f"{method}: pruning")
+    try:
+        res = prune(cfg.prune_config(method))
+    except ComeError as e:  # data-dependent refusal (e.g. LaCo's threshold): keep the other methods
+        _log(cfg, f"{method}: failed: {e}")
+        return {"method": method, "error": str(e)}
+    plan = res.plan
+    if cfg.save_models:
+        res.save(folder)
+    else:
+        folder.mkdir(parents=True)
+        plan.save(folder / PLAN_FILE)
+    _log(cfg, f"{method}: {plan.num_layers} layers in {plan.stats['wall_time_s']:.0f} s; evaluating")
+    row = {"method": method, **evaluate_model(res.model, tokenizer, cfg),
+           "prune_wall_s": plan.stats["wall_time_s"], "tree": plan.tree}
+    del res
+    gc.collect()
+    if cfg.sweep:
+        row["sweep"] = sweep_points(cfg, method, plan, dense, tokenizer)
+    _log(cfg, f"{method}: {_brief(row)}")
+    return row
+
+
+def _reused_row(cfg: CompareConfig, method: str, settings: dict, old: dict, src: Path, folder: Path, plan,
+                dense, tokenizer) -> dict:
+    """A method pruned before under the same settings: its plan is replayed (bit for bit the pruned model), and
+    only evaluated again when the evaluation settings changed."""
+    from come.models import load_config, save_dtype_for
+    from come.plan import PLAN_FILE, apply_plan
+    from come.prune import PruneResult
+
+    model = None
+    if old["eval_key"] == _eval_key(settings):
+        _log(cfg, f"{method}: plan and row reused from {old['folder']}")
+        row = dict(old["row"], reused="row")
+    else:
+        _log(cfg, f"{method}: plan reused from {old['folder']}; evaluating")
+        model = apply_plan(copy.deepcopy(dense), plan)
+        row = {"method": method, **evaluate_model(model, tokenizer, cfg),
+               "prune_wall_s": old["row"]["prune_wall_s"], "tree": plan.tree, "reused": "plan"}
+        if cfg.sweep:
+            row["sweep"] = sweep_points(cfg, method, plan, dense, tokenizer)
+        _log(cfg, f"{method}: {_brief(row)}")
+    if src.resolve() != folder.resolve():
+        if folder.exists():
+            shutil.rmtree(folder)
+        if cfg.save_models and _has_weights(src):
+            shutil.copytree(src, folder)
+        else:
+            folder.mkdir(parents=True)
+            plan.save(folder / PLAN_FILE)
+    if cfg.save_models and not _has_weights(folder):
+        model = model if model is not None else apply_plan(copy.deepcopy(dense), plan)
+        save_dtype = save_dtype_for("auto", load_config(cfg.model)[0])
+        PruneResult(model, tokenizer, plan, save_dtype).save(folder, overwrite=True)
+    return row
 
 
 def _scratch() -> Path:
@@ -307,6 +487,15 @@ def markdown(result: dict) -> str:
     ]
     if "ppl" in s["evals"]:
         notes.append(f"- perplexity: {s['ppl_protocol']}")
+    reused = {kind: [r["method"] for r in result["rows"] if r.get("reused") == kind] for kind in ("row", "plan")}
+    if reused["row"] or reused["plan"]:
+        notes.append("- `--resume`: " + "; ".join(
+            f"{what} {', '.join(reused[kind])}" for kind, what in
+            (("row", "rows reused as they were"), ("plan", "plans replayed and evaluated again")) if reused[kind])
+            + " (prune s is the original run's)")
+    if not result.get("complete", True):
+        notes.insert(1, f"\n**Unfinished**: {len(result['rows']) - 1} of {len(s['methods'])} methods so far "
+                        "(`--resume` continues).")
     if "tasks" in s["evals"]:
         notes.append(f"- zero-shot: lm-eval, 0-shot, limit {s['limit']}; accuracies in %; avg acc = mean acc, "
                      "avg mixed = acc_norm for hellaswag/arc_challenge/openbookqa and acc elsewhere; "
@@ -399,6 +588,10 @@ def add_parser(sub) -> None:
     add_common_model_args(p)
     p.add_argument("--out", required=True, help="output folder (must be empty or absent, unless --overwrite)")
     p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--resume", action="store_true",
+                   help="continue an interrupted run (OUT.partial) or extend a finished OUT, e.g. with --eval "
+                        "ppl,tasks or more --methods: plans made under the same pruning settings are replayed, "
+                        "rows made under the same evaluation settings too are kept")
     p.set_defaults(func=cmd_compare)
 
 
@@ -410,8 +603,8 @@ def cmd_compare(args) -> int:
         model=args.model, methods=args.methods, target_layers=args.target_layers, sparsity=args.sparsity,
         evals=args.eval, tasks=args.tasks, limit=args.limit, ppl_data=args.ppl_data, ppl_seq_len=args.ppl_seq_len,
         ppl_max_windows=args.ppl_max_windows, out=args.out, save_models=not args.no_save_models, sweep=args.sweep,
-        overwrite=args.overwrite, calib=calib_config(args), loss_samples=args.loss_samples, dtype=args.dtype,
-        device=args.device, options=parse_option_args(args.option),
+        overwrite=args.overwrite, resume=args.resume, calib=calib_config(args), loss_samples=args.loss_samples,
+        dtype=args.dtype, device=args.device, options=parse_option_args(args.option),
     )
     result = compare(cfg)
     print(table(result))

@@ -184,3 +184,19 @@ def test_resume_and_overwrite_together_are_refused(tiny_dir, tmp_path, capsys):
     assert main(["compare", *args(path, text, tmp_path / "cmp", "--methods", "shortgpt", "--resume",
                                   "--overwrite")]) == 2
     assert "--resume reuses what OUT" in capsys.readouterr().err
+
+
+def test_resume_refuses_to_lose_earlier_rows_or_foreign_folders(tiny_dir, tmp_path, capsys):
+    path, text = tiny_dir
+    out = tmp_path / "cmp"
+    assert main(["compare", *args(path, text, out, "--methods", "shortgpt,reverse-keep-last")]) == 0
+    before = (out / "compare.json").read_text()
+    assert main(["compare", *args(path, text, out, "--methods", "shortgpt", "--resume")]) == 2
+    assert "would drop the rows of reverse-keep-last" in capsys.readouterr().err
+    assert (out / "compare.json").read_text() == before
+    foreign = tmp_path / "mine"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("keep")
+    assert main(["compare", *args(path, text, foreign, "--methods", "shortgpt", "--resume")]) == 2
+    assert "not a `come compare` folder" in capsys.readouterr().err
+    assert (foreign / "notes.txt").read_text() == "keep"

@@ -207,6 +207,10 @@ def compare(config: CompareConfig | None = None, **kwargs) -> dict:
     t_start = time.perf_counter()
     settings = _jsonable(_settings(cfg, target))
     previous = _previous_rows(out) if cfg.resume else {}
+    dropped = [m for m in previous if m != "dense" and m not in cfg.methods]
+    if dropped:
+        raise ComeError(f"--resume would drop the rows of {', '.join(dropped)} that {cfg.out} holds: add them to "
+                        "--methods, or copy the folder and resume the copy")
     if cfg.resume:
         _log(cfg, f"--resume: {len(previous)} earlier rows found ({', '.join(previous) or 'none'})")
     stage = _partial(out) if out is not None else _scratch()
@@ -263,6 +267,9 @@ def _check_out(cfg: CompareConfig) -> Path | None:
     if cfg.resume:
         if out.exists() and not out.is_dir():
             raise ComeError(f"output {out} exists and is a file: pass a folder path")
+        if out.is_dir() and any(out.iterdir()) and not (out / RESULT_FILE).is_file():
+            raise ComeError(f"--resume: {out} holds no {RESULT_FILE}, so it is not a `come compare` folder: pass "
+                            "the --out of an earlier compare, or another --out without --resume")
         return out
     check_output_dir(out, cfg.overwrite)
     if partial.exists():

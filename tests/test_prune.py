@@ -129,3 +129,14 @@ def test_saved_in_the_checkpoint_dtype_unless_told(tmp_path):
     res.save_dtype = torch.float32  # --save-dtype float32
     back32 = AutoModelForCausalLM.from_pretrained(res.save(tmp_path / "out32"), dtype="auto")
     assert back32.dtype == torch.float32 and same_weights(back32, res.model)
+
+
+def test_each_step_is_reported_when_progress_is_on(tiny_dir, capsys):
+    path, text = tiny_dir
+    c = cfg(path, text, method="sleb", target_layers=4)
+    c.progress = True
+    res = prune(c)
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("[sleb] step")]
+    assert len(lines) == 2 == len(res.plan.steps)
+    assert lines[0].startswith(f"[sleb] step 1: drop at layer {res.plan.steps[0]['layer']} -> 5 layers (")
+    assert " -> 4 layers (" in lines[1]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+import time
 from dataclasses import dataclass, field
 
 from come.capture import Calibration
@@ -19,6 +21,7 @@ class PruneContext:
     tree: list[list[int]] = field(default_factory=list)
     steps: list[dict] = field(default_factory=list)
     tensors: dict = field(default_factory=dict)  # weights computed by steps (saved with the plan)
+    started: float = field(default_factory=time.perf_counter)
 
     def __post_init__(self) -> None:
         if not self.tree:
@@ -31,6 +34,10 @@ class PruneContext:
         apply_step(self.adapter, step, self.tensors)
         update_tree(self.tree, step)
         self.steps.append(step)
+        if getattr(self.config, "progress", False):  # a step of SLEB or come-p can take minutes: say each one
+            print(f"[{self.config.method}] step {len(self.steps)}: {step['op']} at layer {step.get('layer')} -> "
+                  f"{self.num_layers} layers ({time.perf_counter() - self.started:.0f} s)", file=sys.stderr,
+                  flush=True)
 
     def option(self, key: str):
         """The value of the method's option `key` (its default unless --option set it)."""

@@ -33,6 +33,29 @@ def test_ridge_never_applies_a_worse_fit():
     assert res.weight is None and res.error_after >= res.error_before
 
 
+def test_ridge_toward_the_merged_weights_solves_the_prior_problem_and_tends_to_them():
+    torch.manual_seed(0)
+    x = torch.randn(30, 16, dtype=torch.float64)
+    w0 = torch.randn(4, 16, dtype=torch.float64)
+    t = x @ torch.randn(4, 16, dtype=torch.float64).T + 0.1 * torch.randn(30, 4, dtype=torch.float64)
+    g = Gram()
+    g.add(x, t)
+    for lam in (1e-2, 1.0, 100.0):  # the normal equations of ||X W^T - T||^2 + lam s ||W^T - W0^T||^2 hold
+        wt = g.solve(lam, w0.T)
+        s = g.xx.diagonal().mean()
+        torch.testing.assert_close((g.xx + lam * s * torch.eye(16, dtype=torch.float64)) @ wt,
+                                   g.xt + lam * s * w0.T)
+    assert (g.solve(1e6, w0.T) - w0.T).abs().max() < 1e-4  # a huge ridge keeps the merged weights
+    assert g.solve(1e6).abs().max() < 1e-4  # toward zero it shrinks them away
+    fit, val = Gram(), Gram()
+    fit.add(x[:20], t[:20])
+    val.add(x[20:], t[20:])
+    res = ridge_fit(fit, val, w0, prior="merged")
+    assert set(res.val_errors) == {"0.0001", "0.001", "0.01", "0.1", "1", "10", "100"}
+    assert res.val_errors[f"{res.lam:g}"] == min(res.val_errors.values())
+    assert res.error_after < res.error_before and res.weight is not None
+
+
 def setup_merge(seed=0):
     model = tiny_model("qwen2", seed=seed)  # q/k/v biases
     a = get_adapter(model)

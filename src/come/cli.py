@@ -50,6 +50,8 @@ def add_prune_parser(sub) -> None:
                    help="come/come-p: ridge re-fit of each merged layer's o_proj/down_proj (always on in come-plus)")
     p.add_argument("--refit-target", default="pair", choices=["pair", "dense"],
                    help="come-plus: re-fit to the current pair's output or to the dense model's")
+    p.add_argument("--refit-prior", default="zero", choices=["zero", "merged"],
+                   help="re-fit: the ridge pulls toward zero or toward the merged layer's own weights")
     p.add_argument("--save-dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
                    help="dtype of the saved weights (auto: the original checkpoint's, whatever --dtype computed in)")
     p.add_argument("--option", action="append", metavar="KEY=VALUE",
@@ -76,6 +78,7 @@ def cmd_prune(args) -> int:
         model=args.model, target_layers=args.target_layers, sparsity=args.sparsity, method=args.method,
         norm=args.norm, pair_score=args.pair_score, pair_tokens=args.pair_tokens, remerge=args.remerge,
         grid=args.grid, loss_samples=args.loss_samples, refit_target=args.refit_target, reconstruct=args.reconstruct,
+        refit_prior=args.refit_prior,
         drop_candidates=args.drop_candidates, method_options=parse_option_args(args.option),
         save_dtype=args.save_dtype,
         calib=calib_config(args),

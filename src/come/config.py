@@ -48,6 +48,7 @@ class PruneConfig:
     loss_samples: int | None = None  # windows used for loss trials (pair choice by loss, CoMe-P); None = all
     reconstruct: bool = False  # come/come-p: ridge re-fit of each merged layer (always on in come-plus)
     refit_target: str = "pair"  # come-plus: fit the current pair's output (pair) or the dense model's (dense)
+    refit_prior: str = "zero"  # the re-fit's ridge pulls toward zero or toward the merged weights (merged)
     method_options: dict = field(default_factory=dict)  # the method's --option KEY=VALUE settings
     drop_candidates: bool = False  # come family: SLEB's best single-layer drop competes with the merge each step
     calib: CalibConfig | None = None
@@ -78,6 +79,8 @@ class PruneConfig:
             raise ComeError(f"--pair-tokens must be last or all, got {self.pair_tokens!r}")
         if self.refit_target not in ("pair", "dense"):
             raise ComeError(f"--refit-target must be pair or dense, got {self.refit_target!r}")
+        if self.refit_prior not in ("zero", "merged"):
+            raise ComeError(f"--refit-prior must be zero or merged, got {self.refit_prior!r}")
         if self.save_dtype != "auto":
             from come.models import parse_dtype
 

@@ -4,8 +4,10 @@ After a merge at l, `o_proj` is re-fitted so the merged attention's residual upd
 original attention updates, then `down_proj` so the merged layer's output matches the original pair's output
 `h_out(l+1)`, taking the (re-fitted) attention part as given. Gram matrices are accumulated over windows in
 float64 (memory d_in^2, independent of the number of tokens); the ridge strength is chosen on held-out
-windows; a fit that does not lower the calibration error is not applied. The weights are stored with the
-plan (safetensors), so replay is bit for bit.
+windows; a fit that does not lower the calibration error is not applied. The ridge pulls toward zero (`prior
+"zero"`) or toward the merged layer's own weights (`prior "merged"`: a strong ridge then keeps the plain merge,
+so with few calibration tokens the fit moves only as far as the held-out windows support). The weights are
+stored with the plan (safetensors), so replay is bit for bit.
 """
 
 from __future__ import annotations
@@ -21,6 +23,9 @@ from come.models import ModelAdapter
 from come.plan import register_op
 
 LAMBDAS = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)  # relative to the mean diagonal of the Gram matrix
+# toward the merged weights a strong ridge is meaningful (it approaches the unfitted merge), so search further
+LAMBDAS_MERGED = (*LAMBDAS, 10.0, 100.0)
+PRIORS = ("zero", "merged")
 HOLDOUT_EVERY = 4  # every 4th calibration window is held out to choose the ridge strength
 
 
@@ -50,10 +55,12 @@ class Gram:
         wt = wt.double()
         return float((wt * (self.xx @ wt)).sum() - 2 * (wt * self.xt).sum() + self.tt)
 
-    def solve(self, lam: float) -> torch.Tensor:
+    def solve(self, lam: float, prior: torch.Tensor | None = None) -> torch.Tensor:
+        """argmin ||X W^T - T||^2 + lam * s * ||W^T - prior||^2 (prior None: zero), s = mean diagonal of X^T X."""
         scale = self.xx.diagonal().mean().clamp_min(1e-12)
         eye = torch.eye(self.xx.shape[0], dtype=self.xx.dtype, device=self.xx.device)
-        return torch.linalg.solve(self.xx + lam * scale * eye, self.xt)
+        rhs = self.xt if prior is None else self.xt + lam * scale * prior.to(self.xt)
+        return torch.linalg.solve(self.xx + lam * scale * eye, rhs)
 
 
 @dataclass
@@ -65,12 +72,17 @@ class RidgeResult:
     val_errors: dict = field(default_factory=dict)
 
 
-def ridge_fit(fit: Gram, val: Gram, w0: torch.Tensor) -> RidgeResult:
-    """Choose lambda on `val`, re-solve on all windows, keep the result only if it lowers the total error."""
-    val_errors = {lam: val.error(fit.solve(lam)) for lam in LAMBDAS}
-    lam = min(LAMBDAS, key=lambda k: (val_errors[k], k))
+def ridge_fit(fit: Gram, val: Gram, w0: torch.Tensor, prior: str = "zero") -> RidgeResult:
+    """Choose lambda on `val`, re-solve on all windows, keep the result only if it lowers the total error. The
+    ridge pulls toward zero (`prior="zero"`) or toward `w0` (`"merged"`)."""
+    if prior not in PRIORS:
+        raise ValueError(f"prior must be one of {PRIORS}, got {prior!r}")
+    lambdas = LAMBDAS if prior == "zero" else LAMBDAS_MERGED
+    center = None if prior == "zero" else w0.T.double()
+    val_errors = {lam: val.error(fit.solve(lam, center)) for lam in lambdas}
+    lam = min(lambdas, key=lambda k: (val_errors[k], k))
     total = fit + val
-    wt = total.solve(lam)
+    wt = total.solve(lam, center)
     before, after = total.error(w0.T), total.error(wt)
     weight = wt.T.to(w0.dtype).contiguous() if after < before else None
     return RidgeResult(weight, lam, before, after, {f"{k:g}": v for k, v in val_errors.items()})
@@ -122,10 +134,10 @@ def attention_updates(calib: Calibration, adapter: ModelAdapter, l: int) -> list
 
 
 def refit_merged(calib: Calibration, adapter: ModelAdapter, layer: nn.Module, inputs: Sequence[torch.Tensor],
-                 attn_target: Sequence[torch.Tensor], out_target: Sequence[torch.Tensor]
+                 attn_target: Sequence[torch.Tensor], out_target: Sequence[torch.Tensor], prior: str = "zero"
                  ) -> tuple[dict[str, torch.Tensor], dict]:
     """Ridge re-fit (in place) of o_proj then down_proj of a merged `layer` that runs on `inputs` (per batch);
-    returns (weights, report)."""
+    returns (weights, report). `prior`: what the ridge pulls toward (see ridge_fit)."""
     sizes = [h.shape[0] for h in inputs]
     starts = [sum(sizes[:b]) for b in range(len(sizes))]
     weights, report = {}, {}
@@ -140,7 +152,7 @@ def refit_merged(calib: Calibration, adapter: ModelAdapter, layer: nn.Module, in
         _split_add(fit, val, x, t, starts[b])
 
     capture(calib, layer, inputs, o, add_attn)
-    _fit_and_install("o_proj", o, fit, val, weights, report)
+    _fit_and_install("o_proj", o, fit, val, weights, report, prior)
 
     fit, val = Gram(), Gram()
     attn_out: dict = {}
@@ -157,14 +169,15 @@ def refit_merged(calib: Calibration, adapter: ModelAdapter, layer: nn.Module, in
         capture(calib, layer, inputs, down, add_mlp)
     finally:
         handle.remove()
-    _fit_and_install("down_proj", down, fit, val, weights, report)
+    _fit_and_install("down_proj", down, fit, val, weights, report, prior)
     return weights, report
 
 
-def _fit_and_install(name: str, proj: nn.Linear, fit: Gram, val: Gram, weights: dict, report: dict) -> None:
+def _fit_and_install(name: str, proj: nn.Linear, fit: Gram, val: Gram, weights: dict, report: dict,
+                     prior: str = "zero") -> None:
     """Solve the ridge problem for `proj`; install and keep the weight only if it lowers the error."""
-    res = ridge_fit(fit, val, proj.weight.detach())
-    report[name] = {"lambda": res.lam, "error_before": res.error_before, "error_after": res.error_after,
+    res = ridge_fit(fit, val, proj.weight.detach(), prior)
+    report[name] = {"lambda": res.lam, "prior": prior, "error_before": res.error_before, "error_after": res.error_after,
                     "applied": res.weight is not None, "val_errors": res.val_errors}
     if res.weight is not None:
         with torch.no_grad():

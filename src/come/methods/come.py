@@ -48,7 +48,7 @@ def trial(ctx: PruneContext, step: dict, targets: tuple | None = None, score: bo
     )
     weights, report = {}, {}
     if targets is not None:
-        weights, report = refit_merged(ctx.calib, a, merged, ctx.calib.hidden[l], *targets)
+        weights, report = refit_merged(ctx.calib, a, merged, ctx.calib.hidden[l], *targets, ctx.config.refit_prior)
     nll = ctx.calib.forward_from(l, [merged, *list(a.layers)[l + 2 :]], ctx.loss_batches) if score else None
     return step, nll, weights, report
 

@@ -17,17 +17,20 @@ from come import CalibConfig, PruneConfig, apply_plan, prune
 from come.eval.ppl import perplexity
 from come.models import load_model
 
+Z = dict(refit_prior="zero")  # the re-fit as first measured (ridge toward zero); the default is now "merged"
 VARIANTS = {
     "shortgpt": dict(method="shortgpt"),
     "come (angular, BI ratio, mean)": dict(method="come"),
     "come norm=fold": dict(method="come", norm="fold"),
     "come remerge": dict(method="come", remerge=True),
-    "come + ridge re-fit": dict(method="come", reconstruct=True),
-    "come + ridge re-fit, norm=fold": dict(method="come", reconstruct=True, norm="fold"),
-    "come + ridge re-fit, refit-target=dense": dict(method="come", reconstruct=True, refit_target="dense"),
-    "come-plus (re-fit, ratio in {0, r_BI, 1} by loss)": dict(method="come-plus"),
-    "come-plus --pair-score loss": dict(method="come-plus", pair_score="loss"),
-    "come-plus --drop-candidates": dict(method="come-plus", drop_candidates=True),
+    "come + ridge re-fit (prior zero)": dict(method="come", reconstruct=True, **Z),
+    "come + ridge re-fit (prior zero), norm=fold": dict(method="come", reconstruct=True, norm="fold", **Z),
+    "come + ridge re-fit (prior zero), refit-target=dense": dict(method="come", reconstruct=True,
+                                                                 refit_target="dense", **Z),
+    "come-plus, prior zero (re-fit, ratio in {0, r_BI, 1} by loss)": dict(method="come-plus", **Z),
+    "come-plus, prior zero, --pair-score loss": dict(method="come-plus", pair_score="loss", **Z),
+    "come-plus, prior zero, --drop-candidates": dict(method="come-plus", drop_candidates=True, **Z),
+    "come-plus (default: prior merged)": dict(method="come-plus"),
     "come pair=loss": dict(method="come", pair_score="loss"),
     "come-p (grid 10)": dict(method="come-p", grid=10),
     "sleb": dict(method="sleb"),

@@ -177,6 +177,15 @@ def test_resume_extends_a_finished_compare_by_replaying_plans(tiny_dir, tmp_path
     recal = compare(CompareConfig(out=str(out), ppl_max_windows=4, resume=True, **dict(kw, calib=CalibConfig(
         data=str(text), samples=4, seq_len=32, batch_size=2, seed=1))))  # other calibration: pruned again
     assert prunes == ["sleb", "come"] and [r.get("reused") for r in recal["rows"]] == ["row", None, None]
+    # a plan made under another setting the compare key does not hold (e.g. an older version's default) is redone
+    plan_file = out / "methods" / "come" / "come_plan.json"
+    plan = json.loads(plan_file.read_text())
+    plan["settings"]["norm"] = "fold"
+    plan_file.write_text(json.dumps(plan))
+    again = compare(CompareConfig(out=str(out), ppl_max_windows=4, resume=True, **dict(kw, calib=CalibConfig(
+        data=str(text), samples=4, seq_len=32, batch_size=2, seed=1))))
+    assert prunes == ["sleb", "come", "come"] and [r.get("reused") for r in again["rows"]] == ["row", "row", None]
+    assert [r["ppl"]["ppl"] for r in again["rows"]] == [r["ppl"]["ppl"] for r in recal["rows"]]
 
 
 def test_resume_and_overwrite_together_are_refused(tiny_dir, tmp_path, capsys):

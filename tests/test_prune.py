@@ -33,7 +33,7 @@ def replays_bit_for_bit(res, path) -> bool:
 
 @pytest.mark.parametrize("method,extra", [("come", {}), ("come", {"norm": "fold", "pair_score": "loss"}),
                                           ("come-p", {"grid": 4}), ("come-plus", {}),
-                                          ("come-plus", {"refit_prior": "merged"}),
+                                          ("come-plus", {"refit_prior": "zero"}),
                                           ("come", {"reconstruct": True, "refit_target": "dense"})])
 def test_prune_replays_bit_for_bit(tiny_dir, method, extra):
     path, text = tiny_dir

@@ -50,8 +50,8 @@ def add_prune_parser(sub) -> None:
                    help="come/come-p: ridge re-fit of each merged layer's o_proj/down_proj (always on in come-plus)")
     p.add_argument("--refit-target", default="pair", choices=["pair", "dense"],
                    help="come-plus: re-fit to the current pair's output or to the dense model's")
-    p.add_argument("--refit-prior", default="zero", choices=["zero", "merged"],
-                   help="re-fit: the ridge pulls toward zero or toward the merged layer's own weights")
+    p.add_argument("--refit-prior", default="merged", choices=["merged", "zero"],
+                   help="re-fit: the ridge pulls toward the merged layer's own weights (default) or toward zero")
     p.add_argument("--save-dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
                    help="dtype of the saved weights (auto: the original checkpoint's, whatever --dtype computed in)")
     p.add_argument("--option", action="append", metavar="KEY=VALUE",

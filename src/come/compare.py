@@ -355,10 +355,14 @@ def _method_row(cfg: CompareConfig, method: str, settings: dict, old: dict | Non
             _log(cfg, f"{method}: failed before with the same settings, not re-run: {old['row']['error']}")
             return dict(old["row"])
         src = old["folder"] / "methods" / method
-        if (src / PLAN_FILE).is_file():
-            return _reused_row(cfg, method, settings, old, src, folder, Plan.load(src / PLAN_FILE), dense,
-                               tokenizer)
-        _log(cfg, f"{method}: no plan in {src}: pruning again")
+        if not (src / PLAN_FILE).is_file():
+            _log(cfg, f"{method}: no plan in {src}: pruning again")
+        else:
+            plan = Plan.load(src / PLAN_FILE)
+            changed = _changed_settings(plan, cfg.prune_config(method))
+            if not changed:
+                return _reused_row(cfg, method, settings, old, src, folder, plan, dense, tokenizer)
+            _log(cfg, f"{method}: its saved plan was made with another {', '.join(changed)}: pruning again")
     if folder.exists():  # an unfinished attempt (or settings that changed): start the method over
         shutil.rmtree(folder)
     _log(cfg, f"{method}: pruning")
@@ -382,6 +386,16 @@ def _method_row(cfg: CompareConfig, method: str, settings: dict, old: dict | Non
         row["sweep"] = sweep_points(cfg, method, plan, dense, tokenizer)
     _log(cfg, f"{method}: {_brief(row)}")
     return row
+
+
+PLAN_FREE = ("progress", "device", "store_device", "save_dtype")  # settings that do not change a plan
+
+
+def _changed_settings(plan, pc: PruneConfig) -> list[str]:
+    """The pruning settings (defaults included, e.g. of an older version) a saved plan differs in from `pc`."""
+    pc.validate()
+    current = _jsonable(pc.to_dict())
+    return [k for k, v in current.items() if k not in PLAN_FREE and plan.settings.get(k) != v]
 
 
 def _reused_row(cfg: CompareConfig, method: str, settings: dict, old: dict, src: Path, folder: Path, plan,

@@ -48,7 +48,7 @@ class PruneConfig:
     loss_samples: int | None = None  # windows used for loss trials (pair choice by loss, CoMe-P); None = all
     reconstruct: bool = False  # come/come-p: ridge re-fit of each merged layer (always on in come-plus)
     refit_target: str = "pair"  # come-plus: fit the current pair's output (pair) or the dense model's (dense)
-    refit_prior: str = "zero"  # the re-fit's ridge pulls toward zero or toward the merged weights (merged)
+    refit_prior: str = "merged"  # the re-fit's ridge pulls toward the merged weights (merged) or toward zero
     method_options: dict = field(default_factory=dict)  # the method's --option KEY=VALUE settings
     drop_candidates: bool = False  # come family: SLEB's best single-layer drop competes with the merge each step
     calib: CalibConfig | None = None

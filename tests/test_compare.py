@@ -182,6 +182,11 @@ def test_resume_extends_a_finished_compare_by_replaying_plans(tiny_dir, tmp_path
     plan = json.loads(plan_file.read_text())
     plan["settings"]["norm"] = "fold"
     plan_file.write_text(json.dumps(plan))
+    sleb_file = out / "methods" / "sleb" / "come_plan.json"  # a setting sleb does not read: still reused
+    plan = json.loads(sleb_file.read_text())
+    del plan["settings"]["refit_prior"]
+    plan["settings"]["norm"] = "fold"
+    sleb_file.write_text(json.dumps(plan))
     again = compare(CompareConfig(out=str(out), ppl_max_windows=4, resume=True, **dict(kw, calib=CalibConfig(
         data=str(text), samples=4, seq_len=32, batch_size=2, seed=1))))
     assert prunes == ["sleb", "come", "come"] and [r.get("reused") for r in again["rows"]] == ["row", "row", None]

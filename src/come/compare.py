@@ -388,14 +388,14 @@ def _method_row(cfg: CompareConfig, method: str, settings: dict, old: dict | Non
     return row
 
 
-PLAN_FREE = ("progress", "device", "store_device", "save_dtype")  # settings that do not change a plan
-
-
 def _changed_settings(plan, pc: PruneConfig) -> list[str]:
-    """The pruning settings (defaults included, e.g. of an older version) a saved plan differs in from `pc`."""
+    """The settings the method reads (defaults included, e.g. of an older version) in which a saved plan differs
+    from `pc`; one the plan does not record (older than the setting) counts as different."""
+    from come.methods import settings_used
+
     pc.validate()
     current = _jsonable(pc.to_dict())
-    return [k for k, v in current.items() if k not in PLAN_FREE and plan.settings.get(k) != v]
+    return [k for k in settings_used(pc.method) if plan.settings.get(k, "<unrecorded>") != current[k]]
 
 
 def _reused_row(cfg: CompareConfig, method: str, settings: dict, old: dict, src: Path, folder: Path, plan,

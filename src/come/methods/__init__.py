@@ -21,13 +21,24 @@ class Option:
     help: str
 
 
-def register(name: str, options: dict[str, Option] | None = None) -> Callable[[MethodFn], MethodFn]:
+# PruneConfig fields every method's plan depends on; a method lists the others it reads in register(uses=...)
+COMMON_SETTINGS = ("model", "target_layers", "sparsity", "method", "calib", "loss_samples", "method_options", "dtype")
+
+
+def register(name: str, options: dict[str, Option] | None = None, uses: tuple[str, ...] = ()
+             ) -> Callable[[MethodFn], MethodFn]:
     def deco(fn: MethodFn) -> MethodFn:
         fn.options = dict(options or {})
+        fn.uses = tuple(uses)
         METHODS[name] = fn
         return fn
 
     return deco
+
+
+def settings_used(name: str) -> tuple[str, ...]:
+    """The PruneConfig fields a plan of method `name` depends on (what `come compare --resume` checks)."""
+    return COMMON_SETTINGS + get_method(name).uses
 
 
 def method_options(name: str, given: dict | None) -> dict:

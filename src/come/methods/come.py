@@ -14,6 +14,10 @@ from come.methods.base import PruneContext
 from come.reconstruct import attention_updates, refit_merged
 from come.scores import attn_group_sensitivity, bi_ratio, mlp_sensitivity, pair_scores, split_budget, top_k
 
+# the PruneConfig fields the CoMe family reads
+USES = ("norm", "pair_score", "pair_tokens", "remerge", "ratio_power", "grid", "reconstruct", "refit_target",
+        "refit_prior", "drop_candidates")
+
 
 def merge_step(ctx: PruneContext, l: int, ratio: tuple[float, float]) -> dict:
     """The plan step merging (l, l+1) with `ratio`: each layer's most sensitive KV groups and MLP channels."""
@@ -156,21 +160,21 @@ def limit_merges(fn):
     return fn
 
 
-@register("come")
+@register("come", uses=USES)
 @limit_merges
 def come(ctx: PruneContext) -> None:
     """Paper CoMe: merge the pair with the lowest angular score (or loss), BI-proportional ratio."""
     progressive_merge(ctx, "bi", ctx.config.reconstruct)
 
 
-@register("come-p")
+@register("come-p", uses=USES)
 @limit_merges
 def come_p(ctx: PruneContext) -> None:
     """CoMe-P: as CoMe, with the ratio chosen on a grid by calibration NLL (r = 0 or 1 drops a layer)."""
     progressive_merge(ctx, "grid", ctx.config.reconstruct)
 
 
-@register("come-plus")
+@register("come-plus", uses=USES)
 @limit_merges
 def come_plus(ctx: PruneContext) -> None:
     """Ours, training-free: the lowest-angular pair (or --pair-score loss) is merged with o_proj/down_proj ridge

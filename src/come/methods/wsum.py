@@ -37,7 +37,7 @@ def apply_wsum(adapter: ModelAdapter, step: dict) -> None:
     replace_pair(adapter, l, weighted_layer(adapter.layers[l], adapter.layers[l + 1], step["ratio"]))
 
 
-@register("wsum")
+@register("wsum", uses=("pair_tokens", "ratio_power", "remerge"))
 @limit_merges
 def wsum(ctx: PruneContext) -> None:
     """Progressive: merge argmin SBI (no re-merge unless --remerge) by the BI-ratio weighted sum."""

@@ -144,3 +144,13 @@ def test_laco_options_shape_the_merge(tiny8_dir):
     spans = [st["span"] for st in res.plan.steps]
     assert spans == [2, 2]  # C = 2: pairs (the default C = 4 takes 3 layers at once here)
     assert all(st["scores"]["threshold"] == 0.3 for st in res.plan.steps)
+
+
+def test_settings_a_plan_depends_on():
+    from come.methods import COMMON_SETTINGS, settings_used
+
+    assert settings_used("sleb", {}) == COMMON_SETTINGS
+    assert "refit_prior" in settings_used("come-plus", {"method": "come-plus"})
+    assert "refit_prior" not in settings_used("come-p", {"method": "come-p", "reconstruct": False})
+    assert "refit_prior" in settings_used("come-p", {"method": "come-p", "reconstruct": True})
+    assert "ratio_power" in settings_used("wsum", {}) and "norm" in settings_used("come", {})

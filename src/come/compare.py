@@ -395,7 +395,7 @@ def _changed_settings(plan, pc: PruneConfig) -> list[str]:
 
     pc.validate()
     current = _jsonable(pc.to_dict())
-    return [k for k in settings_used(pc.method) if plan.settings.get(k, "<unrecorded>") != current[k]]
+    return [k for k in settings_used(pc.method, current) if plan.settings.get(k, "<unrecorded>") != current[k]]
 
 
 def _reused_row(cfg: CompareConfig, method: str, settings: dict, old: dict, src: Path, folder: Path, plan,

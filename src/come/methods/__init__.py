@@ -25,20 +25,25 @@ class Option:
 COMMON_SETTINGS = ("model", "target_layers", "sparsity", "method", "calib", "loss_samples", "method_options", "dtype")
 
 
-def register(name: str, options: dict[str, Option] | None = None, uses: tuple[str, ...] = ()
-             ) -> Callable[[MethodFn], MethodFn]:
+def register(name: str, options: dict[str, Option] | None = None,
+             uses: tuple[str, ...] | Callable[[dict], tuple[str, ...]] = ()) -> Callable[[MethodFn], MethodFn]:
+    """Register a method. `uses`: the PruneConfig fields it reads beyond COMMON_SETTINGS, or a function of the
+    settings dict that returns them."""
+
     def deco(fn: MethodFn) -> MethodFn:
         fn.options = dict(options or {})
-        fn.uses = tuple(uses)
+        fn.uses = uses
         METHODS[name] = fn
         return fn
 
     return deco
 
 
-def settings_used(name: str) -> tuple[str, ...]:
-    """The PruneConfig fields a plan of method `name` depends on (what `come compare --resume` checks)."""
-    return COMMON_SETTINGS + get_method(name).uses
+def settings_used(name: str, settings: dict) -> tuple[str, ...]:
+    """The PruneConfig fields a plan of method `name` made with `settings` depends on (what `come compare
+    --resume` checks)."""
+    uses = get_method(name).uses
+    return COMMON_SETTINGS + tuple(uses(settings) if callable(uses) else uses)
 
 
 def method_options(name: str, given: dict | None) -> dict:

@@ -14,9 +14,13 @@ from come.methods.base import PruneContext
 from come.reconstruct import attention_updates, refit_merged
 from come.scores import attn_group_sensitivity, bi_ratio, mlp_sensitivity, pair_scores, split_budget, top_k
 
-# the PruneConfig fields the CoMe family reads
-USES = ("norm", "pair_score", "pair_tokens", "remerge", "ratio_power", "grid", "reconstruct", "refit_target",
-        "refit_prior", "drop_candidates")
+
+def come_uses(settings: dict) -> tuple[str, ...]:
+    """The PruneConfig fields the CoMe family reads; the re-fit's only when it re-fits."""
+    fields = ("norm", "pair_score", "pair_tokens", "remerge", "ratio_power", "grid", "reconstruct",
+              "drop_candidates")
+    refits = settings.get("reconstruct") or settings.get("method") == "come-plus"
+    return fields + (("refit_target", "refit_prior") if refits else ())
 
 
 def merge_step(ctx: PruneContext, l: int, ratio: tuple[float, float]) -> dict:
@@ -160,21 +164,21 @@ def limit_merges(fn):
     return fn
 
 
-@register("come", uses=USES)
+@register("come", uses=come_uses)
 @limit_merges
 def come(ctx: PruneContext) -> None:
     """Paper CoMe: merge the pair with the lowest angular score (or loss), BI-proportional ratio."""
     progressive_merge(ctx, "bi", ctx.config.reconstruct)
 
 
-@register("come-p", uses=USES)
+@register("come-p", uses=come_uses)
 @limit_merges
 def come_p(ctx: PruneContext) -> None:
     """CoMe-P: as CoMe, with the ratio chosen on a grid by calibration NLL (r = 0 or 1 drops a layer)."""
     progressive_merge(ctx, "grid", ctx.config.reconstruct)
 
 
-@register("come-plus", uses=USES)
+@register("come-plus", uses=come_uses)
 @limit_merges
 def come_plus(ctx: PruneContext) -> None:
     """Ours, training-free: the lowest-angular pair (or --pair-score loss) is merged with o_proj/down_proj ridge

@@ -97,7 +97,10 @@ def laco(ctx: PruneContext) -> None:
         calib.run(l)
         l = min(l - I, ctx.num_layers - C)
     if ctx.num_layers > ctx.target_layers:
+        best = max(tried, key=lambda t: t[2]) if tried else None
+        seen = f" (the best merge left reached {best[2]:.3f}, at layer {best[0]})" if best else ""
         raise ComeError(
             f"laco stopped at {ctx.num_layers} layers: no further merge keeps the last hidden states' cosine "
-            f"similarity to the original above T = {T}; raise --target-layers or lower it with --option T=..."
+            f"similarity to the original above T = {T}{seen}; raise --target-layers or lower it with "
+            "--option T=..."
         )

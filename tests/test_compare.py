@@ -54,6 +54,12 @@ def test_sweep_prefixes_equal_pruning_at_each_depth(tiny_dir, tmp_path):
     assert rows["angular"]["sweep"][1]["ppl"]["ppl"] == pytest.approx(direct["angular"], rel=1e-6)
 
 
+def test_perplexities_print_two_decimals_or_three_digits_when_huge():
+    from come.compare import fmt_ppl
+
+    assert (fmt_ppl(87.2649), fmt_ppl(71451.58), fmt_ppl(1102491260.69)) == ("87.26", "71451.58", "1.1e+09")
+
+
 def test_all_lists_every_registered_method():
     names = parse_methods("all")
     assert sorted(names) == sorted(METHODS) and names[0] == "reverse"

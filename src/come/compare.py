@@ -455,10 +455,15 @@ def _add_retained(rows: list[dict]) -> None:
         row["retained"] = {k: 100 * avg[k] / dense[k] for k in ("acc", "mixed") if k in avg and dense.get(k)}
 
 
+def fmt_ppl(ppl: float) -> str:
+    """Two decimals, or three significant digits once a perplexity is beyond 100,000 (1.1e+09, not 1102491260.69)."""
+    return f"{ppl:.2f}" if ppl < 1e5 else f"{ppl:.3g}"
+
+
 def _brief(row: dict) -> str:
     parts = [f"{row['layers']} layers"]
     if "ppl" in row:
-        parts.append(f"ppl {row['ppl']['ppl']:.2f}")
+        parts.append(f"ppl {fmt_ppl(row['ppl']['ppl'])}")
     if "averages" in row:
         parts.append(f"avg acc {100 * row['averages']['acc']:.2f}")
     return ", ".join(parts)
@@ -481,7 +486,7 @@ def table(result: dict) -> str:
             continue
         cells = [row["method"], str(row["layers"]), f"{row['params']:,}"]
         if has_ppl:
-            cells.append(f"{row['ppl']['ppl']:.2f}")
+            cells.append(fmt_ppl(row["ppl"]["ppl"]))
         for t in tasks:
             r = row["tasks"][t]
             cells.append(f"{100 * r.get(metric_for(t), r['acc']):.2f}")

@@ -13,7 +13,10 @@ done
 for m in come come-plus; do
   $C prune smollm2-135m --method $m --target-layers 24 $CAL --out runs/d24/$m-24 --overwrite
 done
+# come-plus as first built (re-fit toward zero; the default pulls toward the merged weights since session 3)
+$C prune smollm2-135m --method come-plus --refit-prior zero --target-layers 24 $CAL --out runs/d24/come-plus-zero-24 \
+  --overwrite
 $C eval smollm2-135m $EV --out runs/d24/eval-dense --overwrite
-for m in sleb shortgpt come come-plus; do
+for m in sleb shortgpt come come-plus come-plus-zero; do
   $C eval runs/d24/$m-24 --baseline runs/d24/eval-dense $EV --out runs/d24/eval-$m --overwrite
 done

@@ -25,6 +25,7 @@ from pathlib import Path
 
 from come.config import CalibConfig, PruneConfig
 from come.errors import ComeError
+from come.io import write_text_atomic
 
 RESULT_FILE, REPORT_FILE, PLOT_FILE, SWEEP_PLOT_FILE = "compare.json", "compare.md", "compare.png", "sweep.png"
 ROWS_DIR = "rows"  # rows/METHOD.json: one finished row with the settings it was made under (what --resume reads)
@@ -326,16 +327,12 @@ def _finish_row(stage: Path, result: dict, row: dict, settings: dict) -> None:
              "eval_key": None if "error" in row else _eval_key(settings), "row": row}
     _add_retained(result["rows"])
     (stage / ROWS_DIR).mkdir(exist_ok=True)
-    tmp = stage / ROWS_DIR / f".{row['method']}.json.tmp"
-    tmp.write_text(json.dumps(entry, indent=1) + "\n")
-    tmp.replace(stage / ROWS_DIR / f"{row['method']}.json")
+    write_text_atomic(stage / ROWS_DIR / f"{row['method']}.json", json.dumps(entry, indent=1) + "\n")
     _write_result(stage, result)
 
 
 def _write_result(stage: Path, result: dict) -> None:
-    tmp = stage / f".{RESULT_FILE}.tmp"
-    tmp.write_text(json.dumps(result, indent=1) + "\n")
-    tmp.replace(stage / RESULT_FILE)
+    write_text_atomic(stage / RESULT_FILE, json.dumps(result, indent=1) + "\n")
     (stage / REPORT_FILE).write_text(markdown(result))
 
 
@@ -428,7 +425,7 @@ def _reused_row(cfg: CompareConfig, method: str, settings: dict, old: dict, src:
             plan.save(folder / PLAN_FILE)
     if cfg.save_models and not _has_weights(folder):
         model = model if model is not None else apply_plan(copy.deepcopy(dense), plan)
-        save_dtype = save_dtype_for("auto", load_config(cfg.model)[0])
+        save_dtype = save_dtype_for(cfg.prune_config(method).save_dtype, load_config(cfg.model)[0])
         PruneResult(model, tokenizer, plan, save_dtype).save(folder, overwrite=True)
     return row
 

@@ -64,6 +64,7 @@ class PruneConfig:
     def validate(self) -> None:
         from come.merge import NORM_MODES
         from come.methods import get_method, method_options
+        from come.reconstruct import PRIORS
 
         get_method(self.method)
         self.method_options = method_options(self.method, self.method_options)
@@ -79,8 +80,8 @@ class PruneConfig:
             raise ComeError(f"--pair-tokens must be last or all, got {self.pair_tokens!r}")
         if self.refit_target not in ("pair", "dense"):
             raise ComeError(f"--refit-target must be pair or dense, got {self.refit_target!r}")
-        if self.refit_prior not in ("zero", "merged"):
-            raise ComeError(f"--refit-prior must be zero or merged, got {self.refit_prior!r}")
+        if self.refit_prior not in PRIORS:
+            raise ComeError(f"--refit-prior must be one of {', '.join(PRIORS)}, got {self.refit_prior!r}")
         if self.save_dtype != "auto":
             from come.models import parse_dtype
 

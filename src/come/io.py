@@ -21,6 +21,13 @@ def check_output_dir(out: str | Path, overwrite: bool = False) -> Path:
     return out
 
 
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write `path` through a temporary file beside it, so a reader (or a crash) never sees half of it."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
 @contextmanager
 def atomic_output_dir(out: str | Path, overwrite: bool = False) -> Iterator[Path]:
     """Yield a temporary folder beside `out`; on success it replaces `out`, on error it is removed."""

@@ -102,20 +102,33 @@ def test_existing_output_is_refused(tiny_dir, tmp_path):
 
 
 @pytest.mark.smollm2
-def test_sleb_beats_reverse_on_smollm2(tmp_path):
-    """Real SmolLM2-135M, 30 -> 28 layers (measured 12 min on 2 shared cores at load 8; fewer under no load)."""
-    calib = CalibConfig(samples=8, seq_len=128, batch_size=2)
+def test_baselines_on_smollm2_at_20_layers(tmp_path):
+    """Real SmolLM2-135M, 30 -> 20 layers, every paper baseline the issue names plus come-plus, same calibration.
+
+    Cheap settings so the default run stays short (4 x 128 calibration tokens, loss trials on 2 windows,
+    perplexity on 8 x 256 tokens of the wiki-passages evaluation part): 419 s alone on the 2 cores.
+    Measured (session 4): dense 21.92, sleb 82.25, come-plus 100.80, shortgpt 120.94, come-p 151.88,
+    come 3465.85 (its last pair merge joins layers 27 and 28, in the massive-activation region; at 8 x 128 or
+    4 x 256 tokens it leaves them alone and scores 172-182), wsum 10191.24, reverse 9.2e8; laco merges nothing.
+    """
+    calib = CalibConfig(samples=4, seq_len=128, batch_size=2)
+    methods = "reverse,sleb,shortgpt,laco,wsum,come,come-p,come-plus"
     result = compare(CompareConfig(
-        model="smollm2-135m", methods="reverse-keep-last,shortgpt,sleb", target_layers=28, calib=calib,
-        loss_samples=2, evals="ppl", ppl_seq_len=256, ppl_max_windows=10, out=str(tmp_path / "cmp"),
-        save_models=False, progress=False,
+        model="smollm2-135m", methods=methods, target_layers=20, calib=calib, loss_samples=2, evals="ppl",
+        ppl_seq_len=256, ppl_max_windows=8, out=str(tmp_path / "cmp"), save_models=False, progress=False,
     ))
-    ppl = {r["method"]: r["ppl"]["ppl"] for r in result["rows"]}
-    assert all(r["layers"] == 28 for r in result["rows"][1:])
-    # measured: dense 22.09, sleb 27.09 (= shortgpt: both drop the same two layers here), reverse-keep-last 5389
-    assert 21 < ppl["dense"] < 23.5, ppl
-    assert ppl["sleb"] <= ppl["shortgpt"] * 1.001 and ppl["sleb"] < ppl["reverse-keep-last"] / 50, ppl
-    assert ppl["dense"] < ppl["sleb"] < 1.5 * ppl["dense"], ppl
+    rows = {r["method"]: r for r in result["rows"]}
+    assert list(rows) == ["dense", *methods.split(",")]
+    # laco's similarity test never passes on SmolLM2 at its default threshold: a row that says why, no model
+    assert "ppl" not in rows["laco"] and "stopped at 30 layers" in rows["laco"]["error"], rows["laco"]
+    ppl = {m: r["ppl"]["ppl"] for m, r in rows.items() if m != "laco"}
+    assert all(rows[m]["layers"] == 20 for m in ppl if m != "dense"), {m: rows[m]["layers"] for m in ppl}
+    assert 21 < ppl["dense"] < 23, ppl
+    # the measured ordering, each step by a margin (>= 1.1x; the closest measured pair is 1.2x) float noise cannot flip
+    order = ["dense", "sleb", "come-plus", "shortgpt", "come-p", "come", "wsum", "reverse"]
+    assert sorted(ppl, key=ppl.get) == order, ppl
+    assert all(ppl[a] * 1.1 < ppl[b] for a, b in zip(order, order[1:])), ppl
+    assert (tmp_path / "cmp" / "compare.md").read_text().count("| laco | failed:") == 1
 
 
 def _count_prunes(monkeypatch):

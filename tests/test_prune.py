@@ -45,6 +45,16 @@ def test_prune_replays_bit_for_bit(tiny_dir, method, extra):
     assert replays_bit_for_bit(res, path)
 
 
+def test_refit_plan_tensors_keep_the_model_dtype_and_replay_exactly(tiny_dir):
+    path, text = tiny_dir
+    res = prune(cfg(path, text, method="come-plus", target_layers=4, dtype="bfloat16"))
+    assert res.plan.tensors and all(t.dtype == torch.bfloat16 and t.device.type == "cpu"
+                                    for t in res.plan.tensors.values())
+    fresh, _, _ = load_model(str(path), "bfloat16", "cpu")
+    apply_plan(fresh, res.plan)
+    assert same_weights(fresh, res.model)
+
+
 def test_same_seed_same_plan_other_seed_other_windows(tiny_dir):
     path, text = tiny_dir
     p1 = prune(cfg(path, text, target_layers=4)).plan

@@ -182,7 +182,9 @@ def _fit_and_install(name: str, proj: nn.Linear, fit: Gram, val: Gram, weights: 
     if res.weight is not None:
         with torch.no_grad():
             proj.weight.copy_(res.weight)
-        weights[name] = res.weight
+        # keep what was installed: the model's dtype (half the plan of a bf16 run; replay copies it back exactly)
+        # and on the CPU (a 70B re-fit plan would otherwise hold gigabytes of accelerator memory until saved)
+        weights[name] = proj.weight.detach().to("cpu", copy=True)
 
 
 @register_op("refit", needs_tensors=True, keeps_depth=True)

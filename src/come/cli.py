@@ -18,6 +18,25 @@ def add_common_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:N")
 
 
+def add_target_args(p: argparse.ArgumentParser) -> None:
+    """The model and how deep it must become (prune, compare)."""
+    p.add_argument("model", help="HF model folder, hub id, or alias (smollm2-135m)")
+    t = p.add_mutually_exclusive_group(required=True)
+    t.add_argument("--target-layers", type=int, help="number of decoder layers to keep")
+    t.add_argument("--sparsity", type=float, help="fraction of ALL parameters to remove, rounded to whole layers")
+
+
+def add_loss_samples_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--loss-samples", type=int, default=None,
+                   help="windows used for loss trials (sleb, laco, come-p, --pair-score loss, --drop-candidates), "
+                   "rounded up to whole batches (default: all)")
+
+
+def add_output_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", required=True, help="output folder (must be empty or absent, unless --overwrite)")
+    p.add_argument("--overwrite", action="store_true", help="replace what --out holds")
+
+
 def add_calib_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("calibration")
     g.add_argument("--calib-data", default="wiki-passages",
@@ -36,10 +55,7 @@ def calib_config(args):
 
 def add_prune_parser(sub) -> None:
     p = sub.add_parser("prune", help="compress a model by merging (or dropping) layers; writes an HF folder + plan")
-    p.add_argument("model", help="HF model folder, hub id, or alias (smollm2-135m)")
-    t = p.add_mutually_exclusive_group(required=True)
-    t.add_argument("--target-layers", type=int, help="number of decoder layers to keep")
-    t.add_argument("--sparsity", type=float, help="fraction of ALL parameters to remove, rounded to whole layers")
+    add_target_args(p)
     p.add_argument("--method", default="come", help="come (default), come-p, or another registered method")
     p.add_argument("--norm", default="mean", choices=["mean", "fold"], help="norm handling of a merged layer")
     p.add_argument("--pair-score", default="angular", choices=["angular", "loss"], help="how the pair is chosen")
@@ -59,12 +75,10 @@ def add_prune_parser(sub) -> None:
     p.add_argument("--drop-candidates", action="store_true",
                    help="come family: each step, SLEB's best single-layer drop competes with the merge by "
                    "calibration NLL")
-    p.add_argument("--loss-samples", type=int, default=None,
-                   help="windows used for loss trials, rounded up to whole batches (default: all)")
+    add_loss_samples_arg(p)
     add_calib_args(p)
     add_common_model_args(p)
-    p.add_argument("--out", required=True, help="output folder (must be empty or absent, unless --overwrite)")
-    p.add_argument("--overwrite", action="store_true")
+    add_output_args(p)
     p.set_defaults(func=cmd_prune)
 
 
@@ -104,8 +118,7 @@ def add_apply_parser(sub) -> None:
     add_common_model_args(p)
     p.add_argument("--save-dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
                    help="dtype of the saved weights (auto: the original checkpoint's)")
-    p.add_argument("--out", required=True)
-    p.add_argument("--overwrite", action="store_true")
+    add_output_args(p)
     p.set_defaults(func=cmd_apply)
 
 

@@ -587,13 +587,10 @@ def plot_sweep(result: dict, path: Path) -> None:
 
 
 def add_parser(sub) -> None:
-    from come.cli import add_calib_args, add_common_model_args
+    from come.cli import add_calib_args, add_common_model_args, add_loss_samples_arg, add_output_args, add_target_args
 
     p = sub.add_parser("compare", help="prune with several methods on the same calibration and compare them")
-    p.add_argument("model", help="HF model folder, hub id, or alias (smollm2-135m)")
-    t = p.add_mutually_exclusive_group(required=True)
-    t.add_argument("--target-layers", type=int, help="number of decoder layers to keep")
-    t.add_argument("--sparsity", type=float, help="fraction of ALL parameters to remove, rounded to whole layers")
+    add_target_args(p)
     p.add_argument("--methods", default="all", help="all (default) or a comma list of registered methods")
     p.add_argument("--eval", default="ppl", help="ppl (default), tasks, or ppl,tasks")
     p.add_argument("--tasks", default="all", help="all (default) or a comma list (with --eval tasks)")
@@ -601,16 +598,14 @@ def add_parser(sub) -> None:
     p.add_argument("--ppl-data", default="wiki-passages", help="perplexity text source (its evaluation part)")
     p.add_argument("--ppl-seq-len", type=int, default=2048)
     p.add_argument("--ppl-max-windows", type=int, default=None)
-    p.add_argument("--loss-samples", type=int, default=None,
-                   help="windows used for loss trials (sleb, laco, come-p; default: all)")
+    add_loss_samples_arg(p)
     p.add_argument("--option", action="append", metavar="METHOD.KEY=VALUE",
                    help="a method's option, e.g. laco.T=0.5 (repeatable; `come prune --help` lists them)")
     p.add_argument("--sweep", action="store_true", help="also score every depth between dense and the target")
     p.add_argument("--no-save-models", action="store_true", help="save each method's plan only, not its weights")
     add_calib_args(p)
     add_common_model_args(p)
-    p.add_argument("--out", required=True, help="output folder (must be empty or absent, unless --overwrite)")
-    p.add_argument("--overwrite", action="store_true")
+    add_output_args(p)
     p.add_argument("--resume", action="store_true",
                    help="continue an interrupted run (OUT.partial) or extend a finished OUT, e.g. with --eval "
                         "ppl,tasks or more --methods: plans made under the same pruning settings are replayed, "

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from come.cli import add_common_model_args
+from come.cli import add_common_model_args, add_output_args
 
 
 def add_parser(sub) -> None:
@@ -45,8 +45,7 @@ def add_parser(sub) -> None:
     p.add_argument("--ppl-seq-len", type=int, default=256)
     p.add_argument("--seed", type=int, default=0)
     add_common_model_args(p)
-    p.add_argument("--out", required=True, help="output folder (must be empty or absent, unless --overwrite)")
-    p.add_argument("--overwrite", action="store_true")
+    add_output_args(p)
     p.set_defaults(func=cmd_distill)
 
 

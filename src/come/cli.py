@@ -37,6 +37,16 @@ def add_output_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace what --out holds")
 
 
+def add_placement_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("memory")
+    g.add_argument("--offload", default="auto", choices=["auto", "always", "never"],
+                   help="keep the weights in CPU memory and stream one layer at a time to the GPU (auto: when the "
+                   "weights do not fit in 80%% of its free memory; this is how a 70B model prunes on one GPU)")
+    g.add_argument("--store-device", default=None,
+                   help="where the cached hidden states live (default: the GPU if they fit beside the weights, "
+                   "else cpu)")
+
+
 def add_calib_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("calibration")
     g.add_argument("--calib-data", default="wiki-passages",
@@ -78,6 +88,7 @@ def add_prune_parser(sub) -> None:
     add_loss_samples_arg(p)
     add_calib_args(p)
     add_common_model_args(p)
+    add_placement_args(p)
     add_output_args(p)
     p.set_defaults(func=cmd_prune)
 
@@ -98,6 +109,8 @@ def cmd_prune(args) -> int:
         calib=calib_config(args),
         dtype=args.dtype,
         device=args.device,
+        offload=args.offload,
+        store_device=args.store_device,
     )
     cfg.validate()
     check_output_dir(args.out, args.overwrite)  # fail before the expensive part

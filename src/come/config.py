@@ -55,7 +55,8 @@ class PruneConfig:
     dtype: str = "auto"
     save_dtype: str = "auto"  # dtype of the saved weights; auto = the original checkpoint's
     device: str = "auto"
-    store_device: str | None = None  # where cached hidden states live (default: the compute device)
+    offload: str = "auto"  # auto | always | never: weights in CPU memory, streamed a layer at a time
+    store_device: str | None = None  # where cached hidden states live (default: placement.decide)
     progress: bool = True
 
     def __post_init__(self) -> None:
@@ -86,6 +87,10 @@ class PruneConfig:
             from come.models import parse_dtype
 
             parse_dtype(self.save_dtype)
+        from come.placement import OFFLOAD_MODES
+
+        if self.offload not in OFFLOAD_MODES:
+            raise ComeError(f"--offload must be one of {', '.join(OFFLOAD_MODES)}, got {self.offload!r}")
         if self.grid < 1:
             raise ComeError(f"--grid must be >= 1, got {self.grid}")
         if self.loss_samples is not None and self.loss_samples < 1:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 
+from come import placement
 from come.capture import Calibration
 from come.config import PruneConfig
 from come.data import calibration_windows
@@ -18,7 +19,15 @@ from come.errors import ComeError
 from come.io import atomic_output_dir, check_output_dir
 from come.methods import get_method
 from come.methods.base import PruneContext
-from come.models import count_params, get_adapter, load_config, load_model, meta_model, save_dtype_for
+from come.models import (
+    count_params,
+    get_adapter,
+    load_config,
+    load_model,
+    meta_model,
+    parse_dtype,
+    save_dtype_for,
+)
 from come.plan import PLAN_FILE, Plan, base_model_info, versions
 
 SUMMARY_FILE = "come_summary.md"
@@ -112,14 +121,23 @@ def prune(config: PruneConfig | None = None, **kwargs) -> PruneResult:
     skeleton = get_adapter(meta_model(config))  # check the target before loading weights
     target = resolve_target(cfg, skeleton.model, skeleton.num_layers, skeleton.params_per_layer())
     check_reachable(cfg, skeleton.num_layers, target)
-    model, tokenizer, path = load_model(cfg.model, cfg.dtype, device)
+    c = cfg.calib
+    dtype = parse_dtype(cfg.dtype, config, device)
+    place = placement.decide(device, cfg.offload, cfg.store_device, count_params(skeleton.model) * dtype.itemsize,
+                             placement.cache_bytes(config, c.samples, c.seq_len, dtype), placement.free_memory(device))
+    if place.offloaded and getattr(method, "needs_whole_model", False):
+        raise ComeError(f"{cfg.method} back-propagates through the whole model at once, which must then fit on "
+                        f"{device}, but the weights are kept in CPU memory ({place.reason}): pass --offload never "
+                        "on a device that holds the model, or use magnitude, shortgpt or sleb")
+    if cfg.progress:
+        print(f"[{cfg.method}] placement: {place.reason}", file=sys.stderr, flush=True)
+    model, tokenizer, path = load_model(cfg.model, dtype, device, weights_device=place.weights)
     adapter = get_adapter(model)
     n0, p0 = adapter.num_layers, count_params(model)
     base = base_model_info(model, cfg.model)
-    c = cfg.calib
     ids = calibration_windows(tokenizer, c.data, c.samples, c.seq_len, c.seed)
     torch.manual_seed(c.seed)
-    calib = Calibration(model, adapter, ids, c.batch_size, device, cfg.store_device, cfg.progress)
+    calib = Calibration(model, adapter, ids, c.batch_size, device, place.cache, cfg.progress)
     ctx = PruneContext(model, adapter, calib, target, cfg)
     method(ctx)
     del calib, ctx.calib
@@ -132,6 +150,7 @@ def prune(config: PruneConfig | None = None, **kwargs) -> PruneResult:
         "wall_time_s": round(wall, 2),
         "peak_memory_gb": round(peak_memory_gb(device), 3),
         "device": device,
+        "placement": {"weights": place.weights, "cache": place.cache, "reason": place.reason},
         "dtype": str(model.dtype).replace("torch.", ""),
         "calib_tokens": int(ids.numel()),
     }

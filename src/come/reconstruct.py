@@ -52,7 +52,7 @@ class Gram:
 
     def error(self, wt: torch.Tensor) -> float:
         """||X W^T - T||^2 for W^T = wt [d_in, d_out], from the statistics alone."""
-        wt = wt.double()
+        wt = wt.to(self.xx)  # double, and on the statistics' device (offloaded weights live on the CPU)
         return float((wt * (self.xx @ wt)).sum() - 2 * (wt * self.xt).sum() + self.tt)
 
     def solve(self, lam: float, prior: torch.Tensor | None = None) -> torch.Tensor:

@@ -92,3 +92,5 @@ for _fn in (magnitude_plus, taylor_plus):  # checked by prune/compare before any
     _fn.max_removable = _removable
     _fn.limit_reason = f"keeping the first {KEEP_FIRST} and last {KEEP_LAST} layers"
     _fn.limit_fix = "raise the target or use magnitude/taylor"
+for _fn in (taylor, taylor_plus):  # the gradient needs every layer on the compute device at once
+    _fn.needs_whole_model = True

@@ -120,8 +120,10 @@ def meta_model(config):
         return AutoModelForCausalLM.from_config(config)
 
 
-def load_model(name: str, dtype: str | torch.dtype | None = "auto", device: str = "cpu"):
-    """(model, tokenizer, local_path_or_id) for an alias, folder or hub id; the model in eval mode."""
+def load_model(name: str, dtype: str | torch.dtype | None = "auto", device: str = "cpu",
+               weights_device: str | None = None):
+    """(model, tokenizer, local_path_or_id) for an alias, folder or hub id; the model in eval mode, computing
+    in the dtype `auto` means on `device`, its weights on `weights_device` (default: `device`)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     config, path = load_config(name)
@@ -132,7 +134,7 @@ def load_model(name: str, dtype: str | torch.dtype | None = "auto", device: str 
         tokenizer = AutoTokenizer.from_pretrained(path)
     except Exception as e:
         raise ComeError(f"could not load model '{name}' ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from e
-    model.to(dev).eval()
+    model.to(weights_device or dev).eval()
     return model, tokenizer, path
 
 

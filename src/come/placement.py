@@ -1,0 +1,83 @@
+"""Where a pruning run keeps the weights and the cached hidden states, so that 70B models prune on one GPU.
+
+The calibration pass already runs the stack one layer at a time (`capture.on_device`): a layer visits the
+compute device for its turn and goes back to where it lives. So the weights can live in CPU memory
+("offload") and only one layer at a time (plus the embedding or the LM head for their turns) needs to fit on
+the GPU; the cached layer-boundary hidden states (L + 1 copies of the calibration activations) can live in
+CPU memory too. The results are the same: every computation still runs on the compute device.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from come.errors import ComeError
+
+OFFLOAD_MODES = ("auto", "always", "never")
+HEADROOM = 0.8  # plan to use at most this fraction of the device's free memory
+
+
+@dataclass(frozen=True)
+class Placement:
+    compute: str  # where every layer runs
+    weights: str  # where the weights live between turns
+    cache: str  # where the cached hidden states live
+    reason: str  # one line for the summary
+
+    @property
+    def offloaded(self) -> bool:
+        return self.weights != self.compute
+
+
+def gib(n: float) -> str:
+    return f"{n / 2**30:.1f} GiB"
+
+
+def decide(compute: str, offload: str, store_device: str | None, weight_bytes: int, cache_bytes: int,
+           free_bytes: int | None) -> Placement:
+    """Pure decision (tested on CPU). `free_bytes`: the compute device's free memory, None when unknown (CPU).
+
+    `auto`: everything on the compute device when weights + cache fit in HEADROOM of its free memory; else the
+    cache goes to CPU memory; if the weights alone still do not fit, they stay in CPU memory too.
+    """
+    if offload not in OFFLOAD_MODES:
+        raise ComeError(f"--offload must be one of {', '.join(OFFLOAD_MODES)}, got {offload!r}")
+    if compute.startswith("cpu"):
+        return Placement(compute, compute, store_device or compute, "everything on the CPU")
+    budget = None if free_bytes is None else HEADROOM * free_bytes
+    need = f"weights {gib(weight_bytes)}, hidden-state cache {gib(cache_bytes)}"
+    if offload == "never":
+        return Placement(compute, compute, store_device or compute, f"offload off ({need})")
+    if offload == "always":
+        return Placement(compute, "cpu", store_device or "cpu",
+                         f"--offload always: weights stream to {compute} one layer at a time ({need})")
+    if budget is None:  # an accelerator that does not report free memory: keep the old behaviour
+        return Placement(compute, compute, store_device or compute, f"everything on {compute} ({need})")
+    if store_device is not None:
+        cache_on_device = store_device == compute
+    else:
+        cache_on_device = weight_bytes + cache_bytes <= budget
+    cache = compute if cache_on_device else (store_device or "cpu")
+    left = budget - (cache_bytes if cache_on_device else 0)
+    if weight_bytes <= left:
+        why = "everything fits" if cache_on_device else "the cache does not fit beside the weights"
+        return Placement(compute, compute, cache,
+                         f"weights on {compute}, cache on {cache}: {why} ({need}, {gib(free_bytes)} free)")
+    return Placement(compute, "cpu", cache,
+                     f"weights in CPU memory, streamed to {compute} one layer at a time, cache on {cache}: they "
+                     f"do not fit ({need}, {gib(free_bytes)} free)")
+
+
+def free_memory(device: str) -> int | None:
+    """Free bytes of a CUDA device (None for any other)."""
+    if device.startswith("cuda") and torch.cuda.is_available():
+        return torch.cuda.mem_get_info(torch.device(device))[0]
+    return None
+
+
+def cache_bytes(config, samples: int, seq_len: int, dtype: torch.dtype) -> int:
+    """Bytes of the cached hidden states: one [samples, seq_len, hidden] tensor per layer boundary."""
+    layers = config.num_hidden_layers
+    return (layers + 1) * samples * seq_len * config.hidden_size * dtype.itemsize

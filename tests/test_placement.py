@@ -1,0 +1,83 @@
+"""Where pruning keeps weights and cached states (`--offload`, `--store-device`): the decision, and CPU runs."""
+
+import pytest
+
+from come import PruneConfig, prune
+from come.config import CalibConfig
+from come.errors import ComeError
+from come.models import load_config
+from come.placement import HEADROOM, cache_bytes, decide
+
+GB = 2**30
+
+
+def where(p):
+    return p.weights, p.cache
+
+
+def test_cpu_keeps_everything_on_the_cpu():
+    p = decide("cpu", "auto", None, 100 * GB, 100 * GB, None)
+    assert (p.weights, p.cache, p.offloaded) == ("cpu", "cpu", False)
+
+
+def test_auto_moves_the_cache_first_then_the_weights():
+    free = 80 * GB
+    fits = decide("cuda", "auto", None, 14 * GB, 17 * GB, free)
+    assert (fits.weights, fits.cache) == ("cuda", "cuda")
+    cache_out = decide("cuda", "auto", None, 40 * GB, 40 * GB, free)  # 80 > 64 together, 40 alone fits
+    assert (cache_out.weights, cache_out.cache) == ("cuda", "cpu")
+    both_out = decide("cuda", "auto", None, 140 * GB, 87 * GB, free)  # a 70B model in bf16
+    assert (both_out.weights, both_out.cache, both_out.offloaded) == ("cpu", "cpu", True)
+    assert "140.0 GiB" in both_out.reason and "streamed to cuda" in both_out.reason
+    edge = HEADROOM * free
+    assert decide("cuda", "auto", None, int(edge), 0, free).weights == "cuda"
+    assert decide("cuda", "auto", None, int(edge) + 1, 0, free).weights == "cpu"
+
+
+def test_explicit_modes_and_store_device_win():
+    assert where(decide("cuda:1", "always", None, GB, GB, 80 * GB)) == ("cpu", "cpu")
+    assert where(decide("cuda", "never", None, 140 * GB, 87 * GB, 80 * GB)) == ("cuda", "cuda")
+    assert decide("cuda", "auto", "cuda", 40 * GB, 40 * GB, 80 * GB).cache == "cuda"  # the user's call
+    assert where(decide("cuda", "auto", "cpu", GB, GB, 80 * GB)) == ("cuda", "cpu")
+    assert decide("cuda", "auto", None, GB, GB, None).weights == "cuda"  # free memory unknown: as before
+    with pytest.raises(ComeError, match="--offload must be one of auto, always, never"):
+        decide("cuda", "sometimes", None, GB, GB, None)
+
+
+def test_cache_bytes_counts_every_layer_boundary(tiny_dir):
+    import torch
+
+    path, _ = tiny_dir
+    config, _ = load_config(str(path))
+    n = (config.num_hidden_layers + 1) * 4 * 32 * config.hidden_size
+    assert cache_bytes(config, 4, 32, torch.float32) == 4 * n
+    assert cache_bytes(config, 4, 32, torch.bfloat16) == 2 * n
+
+
+def _cfg(path, text, **kw):
+    calib = CalibConfig(data=str(text), samples=4, seq_len=32, batch_size=2)
+    return PruneConfig(model=str(path), target_layers=4, calib=calib, progress=False, **kw)
+
+
+def test_store_device_and_placement_are_recorded_and_change_nothing(tiny_dir):
+    path, text = tiny_dir
+    plain = prune(_cfg(path, text, method="come-plus", device="cpu"))
+    stored = prune(_cfg(path, text, method="come-plus", device="cpu", offload="always", store_device="cpu"))
+    assert plain.plan.steps == stored.plan.steps
+    assert stored.plan.stats["placement"] == {"weights": "cpu", "cache": "cpu", "reason": "everything on the CPU"}
+
+
+def test_taylor_refuses_streamed_weights_before_loading(tiny_dir, monkeypatch):
+    import sys
+
+    path, text = tiny_dir
+    monkeypatch.setattr(sys.modules["come.prune"], "load_model",  # `come.prune` is also the API function
+                        lambda *a, **k: pytest.fail("loaded the model before refusing"))
+    with pytest.raises(ComeError, match="taylor back-propagates through the whole model.*--offload never"):
+        prune(_cfg(path, text, method="taylor", device="cuda:0", offload="always"))
+
+
+def test_bad_offload_is_refused(tiny_dir):
+    path, text = tiny_dir
+    with pytest.raises(ComeError, match="--offload must be one of"):
+        prune(_cfg(path, text, offload="maybe"))

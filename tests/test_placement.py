@@ -81,3 +81,32 @@ def test_bad_offload_is_refused(tiny_dir):
     path, text = tiny_dir
     with pytest.raises(ComeError, match="--offload must be one of"):
         prune(_cfg(path, text, offload="maybe"))
+
+
+def test_inference_spreads_only_what_does_not_fit_one_device(tiny_dir):
+    from come.models import load_model
+    from come.placement import model_bytes, place_for_inference, spread_needed
+
+    assert not spread_needed(14 * GB, 80 * GB) and spread_needed(100 * GB, 80 * GB)
+    assert not spread_needed(100 * GB, None)  # CPU: free memory unknown, never spread
+    path, _ = tiny_dir
+    model, _, _ = load_model(str(path), "float32", "cpu")
+    unique = {id(p): p for p in model.parameters()}.values()
+    assert model_bytes(model) >= 4 * sum(p.numel() for p in unique)
+    assert place_for_inference(model, "cpu") == "cpu" and next(model.parameters()).device.type == "cpu"
+
+
+def test_spread_dispatches_with_accelerate_and_keeps_the_logits(tiny_dir):
+    import torch
+
+    from come.models import load_model
+    from come.placement import spread
+
+    path, _ = tiny_dir
+    model, _, _ = load_model(str(path), "float32", "cpu")
+    ids = torch.randint(0, 512, (1, 8))
+    with torch.no_grad():
+        before = model(ids).logits
+        device_map = spread(model, {"cpu": 2**34})  # the glue code; on a GPU machine the budget names GPUs too
+        assert set(device_map.values()) == {"cpu"}
+        assert torch.equal(model(ids).logits, before)

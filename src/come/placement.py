@@ -81,3 +81,40 @@ def cache_bytes(config, samples: int, seq_len: int, dtype: torch.dtype) -> int:
     """Bytes of the cached hidden states: one [samples, seq_len, hidden] tensor per layer boundary."""
     layers = config.num_hidden_layers
     return (layers + 1) * samples * seq_len * config.hidden_size * dtype.itemsize
+
+
+def model_bytes(model) -> int:
+    """Bytes of the model's parameters and buffers (tied weights counted once)."""
+    tensors = {id(t): t for t in [*model.parameters(), *model.buffers()]}.values()
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
+def spread_needed(need: int, free_bytes: int | None) -> bool:
+    """Whether a model of `need` bytes must be spread beyond one device with `free_bytes` free (None: unknown)."""
+    return free_bytes is not None and need > HEADROOM * free_bytes
+
+
+def place_for_inference(model, device: str) -> str:
+    """Put `model` (loaded in CPU memory) on `device` when it fits in HEADROOM of its free memory; else let
+    Accelerate spread its layers over every visible GPU (and CPU memory for what is left), as
+    `from_pretrained(device_map="auto")` does. Returns where it went, for the report."""
+    if not spread_needed(model_bytes(model), free_memory(device)):
+        model.to(device)
+        return str(next(model.parameters()).device)
+    from accelerate.utils import get_max_memory
+
+    budget = get_max_memory()
+    for i in range(torch.cuda.device_count()):
+        budget[i] = int(HEADROOM * torch.cuda.mem_get_info(i)[0])
+    used = sorted({str(d) for d in spread(model, budget).values()})
+    return f"spread by accelerate over {', '.join(used)} ({gib(model_bytes(model))} > 80% of {device}'s free memory)"
+
+
+def spread(model, budget: dict) -> dict:
+    """Dispatch `model` over the devices of `budget` ({device: bytes}) with Accelerate; returns the device map."""
+    from accelerate import dispatch_model, infer_auto_device_map
+
+    no_split = list(getattr(model, "_no_split_modules", None) or [])
+    device_map = infer_auto_device_map(model, max_memory=budget, no_split_module_classes=no_split)
+    dispatch_model(model, device_map=device_map)
+    return device_map

@@ -60,15 +60,18 @@ class EvalConfig:
 def evaluate_model(name: str, cfg: EvalConfig) -> dict:
     """Every requested number for one model."""
     from come.models import load_model
+    from come.placement import place_for_inference
     from come.prune import resolve_device
 
     t0 = time.perf_counter()
-    model, tok, path = load_model(name, cfg.dtype, resolve_device(cfg.device))
+    device = resolve_device(cfg.device)
+    model, tok, path = load_model(name, cfg.dtype, device, weights_device="cpu")
+    where = place_for_inference(model, device)  # one GPU if it fits, else every GPU (accelerate)
     if cfg.ppl:
         check_seq_len(model, cfg.ppl_seq_len)
     out: dict = {"name": name, "path": str(path), **model_size(model, path)}
     out["dtype"] = str(next(model.parameters()).dtype).replace("torch.", "")
-    out["device"] = str(next(model.parameters()).device)
+    out["device"] = where
     if cfg.ppl:
         out["ppl"] = {
             src: perplexity(model, tok, src, cfg.ppl_seq_len, cfg.ppl_max_windows, cfg.batch_size,

@@ -77,10 +77,12 @@ def test_taylor_refuses_streamed_weights_before_loading(tiny_dir, monkeypatch):
         prune(_cfg(path, text, method="taylor", device="cuda:0", offload="always"))
 
 
-def test_bad_offload_is_refused(tiny_dir):
+def test_bad_offload_or_store_device_is_refused(tiny_dir):
     path, text = tiny_dir
     with pytest.raises(ComeError, match="--offload must be one of"):
         prune(_cfg(path, text, offload="maybe"))
+    with pytest.raises(ComeError, match="--store-device 'gpu' is not a device"):
+        prune(_cfg(path, text, store_device="gpu"))
 
 
 def test_inference_spreads_only_what_does_not_fit_one_device(tiny_dir):

@@ -91,6 +91,13 @@ class PruneConfig:
 
         if self.offload not in OFFLOAD_MODES:
             raise ComeError(f"--offload must be one of {', '.join(OFFLOAD_MODES)}, got {self.offload!r}")
+        if self.store_device is not None:
+            import torch
+
+            try:
+                torch.device(self.store_device)
+            except (RuntimeError, TypeError):
+                raise ComeError(f"--store-device {self.store_device!r} is not a device: use cpu or cuda:N") from None
         if self.grid < 1:
             raise ComeError(f"--grid must be >= 1, got {self.grid}")
         if self.loss_samples is not None and self.loss_samples < 1:

@@ -112,3 +112,24 @@ def test_spread_dispatches_with_accelerate_and_keeps_the_logits(tiny_dir):
         device_map = spread(model, {"cpu": 2**34})  # the glue code; on a GPU machine the budget names GPUs too
         assert set(device_map.values()) == {"cpu"}
         assert torch.equal(model(ids).logits, before)
+
+
+def test_out_of_device_memory_is_one_line_that_says_what_to_do(tiny_dir, monkeypatch):
+    import torch
+
+    from come.models import load_model, move_model
+
+    path, _ = tiny_dir
+    model, _, _ = load_model(str(path), "float32", "cpu")
+    real_to = torch.nn.Module.to
+
+    def to(self, *args, **kwargs):  # what a too-small GPU does, on a machine without one
+        if args and str(args[0]).startswith("cuda"):
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real_to(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.Module, "to", to)
+    message = r"^tiny \(0\.\d GiB of weights\) does not fit on cuda:0: .*--offload always"
+    with pytest.raises(ComeError, match=message) as e:
+        move_model(model, "cuda:0", "tiny")
+    assert "\n" not in str(e.value) and next(model.parameters()).device.type == "cpu"

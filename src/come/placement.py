@@ -99,7 +99,9 @@ def place_for_inference(model, device: str) -> str:
     Accelerate spread its layers over every visible GPU (and CPU memory for what is left), as
     `from_pretrained(device_map="auto")` does. Returns where it went, for the report."""
     if not spread_needed(model_bytes(model), free_memory(device)):
-        model.to(device)
+        from come.models import move_model
+
+        move_model(model, device)
         return str(next(model.parameters()).device)
     from accelerate.utils import get_max_memory
 

@@ -134,8 +134,22 @@ def load_model(name: str, dtype: str | torch.dtype | None = "auto", device: str 
         tokenizer = AutoTokenizer.from_pretrained(path)
     except Exception as e:
         raise ComeError(f"could not load model '{name}' ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from e
-    model.to(weights_device or dev).eval()
+    move_model(model, weights_device or dev, name)
+    model.eval()
     return model, tokenizer, path
+
+
+def move_model(model, device, name: str = "the model") -> None:
+    """model.to(device); running out of device memory is a one-line error that says what to do."""
+    try:
+        model.to(device)
+    except torch.OutOfMemoryError:
+        model.to("cpu")
+        raise ComeError(
+            f"{name} ({count_params(model) * next(model.parameters()).element_size() / 2**30:.1f} GiB of weights) "
+            f"does not fit on {device}: `come prune` streams it with --offload always; for evaluation use a machine "
+            "with more GPU memory or several GPUs (come eval spreads it over all of them), or --device cpu"
+        ) from None
 
 
 def count_params(model) -> int:

@@ -138,3 +138,28 @@ def test_merge_step_updates_config_and_renumbers(family):
         logits = model(out[:, :-1], use_cache=False).logits
     assert out.shape == (1, 13)
     assert torch.equal(logits[0, 7:].argmax(-1), out[0, 8:])
+
+
+def test_on_device_gives_back_the_home_tensors_untouched():
+    """A visit to a device that holds no data (meta) and back: the weights, buffers and a tied parameter are
+    the very tensors they were before (streamed weights are never copied back)."""
+    import torch
+    from torch import nn
+
+    from come.capture import _all_on_device, on_device
+
+    torch.manual_seed(0)
+    emb, head = nn.Embedding(8, 4), nn.Linear(4, 8, bias=False)
+    head.weight = emb.weight  # tied, as in SmolLM2
+    block = nn.Sequential(nn.Linear(4, 4), nn.LayerNorm(4))
+    block.register_buffer("scale", torch.arange(4.0))
+    before = {k: v.clone() for k, v in block.state_dict().items()}
+    storage = [p.data_ptr() for p in block.parameters()]
+    tied = emb.weight.detach().clone()
+    with on_device(block, torch.device("meta")):
+        assert all(t.device.type == "meta" for t in [*block.parameters(), *block.buffers()])
+    assert [p.data_ptr() for p in block.parameters()] == storage  # the same memory, not a copy
+    assert all(torch.equal(v, before[k]) for k, v in block.state_dict().items())
+    with _all_on_device([head, emb], torch.device("meta")):
+        assert emb.weight.device.type == "meta" and head.weight.device.type == "meta"
+    assert head.weight is emb.weight and torch.equal(emb.weight, tied)

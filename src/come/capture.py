@@ -35,16 +35,30 @@ class LayerStats:
 
 @contextmanager
 def on_device(module: nn.Module, device: torch.device):
-    """Move `module` to `device` for the duration (no-op when it is there), then back: bounded device memory."""
-    param = next(module.parameters(), None)
-    home = param.device if param is not None else device
-    if home != device:
-        module.to(device)
+    """Run `module` on `device` for the duration (no-op when it is there): bounded device memory.
+
+    For reading only (forward passes): afterwards the module gets back the very tensors it had at home, so
+    streamed weights cross to the device once and are never copied back (nor re-allocated in CPU memory);
+    anything written to its parameters or buffers meanwhile is dropped.
+    """
+    first = next(module.parameters(), None)
+    first = first if first is not None else next(module.buffers(), None)  # e.g. a rotary embedding
+    home = first.device if first is not None else torch.device(device)
+    if home == torch.device(device):
+        yield module
+        return
+    # .to() either swaps a parameter's data in place or installs a new Parameter (e.g. to meta): undo both
+    params = [(m, name, p, p.data) for m in module.modules() for name, p in m._parameters.items() if p is not None]
+    buffers = [(m, name, b) for m in module.modules() for name, b in m._buffers.items() if b is not None]
+    module.to(device)
     try:
         yield module
     finally:
-        if home != device:
-            module.to(home)
+        for m, name, p, data in params:
+            p.data = data
+            m._parameters[name] = p
+        for m, name, b in buffers:
+            m._buffers[name] = b
 
 
 def _first(out):

@@ -1,6 +1,7 @@
 """Where pruning keeps weights and cached states (`--offload`, `--store-device`): the decision, and CPU runs."""
 
 import pytest
+import torch
 
 from come import PruneConfig, prune
 from come.config import CalibConfig
@@ -71,10 +72,19 @@ def test_taylor_refuses_streamed_weights_before_loading(tiny_dir, monkeypatch):
     import sys
 
     path, text = tiny_dir
-    monkeypatch.setattr(sys.modules["come.prune"], "load_model",  # `come.prune` is also the API function
-                        lambda *a, **k: pytest.fail("loaded the model before refusing"))
+    module = sys.modules["come.prune"]  # `come.prune` is also the API function
+    monkeypatch.setattr(module, "check_device_dtype", lambda *a: None)  # as if cuda:0 were there
+    monkeypatch.setattr(module, "load_model", lambda *a, **k: pytest.fail("loaded the model before refusing"))
     with pytest.raises(ComeError, match="taylor back-propagates through the whole model.*--offload never"):
         prune(_cfg(path, text, method="taylor", device="cuda:0", offload="always"))
+
+
+def test_a_device_that_cannot_run_is_refused_first(tiny_dir):
+    path, text = tiny_dir
+    if torch.cuda.is_available():
+        pytest.skip("needs a machine without CUDA")
+    with pytest.raises(ComeError, match="device 'cuda:0' cannot run"):
+        prune(_cfg(path, text, device="cuda:0"))
 
 
 def test_bad_offload_or_store_device_is_refused(tiny_dir):

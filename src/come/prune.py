@@ -20,6 +20,7 @@ from come.io import atomic_output_dir, check_output_dir
 from come.methods import get_method
 from come.methods.base import PruneContext
 from come.models import (
+    check_device_dtype,
     count_params,
     get_adapter,
     load_config,
@@ -123,6 +124,7 @@ def prune(config: PruneConfig | None = None, **kwargs) -> PruneResult:
     check_reachable(cfg, skeleton.num_layers, target)
     c = cfg.calib
     dtype = parse_dtype(cfg.dtype, config, device)
+    check_device_dtype(device, dtype)  # before any placement talk about a device that cannot run
     place = placement.decide(device, cfg.offload, cfg.store_device, count_params(skeleton.model) * dtype.itemsize,
                              placement.cache_bytes(config, c.samples, c.seq_len, dtype), placement.free_memory(device))
     if place.offloaded and getattr(method, "needs_whole_model", False):

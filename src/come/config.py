@@ -87,17 +87,12 @@ class PruneConfig:
             from come.models import parse_dtype
 
             parse_dtype(self.save_dtype)
-        from come.placement import OFFLOAD_MODES
+        from come.models import parse_device
+        from come.placement import check_offload
 
-        if self.offload not in OFFLOAD_MODES:
-            raise ComeError(f"--offload must be one of {', '.join(OFFLOAD_MODES)}, got {self.offload!r}")
+        check_offload(self.offload)
         if self.store_device is not None:
-            import torch
-
-            try:
-                torch.device(self.store_device)
-            except (RuntimeError, TypeError):
-                raise ComeError(f"--store-device {self.store_device!r} is not a device: use cpu or cuda:N") from None
+            parse_device(self.store_device, "--store-device")
         if self.grid < 1:
             raise ComeError(f"--grid must be >= 1, got {self.grid}")
         if self.loss_samples is not None and self.loss_samples < 1:

@@ -31,6 +31,11 @@ class Placement:
         return self.weights != self.compute
 
 
+def check_offload(mode: str) -> None:
+    if mode not in OFFLOAD_MODES:
+        raise ComeError(f"--offload must be one of {', '.join(OFFLOAD_MODES)}, got {mode!r}")
+
+
 def gib(n: float) -> str:
     return f"{n / 2**30:.1f} GiB"
 
@@ -42,8 +47,7 @@ def decide(compute: str, offload: str, store_device: str | None, weight_bytes: i
     `auto`: everything on the compute device when weights + cache fit in HEADROOM of its free memory; else the
     cache goes to CPU memory; if the weights alone still do not fit, they stay in CPU memory too.
     """
-    if offload not in OFFLOAD_MODES:
-        raise ComeError(f"--offload must be one of {', '.join(OFFLOAD_MODES)}, got {offload!r}")
+    check_offload(offload)
     if compute.startswith("cpu"):
         return Placement(compute, compute, store_device or compute, "everything on the CPU")
     budget = None if free_bytes is None else HEADROOM * free_bytes

@@ -81,11 +81,16 @@ def parse_dtype(dtype: str | torch.dtype | None, config=None, device: str = "cpu
     return DTYPES[dtype]
 
 
-def check_device_dtype(device: str, dtype: torch.dtype) -> torch.device:
+def parse_device(device: str, flag: str = "--device") -> torch.device:
+    """torch.device(device), or a one-line error that names the flag it came from."""
     try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError) as e:
-        raise ComeError(f"unknown device '{device}': use cpu, cuda, cuda:N or mps") from e
+        return torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ComeError(f"{flag} {device!r} is not a device: use cpu, cuda, cuda:N or mps") from None
+
+
+def check_device_dtype(device: str, dtype: torch.dtype) -> torch.device:
+    dev = parse_device(device)
     try:
         a = torch.ones(4, 4, dtype=dtype, device=dev)
         (a @ a).sum().item()
@@ -144,9 +149,11 @@ def move_model(model, device, name: str = "the model") -> None:
     try:
         model.to(device)
     except torch.OutOfMemoryError:
+        from come.placement import gib, model_bytes
+
         model.to("cpu")
         raise ComeError(
-            f"{name} ({count_params(model) * next(model.parameters()).element_size() / 2**30:.1f} GiB of weights) "
+            f"{name} ({gib(model_bytes(model))} of weights) "
             f"does not fit on {device}: `come prune` streams it with --offload always; for evaluation use a machine "
             "with more GPU memory or several GPUs (come eval spreads it over all of them), or --device cpu"
         ) from None

@@ -143,3 +143,14 @@ def test_out_of_device_memory_is_one_line_that_says_what_to_do(tiny_dir, monkeyp
     with pytest.raises(ComeError, match=message) as e:
         move_model(model, "cuda:0", "tiny")
     assert "\n" not in str(e.value) and next(model.parameters()).device.type == "cpu"
+
+
+def test_a_model_already_on_the_device_is_not_judged_against_its_own_memory(tiny_dir, monkeypatch):
+    import come.placement as placement
+    from come.models import load_model
+
+    path, _ = tiny_dir
+    model, _, _ = load_model(str(path), "float32", "cpu")
+    monkeypatch.setattr(placement, "free_memory", lambda device: 1)  # the device is full: of this very model
+    monkeypatch.setattr(placement, "spread", lambda *a: pytest.fail("spread a model that is already in place"))
+    assert placement.place_for_inference(model, "cpu") == "cpu"

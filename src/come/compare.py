@@ -145,7 +145,10 @@ def evaluate_model(model, tokenizer, cfg: CompareConfig) -> dict:
     from come.eval import averages, perplexity
     from come.eval.harness import run_tasks
     from come.models import count_params
+    from come.placement import place_for_inference
+    from come.prune import resolve_device
 
+    place_for_inference(model, resolve_device(cfg.device))  # pruning may have streamed it from CPU memory
     t0 = time.perf_counter()
     out: dict = {"layers": model.config.num_hidden_layers, "params": count_params(model)}
     if "ppl" in cfg.evals:
@@ -168,9 +171,8 @@ def _log(cfg: CompareConfig, msg: str) -> None:
 def sweep_points(cfg: CompareConfig, method: str, plan, dense, tokenizer) -> list[dict]:
     """Scores at every depth the method passes through on its way to the target (the target itself excluded)."""
     from come.methods import is_progressive
-    from come.placement import place_for_inference
     from come.plan import apply_plan
-    from come.prune import prune, resolve_device
+    from come.prune import prune
 
     points = []
     if is_progressive(method):
@@ -185,7 +187,6 @@ def sweep_points(cfg: CompareConfig, method: str, plan, dense, tokenizer) -> lis
         start = dense.config.num_hidden_layers - 1
         for depth in range(start, plan.num_layers, -1):
             res = prune(cfg.prune_config(method, target_layers=depth))
-            place_for_inference(res.model, resolve_device(cfg.device))
             points.append(evaluate_model(res.model, tokenizer, cfg))
             del res
     gc.collect()
@@ -345,9 +346,8 @@ def _has_weights(folder: Path) -> bool:
 def _method_row(cfg: CompareConfig, method: str, settings: dict, old: dict | None, stage: Path, dense,
                 tokenizer) -> dict:
     """One method's row; its folder (plan, and model unless --no-save-models) is written to stage/methods."""
-    from come.placement import place_for_inference
     from come.plan import PLAN_FILE, Plan
-    from come.prune import prune, resolve_device
+    from come.prune import prune
 
     folder = stage / "methods" / method
     if old is not None and old["prune_key"] == _prune_key(settings, method):
@@ -378,7 +378,6 @@ def _method_row(cfg: CompareConfig, method: str, settings: dict, old: dict | Non
         folder.mkdir(parents=True)
         plan.save(folder / PLAN_FILE)
     _log(cfg, f"{method}: {plan.num_layers} layers in {plan.stats['wall_time_s']:.0f} s; evaluating")
-    place_for_inference(res.model, resolve_device(cfg.device))  # pruning may have streamed it from CPU memory
     row = {"method": method, **evaluate_model(res.model, tokenizer, cfg),
            "prune_wall_s": plan.stats["wall_time_s"], "tree": plan.tree}
     del res

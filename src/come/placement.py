@@ -101,8 +101,13 @@ def spread_needed(need: int, free_bytes: int | None) -> bool:
 def place_for_inference(model, device: str) -> str:
     """Put `model` (loaded in CPU memory) on `device` when it fits in HEADROOM of its free memory; else let
     Accelerate spread its layers over every visible GPU (and CPU memory for what is left), as
-    `from_pretrained(device_map="auto")` does. Returns where it went, for the report."""
-    if not spread_needed(model_bytes(model), free_memory(device)):
+    `from_pretrained(device_map="auto")` does. A model already on that kind of device stays where it is (its
+    own memory is not free memory). Returns where it went, for the report."""
+    here = next(model.parameters()).device
+    if here.type == torch.device(device).type:
+        return str(here)
+    need = model_bytes(model)
+    if not spread_needed(need, free_memory(device)):
         from come.models import move_model
 
         move_model(model, device)
@@ -113,7 +118,7 @@ def place_for_inference(model, device: str) -> str:
     for i in range(torch.cuda.device_count()):
         budget[i] = int(HEADROOM * torch.cuda.mem_get_info(i)[0])
     used = sorted({str(d) for d in spread(model, budget).values()})
-    return f"spread by accelerate over {', '.join(used)} ({gib(model_bytes(model))} > 80% of {device}'s free memory)"
+    return f"spread by accelerate over {', '.join(used)} ({gib(need)} > {HEADROOM:.0%} of {device}'s free memory)"
 
 
 def spread(model, budget: dict) -> dict:

@@ -42,8 +42,12 @@ def eval_windows(tokenizer, source: str, seq_len: int, bos: bool = False, max_wi
 
 
 @torch.no_grad()
-def window_nll(model, windows: torch.Tensor, batch_size: int = 8, progress: bool = True) -> tuple[float, int]:
-    """Summed next-token NLL (float64) and number of scored tokens over `windows` [n, L]."""
+def window_nll(model, windows: torch.Tensor, batch_size: int = 8, progress: bool = True,
+               per_window: list[float] | None = None) -> tuple[float, int]:
+    """Summed next-token NLL (float64) and number of scored tokens over `windows` [n, L].
+
+    With `per_window` (a list), the mean NLL of every window is appended to it, in window order.
+    """
     device = next(model.parameters()).device
     total, count = 0.0, 0
     batches = range(0, windows.shape[0], batch_size)
@@ -54,6 +58,8 @@ def window_nll(model, windows: torch.Tensor, batch_size: int = 8, progress: bool
             nll = F.cross_entropy(lg[:-1].float(), row[1:], reduction="sum")
             total += nll.double().item()
             count += row.numel() - 1
+            if per_window is not None:
+                per_window.append(nll.double().item() / (row.numel() - 1))
     return total, count
 
 
@@ -64,7 +70,8 @@ def perplexity(model, tokenizer, source: str, seq_len: int = 2048, max_windows: 
     if batch_size < 1:
         raise ComeError(f"--batch-size {batch_size} must be at least 1")
     windows = eval_windows(tokenizer, source, seq_len, bos, max_windows)
-    nll, count = window_nll(model, windows, batch_size, progress)
+    per_window: list[float] = []
+    nll, count = window_nll(model, windows, batch_size, progress, per_window)
     return {
         "source": source,
         "part": "eval" if source in NAMED_SOURCES else "whole file",
@@ -75,4 +82,5 @@ def perplexity(model, tokenizer, source: str, seq_len: int = 2048, max_windows: 
         "tokens_scored": count,
         "bos": bos,
         "max_windows": max_windows,
+        "window_nll": per_window,  # mean NLL of each window, in order (for intervals and paired comparisons)
     }

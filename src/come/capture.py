@@ -23,6 +23,19 @@ class _Caught(Exception):
     pass
 
 
+class _Recorder(nn.Module):
+    """Stands in for decoder layer i: hands what the model passes it to `record` and returns its input."""
+
+    def __init__(self, i: int, record):
+        super().__init__()
+        self.i, self.record = i, record
+
+    def forward(self, *args, **kwargs):
+        h = args[0] if args else kwargs.pop("hidden_states")
+        self.record(self.i, h, kwargs)
+        return h
+
+
 @dataclass
 class LayerStats:
     """Float32 statistics of one decoder layer over the calibration windows."""
@@ -94,7 +107,8 @@ class Calibration:
         self.input_ids = input_ids
         self.batches = list(input_ids.split(batch_size))
         self.progress = progress
-        self.layer_kwargs: list[dict] = []
+        self.type_kwargs: dict[str | None, list[dict]] = {}  # per attention type, per batch: a layer's kwargs
+        self.layer_kwargs: list[dict] = []  # those of layer 0's type (all layers' where the model has one type)
         self.hidden: list[list[torch.Tensor]] = []
         self.stats: list[LayerStats] = []
         self._embed()
@@ -105,35 +119,45 @@ class Calibration:
 
     @torch.no_grad()
     def _embed(self) -> None:
-        """Embed each batch and catch the keyword arguments the model hands its first layer (mask, RoPE)."""
-        first = self.adapter.layers[0]
+        """Embed each batch and catch the keyword arguments the model hands its layers (mask, RoPE), once per
+        attention type: a sliding-window layer gets its own mask (and, in Gemma 3, its own RoPE)."""
+        layers = self.adapter.layers
+        types = [self.adapter.layer_type(layer) for layer in layers]
+        first = {t: i for i, t in reversed(list(enumerate(types)))}  # first layer of each type
         caught: dict = {}
 
-        def catch(_module, args, kwargs):
-            caught["h"] = args[0] if args else kwargs.pop("hidden_states")
-            caught["kwargs"] = {k: v for k, v in kwargs.items() if k != "hidden_states"}
-            raise _Caught
+        def record(i: int, h: torch.Tensor, kwargs: dict) -> None:
+            if i == 0:
+                caught["h"] = h
+            if first[types[i]] == i:
+                caught[types[i]] = {k: v for k, v in kwargs.items() if k != "hidden_states"}
+            if i == len(types) - 1:
+                raise _Caught
 
         states = []
-        handle = first.register_forward_pre_hook(catch, with_kwargs=True)
+        self.type_kwargs = {t: [] for t in first}
         inner = self.model.model
         modules = [m for m in (self.adapter.embed_tokens(), getattr(inner, "rotary_emb", None)) if m is not None]
-        try:
+        with _stand_in(self.model, layers, nn.ModuleList(_Recorder(i, record) for i in range(len(layers)))):
             for batch in self.batches:
                 with _all_on_device(modules, self.device):
                     try:
                         self.model(input_ids=batch.to(self.device), use_cache=False)
                     except _Caught:
                         pass
-                kwargs = dict(caught["kwargs"])
-                kwargs["use_cache"] = False
-                kwargs.pop("cache", None)
-                kwargs.pop("past_key_values", None)
-                self.layer_kwargs.append(kwargs)
+                for t in first:
+                    kwargs = dict(caught[t])
+                    kwargs["use_cache"] = False
+                    kwargs.pop("cache", None)
+                    kwargs.pop("past_key_values", None)
+                    self.type_kwargs[t].append(kwargs)
                 states.append(caught["h"].to(self.store_device))
-        finally:
-            handle.remove()
+        self.layer_kwargs = self.type_kwargs[types[0]]
         self.hidden = [states]
+
+    def kwargs_for(self, layer: nn.Module) -> list[dict]:
+        """Per batch, the keyword arguments `layer` runs with (those of its attention type)."""
+        return self.type_kwargs[self.adapter.layer_type(layer)]
 
     def run(self, start: int = 0) -> None:
         """(Re)compute boundaries start+1..L and stats of layers start..L-1 from the cached `hidden[start]`."""
@@ -173,7 +197,7 @@ class Calibration:
         outs, bi, tokens = [], 0.0, 0
         try:
             with on_device(layer, self.device):
-                for h, kw in zip(inputs, self.layer_kwargs):
+                for h, kw in zip(inputs, self.kwargs_for(layer)):
                     h_dev = h.to(self.device)
                     out = _first(layer(h_dev, **kw))
                     if collect:
@@ -203,7 +227,7 @@ class Calibration:
         with _all_on_device([a.final_norm(), a.lm_head()], self.device):
             for h, ids in zip(final_states, self.batches[:n_batches]):
                 for hb, ib in zip(h.split(2), ids.split(2)):  # 2 windows at a time bounds the logits' memory
-                    logits = a.lm_head()(a.final_norm()(hb.to(self.device))).float()
+                    logits = a.logits(hb.to(self.device)).float()
                     labels = ib.to(self.device)
                     loss = F.cross_entropy(
                         logits[:, :-1].reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1), reduction="sum"
@@ -214,6 +238,17 @@ class Calibration:
 
     def final_nll(self) -> float:
         return self.nll(self.hidden[-1])
+
+
+@contextmanager
+def _stand_in(model: nn.Module, layers: nn.ModuleList, stand_ins: nn.ModuleList):
+    """Put `stand_ins` where the model keeps `layers` for the duration."""
+    parent, name = next((m, n) for m in model.modules() for n, c in m.named_children() if c is layers)
+    setattr(parent, name, stand_ins)
+    try:
+        yield
+    finally:
+        setattr(parent, name, layers)
 
 
 @contextmanager

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from come.models import ModelAdapter
+from come.models.base import new_linear
 from come.plan import register_op
 
 NORM_MODES = ("mean", "fold")
@@ -28,22 +29,11 @@ def _group_rows(groups: list[int], group_size: int, device) -> torch.Tensor:
     return torch.tensor(idx, dtype=torch.long, device=device)
 
 
-def _new_linear(weight: torch.Tensor, bias: torch.Tensor | None, like: nn.Linear) -> nn.Linear:
-    lin = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None, device=weight.device, dtype=weight.dtype)
-    with torch.no_grad():
-        lin.weight.copy_(weight)
-        if bias is not None:
-            lin.bias.copy_(bias)
-    lin.weight.requires_grad_(like.weight.requires_grad)
-    return lin
-
-
-def _folded(proj: nn.Linear, norm: nn.Module | None) -> torch.Tensor:
-    """W diag(w): the norm's scale moved into the projection's input columns (float32 math, model dtype)."""
-    w = proj.weight.detach()
-    if norm is None:
+def _folded(w: torch.Tensor, scale: torch.Tensor | None) -> torch.Tensor:
+    """W diag(scale): a norm's scale moved into the projection's input columns (float32 math, model dtype)."""
+    if scale is None:
         return w
-    return (w.float() * norm.weight.detach().float()[None, :]).to(w.dtype)
+    return (w.float() * scale[None, :]).to(w.dtype)
 
 
 def _weighted(tensors: list[torch.Tensor | None], weights: list[float]) -> torch.Tensor | None:
@@ -51,6 +41,25 @@ def _weighted(tensors: list[torch.Tensor | None], weights: list[float]) -> torch
         return None
     out = sum(wt * t.detach().float() for t, wt in zip(tensors, weights) if t is not None)
     return out.to(next(t for t in tensors if t is not None).dtype)
+
+
+def _select(pieces: dict[str, tuple], rows: dict[str, torch.Tensor], scale: torch.Tensor | None) -> dict:
+    """The chosen rows of each projection (weight folded with `scale`) and of its bias."""
+    return {n: (_rows(_folded(w, scale), rows[n]), None if b is None else b[rows[n]]) for n, (w, b) in pieces.items()}
+
+
+def _concat(parts: list[dict]) -> dict:
+    """Stack the pieces of each projection, layer a's rows first."""
+    cat = lambda xs: None if xs[0] is None else torch.cat(xs)  # noqa: E731
+    return {n: (torch.cat([p[n][0] for p in parts]), cat([p[n][1] for p in parts])) for n in parts[0]}
+
+
+def _set_weight(norm: nn.Module, weight: torch.Tensor) -> None:
+    with torch.no_grad():
+        if norm.weight.shape == weight.shape:
+            norm.weight.copy_(weight)
+        else:
+            norm.weight = nn.Parameter(weight.clone(), requires_grad=norm.weight.requires_grad)
 
 
 def concat_layers(
@@ -64,10 +73,14 @@ def concat_layers(
 ) -> nn.Module:
     """One layer holding `attn_groups` KV groups and `mlp_channels` MLP channels of layers a and b.
 
-    Norms: `mean` averages the norm weights of the layers that contribute to each sub-layer (both, as in the
+    Norms before a sub-layer: `mean` averages the weights of the layers that contribute to it (both, as in the
     authors' code, unless one contributes nothing); `fold` moves each layer's norm scale into its own input
-    projections and sets the merged norm to ones, so each piece computes what it computed in its own layer.
-    Output biases and per-head q/k norms (Qwen3) are averaged with the ratio.
+    projections and makes the merged norm scale by one, so each piece computes what it computed in its own layer.
+    Norms after a sub-layer (Gemma, OLMo 2) normalise the sum of all pieces, so no scale can move into a
+    projection: their weights are averaged over the contributing layers with the ratio, in both modes; so are
+    per-head q/k norms (Qwen3, Gemma 3) and output biases. Per-row q/k norms (OLMo 2) follow their rows. The
+    merged attention type (sliding window or global) is that of the layers whose heads it holds
+    (`ModelAdapter.merged_layer_type` when both).
     """
     if norm not in NORM_MODES:
         raise ValueError(f"norm must be one of {NORM_MODES}, got {norm!r}")
@@ -79,74 +92,74 @@ def concat_layers(
 
     geo = adapter.geometry()
     merged = copy.deepcopy(layer_a)
-    device = adapter.q_proj(layer_a).weight.device
+    device = adapter.o_proj(layer_a).weight.device
     fold = norm == "fold"
 
+    def fold_scale(get, layer):
+        n = get(layer) if fold else None
+        return None if n is None else adapter.norm_scale(n)
+
     # --- attention: whole KV groups, each with its n_rep query heads ---
-    q_parts, k_parts, v_parts, o_parts = [], [], [], []
-    qb, kb, vb = [], [], []
+    attn_parts, o_parts, qk_rows = [], [], []
     for layer, groups in zip(layers, attn_groups):
         if not groups:
             continue
-        n1 = adapter.attn_norm(layer) if fold else None
-        q_idx = _group_rows(groups, geo.n_rep * geo.head_dim, device)
-        kv_idx = _group_rows(groups, geo.head_dim, device)
-        q, k, v, o = adapter.q_proj(layer), adapter.k_proj(layer), adapter.v_proj(layer), adapter.o_proj(layer)
-        q_parts.append(_rows(_folded(q, n1), q_idx))
-        k_parts.append(_rows(_folded(k, n1), kv_idx))
-        v_parts.append(_rows(_folded(v, n1), kv_idx))
-        o_parts.append(o.weight.detach().index_select(1, q_idx))
-        qb.append(None if q.bias is None else q.bias.detach()[q_idx])
-        kb.append(None if k.bias is None else k.bias.detach()[kv_idx])
-        vb.append(None if v.bias is None else v.bias.detach()[kv_idx])
-
-    attn = merged.self_attn
-    cat_b = lambda bs: None if bs[0] is None else torch.cat(bs)  # noqa: E731
-    attn.q_proj = _new_linear(torch.cat(q_parts), cat_b(qb), adapter.q_proj(layer_a))
-    attn.k_proj = _new_linear(torch.cat(k_parts), cat_b(kb), adapter.k_proj(layer_a))
-    attn.v_proj = _new_linear(torch.cat(v_parts), cat_b(vb), adapter.v_proj(layer_a))
+        rows = {"q": _group_rows(groups, geo.n_rep * geo.head_dim, device)}
+        rows["k"] = rows["v"] = _group_rows(groups, geo.head_dim, device)
+        attn_parts.append(_select(adapter.attn_in(layer), rows, fold_scale(adapter.attn_norm, layer)))
+        o_parts.append(adapter.o_proj(layer).weight.detach().index_select(1, rows["q"]))
+        if adapter.has_qk_norm and not adapter.qk_norm_per_head:
+            qk_rows.append([n.weight.detach()[rows[k]] for n, k in zip(adapter.qk_norms(layer), "qk")])
+    adapter.set_attn_in(merged, _concat(attn_parts))
     o_bias = _weighted([adapter.o_proj(x).bias for x in layers], list(ratio))
-    attn.o_proj = _new_linear(torch.cat(o_parts, dim=1), o_bias, adapter.o_proj(layer_a))
+    adapter.set_o_proj(merged, new_linear(torch.cat(o_parts, dim=1), o_bias, adapter.o_proj(layer_a)))
 
     # --- MLP: channels ---
-    g_parts, u_parts, d_parts = [], [], []
+    mlp_parts, d_parts = [], []
     for layer, ch in zip(layers, mlp_channels):
         if not ch:
             continue
-        n2 = adapter.mlp_norm(layer) if fold else None
         idx = torch.tensor(ch, dtype=torch.long, device=device)
-        g_parts.append(_rows(_folded(adapter.gate_proj(layer), n2), idx))
-        u_parts.append(_rows(_folded(adapter.up_proj(layer), n2), idx))
+        mlp_parts.append(_select(adapter.mlp_in(layer), {"gate": idx, "up": idx}, fold_scale(adapter.mlp_norm, layer)))
         d_parts.append(adapter.down_proj(layer).weight.detach().index_select(1, idx))
-    mlp = merged.mlp
-    gate, up, down = adapter.gate_proj(layer_a), adapter.up_proj(layer_a), adapter.down_proj(layer_a)
-    mlp.gate_proj = _new_linear(torch.cat(g_parts), None if gate.bias is None else _cat_bias(
-        adapter.gate_proj, layers, mlp_channels), gate)
-    mlp.up_proj = _new_linear(torch.cat(u_parts), None if up.bias is None else _cat_bias(
-        adapter.up_proj, layers, mlp_channels), up)
+    adapter.set_mlp_in(merged, _concat(mlp_parts))
     d_bias = _weighted([adapter.down_proj(x).bias for x in layers], list(ratio))
-    mlp.down_proj = _new_linear(torch.cat(d_parts, dim=1), d_bias, down)
+    adapter.set_down_proj(merged, new_linear(torch.cat(d_parts, dim=1), d_bias, adapter.down_proj(layer_a)))
 
     # --- norms ---
     for get, pieces in ((adapter.attn_norm, attn_groups), (adapter.mlp_norm, mlp_channels)):
         target = get(merged)
-        with torch.no_grad():
-            if fold:
-                target.weight.fill_(1.0)
-            else:
-                src = [get(x).weight for x, p in zip(layers, pieces) if p]
-                target.weight.copy_(_weighted(src, [1.0 / len(src)] * len(src)))
+        if target is None:
+            continue
+        if fold:
+            adapter.set_norm_identity(target)
+        else:
+            src = [get(x).weight for x, p in zip(layers, pieces) if p]
+            _set_weight(target, _weighted(src, [1.0 / len(src)] * len(src)))
+    for get, pieces in ((adapter.attn_post_norm, attn_groups), (adapter.mlp_post_norm, mlp_channels)):
+        target = get(merged)
+        if target is None:
+            continue
+        src = [(get(x).weight, r) for x, p, r in zip(layers, pieces, ratio) if p]
+        total = sum(r for _, r in src)
+        weights = [r / total for _, r in src] if total > 0 else [1.0 / len(src)] * len(src)
+        _set_weight(target, _weighted([w for w, _ in src], weights))
     qk = adapter.qk_norms(merged)
     if qk is not None:
         for i, target in enumerate(qk):
-            src = [adapter.qk_norms(x)[i].weight for x in layers]
-            with torch.no_grad():
-                target.weight.copy_(_weighted(src, list(ratio)))
+            if adapter.qk_norm_per_head:
+                src = [adapter.qk_norms(x)[i].weight for x in layers]
+                _set_weight(target, _weighted(src, list(ratio)))
+            else:
+                _set_weight(target, torch.cat([r[i] for r in qk_rows]))
+
+    # --- attention type ---
+    types = [adapter.layer_type(x) for x, g in zip(layers, attn_groups) if g]
+    if None not in types and len(set(types)) > 1:
+        adapter.set_layer_type(merged, adapter.merged_layer_type(*types))
+    elif types and types[0] is not None and types[0] != adapter.layer_type(merged):
+        adapter.set_layer_type(merged, types[0])
     return merged
-
-
-def _cat_bias(get, layers, channels) -> torch.Tensor:
-    return torch.cat([get(x).bias.detach()[torch.tensor(c, dtype=torch.long)] for x, c in zip(layers, channels) if c])
 
 
 def replace_pair(adapter: ModelAdapter, l: int, merged: nn.Module) -> None:

@@ -110,7 +110,7 @@ def capture(calib: Calibration, layer: nn.Module, inputs: Sequence[torch.Tensor]
     handle = module.register_forward_hook(hook)
     try:
         with on_device(layer, calib.device):
-            for b, (h, kw) in enumerate(zip(inputs, calib.layer_kwargs)):
+            for b, (h, kw) in enumerate(zip(inputs, calib.kwargs_for(layer))):
                 h = h.to(calib.device)
                 out = _first(layer(h, **kw))
                 fn(b, h, seen["x"], seen["y"], out)

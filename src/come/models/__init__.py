@@ -9,7 +9,11 @@ import torch
 
 from come.assets import MODEL_ALIASES, smollm2_dir
 from come.errors import ComeError
-from come.models import llama as _llama  # noqa: F401  (registers the adapters)
+from come.models import gemma as _gemma  # noqa: F401  (each module registers its family's adapters)
+from come.models import granite as _granite  # noqa: F401
+from come.models import llama as _llama  # noqa: F401
+from come.models import olmo2 as _olmo2  # noqa: F401
+from come.models import phi3 as _phi3  # noqa: F401
 from come.models.base import AttnGeometry, ModelAdapter
 from come.models.registry import ADAPTERS, check_supported, get_adapter
 

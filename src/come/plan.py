@@ -120,16 +120,53 @@ class Plan:
 
 
 def base_model_info(model, name: str) -> dict[str, Any]:
-    from come.models import count_params
+    """What a plan records of its base model: how to find it again (`name` and `source`: a local folder by its
+    folder name only, never by a path; a hub id; an alias), its shape, and a fingerprint of its config and
+    weights that `come apply` checks."""
+    from come.assets import MODEL_ALIASES
+    from come.models import count_params, fingerprint, resolve_model
+    from come.plan_check import shape_of
 
     c = model.config
+    path = resolve_model(name)
+    if name in MODEL_ALIASES:
+        source = "alias"
+    elif Path(path).is_dir():
+        source, name = "local", Path(path).resolve().name
+    else:
+        source = "hub"
     return {
         "name": name,
+        "source": source,
         "model_type": c.model_type,
         "num_layers": c.num_hidden_layers,
         "hidden_size": c.hidden_size,
         "params": count_params(model),
+        "shape": shape_of(c),
+        "fingerprint": fingerprint(path),
     }
+
+
+def base_model_path(plan: Plan, model: str | None = None, plan_path: str | Path | None = None) -> str:
+    """What to load as the plan's base model: `model` when given; else the alias or hub id the plan records; a
+    local folder (recorded by name) is looked for in the current folder, then beside the plan's folder, and
+    never on the hub."""
+    if model:
+        return model
+    base = plan.base_model
+    name, source = base.get("name"), base.get("source")
+    if source != "local":  # an alias, a hub id, or a plan written before `source` (its name as it was given)
+        return name
+    where = [Path(name)]
+    if plan_path is not None:
+        folder = Path(plan_path)
+        folder = folder if folder.is_dir() else folder.parent
+        where.append(folder.resolve().parent / name)
+    for cand in where:
+        if (cand / "config.json").is_file():
+            return str(cand)
+    raise ComeError(f"the plan was made from the local model folder '{name}', which is neither in the current "
+                    f"folder nor beside the plan's folder: pass --model PATH/TO/{name}")
 
 
 def versions() -> dict[str, str]:
@@ -161,13 +198,13 @@ def apply_plan(model, plan: Plan | str | Path):
     """Replay `plan` on a fresh copy of its original model (in place); returns the model."""
     if not isinstance(plan, Plan):
         plan = Plan.load(plan)
+    from come.plan_check import check_shape, geometry_of, validate_plan
+
     adapter = get_adapter(model)
-    base = plan.base_model
-    if adapter.num_layers != base["num_layers"] or model.config.model_type != base["model_type"]:
-        raise ComeError(
-            f"plan was made for a {base['num_layers']}-layer {base['model_type']} model, got a "
-            f"{adapter.num_layers}-layer {model.config.model_type}: load the original model the plan names"
-        )
+    check_shape(plan.base_model, model.config)
+    # before the first step: a bad plan must not leave a half-edited model (a prefix of steps keeps its full
+    # tree, as `come compare --sweep` replays prefixes)
+    validate_plan(plan, geometry_of(adapter, next(model.parameters()).dtype), check_tree=False)
     for step in plan.steps:
         apply_step(adapter, step, plan.tensors)
     return model

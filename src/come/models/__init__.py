@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import re
 from pathlib import Path
 
 import torch
@@ -86,11 +88,30 @@ def parse_dtype(dtype: str | torch.dtype | None, config=None, device: str = "cpu
 
 
 def parse_device(device: str, flag: str = "--device") -> torch.device:
-    """torch.device(device), or a one-line error that names the flag it came from."""
+    """torch.device(device), or a one-line error that names the flag it came from (also for a GPU that is not
+    there)."""
     try:
-        return torch.device(device)
+        dev = torch.device(device)
     except (RuntimeError, TypeError):
         raise ComeError(f"{flag} {device!r} is not a device: use cpu, cuda, cuda:N or mps") from None
+    missing = _missing_device(dev)
+    if missing:
+        raise ComeError(f"{flag} {device!r}: device '{device}' cannot run here, {missing}: pass {flag} cpu")
+    return dev
+
+
+def _missing_device(dev: torch.device) -> str | None:
+    """Why `dev` is not usable on this machine, or None."""
+    if dev.type == "cuda":
+        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if n == 0:
+            built = "" if torch.version.cuda else f" (this torch {torch.__version__} is built without CUDA)"
+            return f"no CUDA GPU is visible{built}"
+        if dev.index is not None and dev.index >= n:
+            return f"only {n} CUDA GPU{'s' if n > 1 else ''} (cuda:0..cuda:{n - 1}) visible"
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        return "no Apple GPU (mps) is available"
+    return None
 
 
 def check_device_dtype(device: str, dtype: torch.dtype) -> torch.device:
@@ -106,17 +127,63 @@ def check_device_dtype(device: str, dtype: torch.dtype) -> torch.device:
     return dev
 
 
+# Model folders that ship Python code (`auto_map`) are refused unless the user opts in (--trust-remote-code):
+# loading them would run that code.
+TRUST_REMOTE_CODE = False
+
+
+def allow_remote_code(allow: bool = True) -> None:
+    """Let models and tokenizers whose folder ships its own code (`auto_map`) load, running that code."""
+    global TRUST_REMOTE_CODE
+    TRUST_REMOTE_CODE = allow
+
+
+def _local_json(path: Path, name: str) -> dict | None:
+    """A local folder's JSON file (None when absent); a file that is not JSON is a one-line error."""
+    file = path / name
+    if not file.exists():
+        return None
+    try:
+        data = json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as e:
+        raise ComeError(f"cannot read {file} ({getattr(e, 'strerror', None) or type(e).__name__}): "
+                        "restore the model folder") from None
+    except json.JSONDecodeError as e:
+        raise ComeError(f"{file} is not valid JSON ({e.msg} at line {e.lineno}): restore it (e.g. copy or "
+                        "download the model again)") from None
+    if not isinstance(data, dict):
+        raise ComeError(f"{file} holds a JSON {type(data).__name__}, not an object: restore it")
+    return data
+
+
+def check_remote_code(name: str, auto_map, where: str) -> None:
+    if auto_map and not TRUST_REMOTE_CODE:
+        raise ComeError(f"model '{name}' ships its own Python code ({where} has auto_map), which come does not run: "
+                        "pass --trust-remote-code to run that code (only for a source you trust)")
+
+
 def load_config(name: str):
-    """(config, local_path_or_id); refuses unsupported architectures before any weights are read."""
+    """(config, local_path_or_id); refuses unsupported architectures, and folders that ship their own code
+    (unless remote code is allowed), before any weights are read."""
     from transformers import AutoConfig
 
     path = resolve_model(name)
+    local = Path(path).is_dir()
+    if local:
+        raw = _local_json(Path(path), "config.json")
+        check_remote_code(name, raw.get("auto_map"), "config.json")
+        check_remote_code(name, (_local_json(Path(path), "tokenizer_config.json") or {}).get("auto_map"),
+                          "tokenizer_config.json")
     try:
-        config = AutoConfig.from_pretrained(path)
+        config = AutoConfig.from_pretrained(path, trust_remote_code=TRUST_REMOTE_CODE)
     except Exception as e:
         offline = os.environ.get("HF_HUB_OFFLINE") == "1"
-        hint = "the hub is offline here: pass a local model folder" if offline else "check the name or path"
+        if local:
+            hint = f"{str(e).splitlines()[0][:200]}: fix or restore {Path(path) / 'config.json'}"
+        else:
+            hint = "the hub is offline here: pass a local model folder" if offline else "check the name or path"
         raise ComeError(f"could not load model config for '{name}' ({type(e).__name__}): {hint}") from e
+    check_remote_code(name, getattr(config, "auto_map", None), "its config")
     check_supported(config)
     return config, path
 
@@ -138,14 +205,140 @@ def load_model(name: str, dtype: str | torch.dtype | None = "auto", device: str 
     config, path = load_config(name)
     torch_dtype = parse_dtype(dtype, config, device)
     dev = check_device_dtype(device, torch_dtype)
+    if Path(path).is_dir():
+        weight_files(Path(path))  # a missing, unreadable or corrupt file: one line naming it, before loading
+    trust = TRUST_REMOTE_CODE
     try:
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype)
-        tokenizer = AutoTokenizer.from_pretrained(path)
+        model, info = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, output_loading_info=True,
+                                                           trust_remote_code=trust)
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust)
     except Exception as e:
         raise ComeError(f"could not load model '{name}' ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from e
+    check_loading_info(name, config, info)
     move_model(model, weights_device or dev, name)
     model.eval()
     return model, tokenizer, path
+
+
+WEIGHTS_INDEX = "model.safetensors.index.json"
+_LAYER_KEY = re.compile(r"\.layers\.(\d+)\.")
+
+
+def weight_files(folder: Path) -> list[Path]:
+    """The safetensors files of a model folder (from its index when sharded), each checked to exist and to be a
+    readable safetensors file; a folder with only PyTorch (.bin) weights gives []."""
+    from safetensors import safe_open
+
+    index = _local_json(folder, WEIGHTS_INDEX)
+    if index is not None:
+        names = sorted(set((index.get("weight_map") or {}).values()))
+        if not names:
+            raise ComeError(f"{folder / WEIGHTS_INDEX} lists no weight files: restore the model folder")
+    elif (folder / "model.safetensors").exists() or (folder / "model.safetensors").is_symlink():
+        names = ["model.safetensors"]
+    else:
+        if any(folder.glob("pytorch_model*.bin")):
+            return []
+        raise ComeError(f"model folder {folder} has no weights (model.safetensors or {WEIGHTS_INDEX}): pass a "
+                        "complete Hugging Face model folder")
+    files = [folder / n for n in names]
+    for f in files:
+        if f.is_symlink() and not f.exists():
+            raise ComeError(f"weights file {f} is a broken link (to {os.readlink(f)}): restore the file it points to")
+        if not f.is_file():
+            raise ComeError(f"weights file {f} is missing (or not a file): restore the model folder")
+        try:
+            with safe_open(str(f), "pt") as st:
+                st.keys()
+        except OSError as e:
+            raise ComeError(f"weights file {f} cannot be read ({e.strerror or type(e).__name__}): check its "
+                            "permissions or restore it") from None
+        except Exception as e:
+            raise ComeError(f"weights file {f} is not a valid safetensors file ({str(e).splitlines()[0][:120]}): "
+                            "it is truncated or corrupt, restore it (e.g. download it again)") from None
+    return files
+
+
+def check_loading_info(name: str, config, info: dict) -> None:
+    """Missing or unexpected checkpoint keys are an error: transformers would fill missing weights with random
+    values (tied weights, which the config declares, are not missing: transformers ties them)."""
+    missing = sorted(info.get("missing_keys") or [])
+    unexpected = sorted(info.get("unexpected_keys") or [])
+    claimed = getattr(config, "num_hidden_layers", None) or 0
+    short = {int(m.group(1)) for k in missing if (m := _LAYER_KEY.search(k))}
+    held = claimed
+    while held - 1 in short:
+        held -= 1
+    if held < claimed:
+        raise ComeError(f"model '{name}': config.json says {claimed} layers but the weights hold {held} (weights "
+                        f"missing for layers {held}..{claimed - 1}): fix num_hidden_layers or restore the weights")
+    for what, keys in (("missing", missing), ("unexpected", unexpected)):
+        if keys:
+            shown = ", ".join(keys[:4]) + (f" and {len(keys) - 4} more" if len(keys) > 4 else "")
+            fix = "restore the weights" if what == "missing" else "pass the checkpoint that matches its config.json"
+            raise ComeError(f"model '{name}': {len(keys)} {what} weights in the checkpoint ({shown}): {fix}")
+
+
+FINGERPRINT_SAMPLE = 4096  # bytes of every tensor read at its start, middle and end
+CONFIG_KEYS_IGNORED = ("transformers_version", "_name_or_path")  # rewritten by any save
+
+
+def model_folder(path: str) -> Path | None:
+    """The local folder of a model: the path itself, or a hub id's cached snapshot (None when not cached)."""
+    if Path(path).is_dir():
+        return Path(path)
+    try:
+        from transformers.utils import cached_file
+
+        found = cached_file(path, "config.json", local_files_only=True)
+    except Exception:
+        return None
+    return Path(found).parent if found else None
+
+
+def fingerprint(path: str) -> dict:
+    """{"config", "weights"}: short SHA-256 digests of a model's config.json (less the keys any save rewrites) and
+    of its weights (every tensor's name, dtype, shape and 4 KiB samples of its bytes at the start, middle and
+    end, so a 140 GB checkpoint costs a few MB of reading). A part that cannot be read is None."""
+    import hashlib
+
+    folder = model_folder(path)
+    if folder is None:
+        return {"config": None, "weights": None}
+    raw = {k: v for k, v in (_local_json(folder, "config.json") or {}).items() if k not in CONFIG_KEYS_IGNORED}
+    config = hashlib.sha256(json.dumps(raw, sort_keys=True).encode()).hexdigest()[:16]
+    files = weight_files(folder)
+    if not files:
+        return {"config": config, "weights": None}
+    from safetensors import safe_open
+
+    entries = {}
+    for f in files:
+        with safe_open(str(f), "pt") as st:
+            for key in st.keys():
+                entries[key] = _tensor_digest(st.get_slice(key))
+    h = hashlib.sha256()
+    for key in sorted(entries):
+        h.update(key.encode() + b"\0" + entries[key])
+    return {"config": config, "weights": h.hexdigest()[:16]}
+
+
+def _tensor_digest(sl) -> bytes:
+    import hashlib
+
+    shape = list(sl.get_shape())
+    h = hashlib.sha256(f"{sl.get_dtype()}{shape}".encode())
+    if not shape or 0 in shape:
+        return h.digest()
+    rows = shape[0]
+    step = FINGERPRINT_SAMPLE // 4 if len(shape) == 1 else 1  # elements of a vector, rows of a matrix
+    for start in sorted({0, rows // 2, max(rows - step, 0)}):
+        h.update(_as_bytes(sl[start:start + step]))
+    return h.digest()
+
+
+def _as_bytes(t: torch.Tensor) -> bytes:
+    return t.contiguous().view(-1).view(torch.uint8).numpy().tobytes()
 
 
 def move_model(model, device, name: str = "the model") -> None:

@@ -63,6 +63,12 @@ SAMPLE_TEXT = (
 ) * 3
 
 
+EVAL_TEXT = (
+    "A river town keeps its bridges in good repair. The ferry crosses twice a day, and the market opens early. "
+    "Children learn to swim in the shallow bend where the water runs slow and clear over stones. "
+) * 3
+
+
 @pytest.fixture
 def tiny_dir(tmp_path):
     """A saved tiny Llama folder with tokenizer, and a calibration text file."""
@@ -73,4 +79,6 @@ def tiny_dir(tmp_path):
     tok.save_pretrained(path)
     text = tmp_path / "calib.txt"
     text.write_text(SAMPLE_TEXT * 40)
+    # a separate evaluation text beside it (calibration and evaluation text are never the same file)
+    (tmp_path / "eval.txt").write_text(EVAL_TEXT * 40)
     return path, text

@@ -12,7 +12,7 @@ from come.methods import METHODS
 
 
 def args(path, text, out, *extra):
-    return [str(path), "--target-layers", "4", "--eval", "ppl", "--ppl-data", str(text), "--ppl-seq-len", "32",
+    return [str(path), "--target-layers", "4", "--eval", "ppl", "--ppl-data", str(text.with_name("eval.txt")), "--ppl-seq-len", "32",
             "--ppl-max-windows", "4", "--calib-data", str(text), "--calib-samples", "4", "--calib-seq-len", "32",
             "--batch-size", "2", "--device", "cpu", "--out", str(out), *extra]
 
@@ -39,7 +39,7 @@ def test_compare_end_to_end_with_ppl(tiny_dir, tmp_path, capsys):
 def test_sweep_prefixes_equal_pruning_at_each_depth(tiny_dir, tmp_path):
     path, text = tiny_dir
     calib = CalibConfig(data=str(text), samples=4, seq_len=32, batch_size=2)
-    kw = dict(model=str(path), evals="ppl", ppl_data=str(text), ppl_seq_len=32, ppl_max_windows=4, calib=calib,
+    kw = dict(model=str(path), evals="ppl", ppl_data=str(text.with_name("eval.txt")), ppl_seq_len=32, ppl_max_windows=4, calib=calib,
               device="cpu", progress=False)
     swept = compare(CompareConfig(methods="sleb,angular", target_layers=3, sweep=True, save_models=False,
                                   out=str(tmp_path / "sweep"), **kw))
@@ -111,11 +111,11 @@ def test_baselines_on_smollm2_at_20_layers(tmp_path):
     come 3465.85 (its last pair merge joins layers 27 and 28, in the massive-activation region; at 8 x 128 or
     4 x 256 tokens it leaves them alone and scores 172-182), wsum 10191.24, reverse 9.2e8; laco merges nothing.
     """
-    calib = CalibConfig(samples=4, seq_len=128, batch_size=2)
+    calib = CalibConfig(data="wiki-passages", samples=4, seq_len=128, batch_size=2)
     methods = "reverse,sleb,shortgpt,laco,wsum,come,come-p,come-plus"
     result = compare(CompareConfig(
         model="smollm2-135m", methods=methods, target_layers=20, calib=calib, loss_samples=2, evals="ppl",
-        ppl_seq_len=256, ppl_max_windows=8, out=str(tmp_path / "cmp"), save_models=False, progress=False,
+        ppl_data="wiki-passages", ppl_seq_len=256, ppl_max_windows=8, out=str(tmp_path / "cmp"), save_models=False, progress=False,
     ))
     rows = {r["method"]: r for r in result["rows"]}
     assert list(rows) == ["dense", *methods.split(",")]
@@ -145,7 +145,7 @@ def test_interrupted_compare_resumes_without_repruning(tiny_dir, tmp_path, monke
 
     path, text = tiny_dir
     calib = CalibConfig(data=str(text), samples=4, seq_len=32, batch_size=2)
-    kw = dict(model=str(path), methods="shortgpt,sleb,come", target_layers=4, evals="ppl", ppl_data=str(text),
+    kw = dict(model=str(path), methods="shortgpt,sleb,come", target_layers=4, evals="ppl", ppl_data=str(text.with_name("eval.txt")),
               ppl_seq_len=32, ppl_max_windows=4, calib=calib, device="cpu", progress=False)
     fresh = compare(CompareConfig(out=str(tmp_path / "fresh"), **kw))
     out, partial = tmp_path / "cmp", tmp_path / "cmp.partial"
@@ -182,7 +182,7 @@ def test_interrupted_compare_resumes_without_repruning(tiny_dir, tmp_path, monke
 def test_resume_extends_a_finished_compare_by_replaying_plans(tiny_dir, tmp_path, monkeypatch):
     path, text = tiny_dir
     calib = CalibConfig(data=str(text), samples=4, seq_len=32, batch_size=2)
-    kw = dict(model=str(path), methods="sleb,come", target_layers=4, evals="ppl", ppl_data=str(text),
+    kw = dict(model=str(path), methods="sleb,come", target_layers=4, evals="ppl", ppl_data=str(text.with_name("eval.txt")),
               ppl_seq_len=32, calib=calib, device="cpu", progress=False)
     out = tmp_path / "cmp"
     compare(CompareConfig(out=str(out), ppl_max_windows=2, save_models=False, **kw))

@@ -49,8 +49,9 @@ def add_placement_args(p: argparse.ArgumentParser) -> None:
 
 def add_calib_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("calibration")
-    g.add_argument("--calib-data", default="wiki-passages",
-                   help="wiki-passages (bundled), wikitext2, c4, or a .txt/.jsonl/.parquet/datasets folder")
+    g.add_argument("--calib-data", default="mix",
+                   help="mix (bundled mixture of six real domains, the default), one of its domains, wiki-passages "
+                   "(contaminates BoolQ), wikitext2, c4, or a .txt/.jsonl/.parquet/datasets folder")
     g.add_argument("--calib-samples", type=int, default=32, help="number of windows")
     g.add_argument("--calib-seq-len", type=int, default=2048, help="tokens per window")
     g.add_argument("--batch-size", type=int, default=8)

@@ -9,7 +9,7 @@ from come.errors import ComeError
 
 @dataclass
 class CalibConfig:
-    data: str = "wiki-passages"
+    data: str = "mix"  # the bundled calibration mixture (come.corpora); never the evaluation text
     samples: int = 32
     seq_len: int = 2048
     batch_size: int = 8
@@ -29,6 +29,9 @@ class CalibConfig:
             raise ComeError(f"--calib-seq-len must be >= 2, got {self.seq_len}")
         if self.batch_size < 1:
             raise ComeError(f"--batch-size must be >= 1, got {self.batch_size}")
+        from come.data import check_separate
+
+        check_separate(self.data, (), "--calib-data", "")  # a held-out evaluation domain is refused here
 
 
 @dataclass

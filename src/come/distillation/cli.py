@@ -5,12 +5,13 @@ from __future__ import annotations
 import argparse
 import os
 
-from come.cli import add_common_model_args, add_output_args
+from come.cli import add_common_model_args, add_output_args, add_recipe_args
 
 
 def add_parser(sub) -> None:
     p = sub.add_parser("distill", help="distil a pruned model from its teacher (layer-wise, global) or LoRA-tune it")
-    p.add_argument("--student", required=True, help="folder written by `come prune` (HF model + come_plan.json)")
+    p.add_argument("--student", default=None,
+                   help="folder written by `come prune` (HF model + come_plan.json); required, here or in --config")
     p.add_argument("--teacher", default=None, help="the original model (default: the one the plan names)")
     p.add_argument("--stage", default="both", choices=["layerwise", "global", "both", "lora"],
                    help="layerwise (teacher-forced), global (hierarchical), both, or lora (LM-loss baseline)")
@@ -19,9 +20,9 @@ def add_parser(sub) -> None:
     p.add_argument("--temperature", type=float, default=1.0, help="KL temperature")
     p.add_argument("--train", default="merged", choices=["merged", "all", "norms", "lora"],
                    help="what the global stage trains")
-    p.add_argument("--data", default="wiki-passages", help="training text: wiki-passages (its calibration part), "
+    p.add_argument("--data", default="mix", help="training text: mix (the bundled calibration mixture), "
                    "wikitext2, c4, or a .txt/.jsonl/.parquet/datasets folder")
-    budget = p.add_mutually_exclusive_group(required=True)
+    budget = p.add_mutually_exclusive_group()  # one of them is required, here or in --config
     budget.add_argument("--tokens", type=int, help="training tokens per stage")
     budget.add_argument("--steps", type=int, help="optimizer steps per stage")
     p.add_argument("--seq-len", type=int, default=256)
@@ -44,18 +45,30 @@ def add_parser(sub) -> None:
     p.add_argument("--ppl-data", default="wiki-passages")
     p.add_argument("--ppl-seq-len", type=int, default=256)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--strategy", default="ddp", choices=["ddp", "fsdp"],
+                   help="several processes (torchrun): ddp keeps a full teacher and student on each; fsdp shards "
+                   "both over all processes (FSDP2), for students that do not fit one device")
+    p.add_argument("--save-dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
+                   help="dtype of the saved weights (auto: the student checkpoint's)")
     add_common_model_args(p)
-    add_output_args(p)
+    add_output_args(p, required=False)
+    add_recipe_args(p)
     p.set_defaults(func=cmd_distill)
 
 
 def cmd_distill(args) -> int:
     from dataclasses import fields
 
+    from come.cli import print_recipe, require
     from come.distillation.train import DistillConfig, distill, summary_text
 
+    require(args, "student")
     keys = [f.name for f in fields(DistillConfig) if f.name != "progress"]
-    result = distill(DistillConfig(**{k: getattr(args, k) for k in keys}))
+    cfg = DistillConfig(**{k: getattr(args, k) for k in keys})
+    if args.print_config:
+        return print_recipe(cfg.validate(), None)
+    require(args, "out")
+    result = distill(cfg)
     if os.environ.get("RANK", "0") == "0":
         print(summary_text(result.summary), end="")
         print(f"wrote {result.out}")

@@ -23,7 +23,8 @@ def add_lora(model, layers: list[int], rank: int = 8, alpha: float = 16.0):
 
 
 def lora_groups(peft_model) -> list[list[torch.nn.Parameter]]:
-    return [[p for p in peft_model.parameters() if p.requires_grad]]
+    """The adapters (by name: whether they already require gradients depends on who touched them last)."""
+    return [[p for n, p in peft_model.named_parameters() if "lora_" in n]]
 
 
 def lm_loss_fn(student, autocast):

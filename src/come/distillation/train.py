@@ -2,7 +2,9 @@
 
 One loop (`_Trainer.run_stage`) serves every stage: AdamW, warm-up + cosine schedule, gradient accumulation,
 per-layer gradient clipping, a NaN/Inf guard, checkpoints that resume bit for bit, a JSONL log. Several processes
-(torchrun) split the layer-wise stage's layers between them and run the other stages data-parallel with DDP.
+(torchrun) either keep a full copy each (`strategy="ddp"`: the layer-wise stage's layers are split between them, the
+other stages run data-parallel with DDP) or shard teacher and student with FSDP2 (`strategy="fsdp"`, see
+`sharding.py`: every stage data-parallel, each process holding 1/world of the weights and optimizer state).
 """
 
 from __future__ import annotations
@@ -28,10 +30,12 @@ from come.distillation.lora import add_lora, lm_loss_fn, lora_groups
 from come.distillation.losses import LossWeights
 from come.errors import ComeError
 from come.io import atomic_output_dir, check_output_dir
-from come.models import get_adapter, load_model
+from come.models import get_adapter, load_config, load_model, parse_dtype, save_dtype_for
 from come.plan import PLAN_FILE, Plan
 
 STAGES = {"layerwise": ["layerwise"], "global": ["global"], "both": ["layerwise", "global"], "lora": ["lora"]}
+STRATEGIES = ("ddp", "fsdp")
+SAVE_DTYPES = ("auto", "float32", "bfloat16", "float16")
 SUMMARY_JSON, SUMMARY_MD, LOG_FILE = "distill_summary.json", "distill_summary.md", "distill_log.jsonl"
 # settings that may change between an interrupted run and its --resume
 RESUME_FREE = ("resume", "overwrite", "stop_after", "progress", "checkpoint_every")
@@ -70,7 +74,9 @@ class DistillConfig:
     ppl_windows: int = 0  # evaluation-part windows for perplexity before/after each stage (0: skip)
     ppl_data: str = "wiki-passages"
     ppl_seq_len: int = 256
+    strategy: str = "ddp"  # ddp (a full copy per process) | fsdp (teacher and student sharded over the processes)
     dtype: str = "auto"
+    save_dtype: str = "auto"  # dtype of the saved weights; auto = the student checkpoint's
     device: str = "auto"
     seed: int = 0
     stop_after: int | None = None  # stop after this many steps of the run, checkpoint kept (tests interruption)
@@ -82,6 +88,14 @@ class DistillConfig:
     def validate(self) -> DistillConfig:
         if self.stage not in STAGES:
             raise ComeError(f"--stage must be one of {', '.join(STAGES)}, got {self.stage!r}")
+        if self.strategy not in STRATEGIES:
+            raise ComeError(f"--strategy must be one of {', '.join(STRATEGIES)}, got {self.strategy!r}")
+        if self.stage == "lora" or (self.train == "lora" and self.stage in ("global", "both")):
+            from come.extras import require
+
+            require("peft", "distill", "LoRA (--stage lora, --train lora)")
+        if self.save_dtype not in SAVE_DTYPES:
+            raise ComeError(f"--save-dtype must be one of {', '.join(SAVE_DTYPES)}, got {self.save_dtype!r}")
         if self.train not in TRAINABLE:
             raise ComeError(f"--train must be one of {', '.join(TRAINABLE)}, got {self.train!r}")
         if (self.tokens is None) == (self.steps is None):
@@ -106,6 +120,9 @@ class DistillConfig:
             raise ComeError(f"--tokens {self.tokens} is less than one step ({self.tokens_per_step} tokens = "
                             "batch size x grad accumulation x seq len)")
         self.weights().validate()
+        if self.strategy == "fsdp" and self.weights().kl:
+            raise ComeError("the logit-lens term (--loss kl=...) reads the LM head outside the model's forward, which "
+                            "--strategy fsdp keeps sharded: use the logits term or --strategy ddp")
         return self
 
     @property
@@ -144,9 +161,10 @@ def training_text(source: str) -> str:
 
 
 class _Dist:
-    """Rank, world size and device; torch.distributed is initialised when launched by torchrun."""
+    """Rank, world size and device; torch.distributed is initialised when launched by torchrun, and for FSDP
+    (`group`) also in a single process (a group of one, FSDP's single-device path)."""
 
-    def __init__(self, device: str):
+    def __init__(self, device: str, group: bool = False):
         self.world = int(os.environ.get("WORLD_SIZE", "1"))
         self.rank = int(os.environ.get("RANK", "0"))
         local = int(os.environ.get("LOCAL_RANK", "0"))
@@ -156,10 +174,14 @@ class _Dist:
             device = f"cuda:{local}"
         self.device = device
         self.owns_group = False
-        if self.world > 1 and not dist.is_initialized():
+        if (self.world > 1 or group) and not dist.is_initialized():
             if device.startswith("cuda"):
                 torch.cuda.set_device(torch.device(device))
-            dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
+            backend = "nccl" if device.startswith("cuda") else "gloo"
+            if self.world > 1:
+                dist.init_process_group(backend)
+            else:
+                dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1)
             self.owns_group = True
 
     @property
@@ -194,6 +216,8 @@ def lr_factor(step: int, steps: int, warmup: float, min_ratio: float) -> float:
 class _Trainer:
     def __init__(self, cfg: DistillConfig, d: _Dist):
         self.cfg, self.d = cfg, d
+        self.fsdp = cfg.strategy == "fsdp"
+        self.peft = None  # under FSDP, the peft model a LoRA stage trains (adapters added before sharding)
         self.out = Path(cfg.out).expanduser()
         self.work = self.out.with_name(self.out.name + ".partial")
         self.ckpt = self.work / "checkpoint"
@@ -205,19 +229,31 @@ class _Trainer:
     def load(self) -> None:
         cfg = self.cfg
         self.plan = Plan.load(cfg.student)  # a missing plan fails before any weights are read
-        self.teacher, _, _ = load_model(cfg.teacher or self.plan.base_model["name"], cfg.dtype, self.d.device)
-        self.student, self.tokenizer, _ = load_model(cfg.student, cfg.dtype, self.d.device)
+        config = load_config(cfg.student)[0]
+        self.save_dtype = save_dtype_for(cfg.save_dtype, config)
+        self.dtype = parse_dtype(cfg.dtype, config, self.d.device)
+        where = "cpu" if self.fsdp else self.d.device  # FSDP moves each process's shards to the device
+        self.teacher, _, _ = load_model(cfg.teacher or self.plan.base_model["name"], self.dtype, where)
+        self.student, self.tokenizer, _ = load_model(cfg.student, self.dtype, where)
         self.corr = check_pair(self.plan, self.teacher, self.student)
         self.teacher.requires_grad_(False)
         self.student.requires_grad_(False)
         self.t_adapter = get_adapter(self.teacher)
+        if self.fsdp:
+            from come.distillation import sharding
+
+            if self.lora_layers() is not None:  # FSDP cannot add modules to a sharded model later
+                self.peft = self.add_lora(self.student, self.lora_layers())
+                self.student.requires_grad_(False)
+            sharding.shard(self.teacher, self.t_adapter.layers, self.d.device, self.dtype)
+            sharding.shard(self.student, get_adapter(self.student).layers, self.d.device, self.dtype)
         ids = tokenize(self.tokenizer, training_text(cfg.data))
         self.windows = split_windows(ids, cfg.seq_len, f"training ({cfg.data})")
         per_step = cfg.batch_size * cfg.grad_accum
         if self.windows.shape[0] < per_step:
             raise ComeError(f"training data {cfg.data} has {self.windows.shape[0]} windows of {cfg.seq_len} tokens, "
                             f"fewer than one step needs ({per_step}): pass more text or lower --batch-size/--seq-len")
-        if cfg.stage != "layerwise" and cfg.batch_size % self.d.world:
+        if (cfg.stage != "layerwise" or self.fsdp) and cfg.batch_size % self.d.world:
             raise ComeError(f"--batch-size {cfg.batch_size} must be a multiple of the {self.d.world} processes")
 
     def micro_batch(self, step: int, micro: int) -> torch.Tensor:
@@ -230,6 +266,20 @@ class _Trainer:
             rows.append(torch.randperm(n, generator=g)[p % n])
         return self.windows[torch.stack(rows)].to(self.d.device)
 
+    def lora_layers(self) -> list[int] | None:
+        """The layers that get LoRA adapters in this run (None: no LoRA)."""
+        if self.cfg.stage == "lora":
+            return list(range(len(self.corr)))
+        if self.cfg.train == "lora" and "global" in STAGES[self.cfg.stage]:
+            return [c.layer for c in self.corr if c.merged]
+        return None
+
+    def add_lora(self, model, layers: list[int]):
+        """peft adapters on `layers`, initialised from the run's seed (the same in every process and strategy)."""
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.cfg.seed)
+            return add_lora(model, layers, self.cfg.lora_rank, self.cfg.lora_alpha)
+
     # --- checkpoints ---
     def save_checkpoint(self, model, opt) -> None:
         from safetensors.torch import save_model
@@ -238,9 +288,14 @@ class _Trainer:
         if self.d.main:
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
-            save_model(model, str(tmp / "model.safetensors"))
+            if not self.fsdp:
+                save_model(model, str(tmp / "model.safetensors"))
         self.d.barrier()
-        if opt is not None:
+        if self.fsdp:
+            from come.distillation import sharding
+
+            sharding.save_checkpoint(tmp / "dcp", self.student, opt)
+        elif opt is not None:
             torch.save(opt.state_dict(), tmp / f"optim.rank{self.d.rank}.pt")
         self.d.barrier()
         if self.d.main:
@@ -257,9 +312,10 @@ class _Trainer:
             raise ComeError(f"--resume: no checkpoint in {self.work}: run without --resume (and with "
                             "--checkpoint-every N) first")
         state = json.loads((self.ckpt / "state.json").read_text())
-        if state["world"] != self.d.world:
+        if state["world"] != self.d.world and not self.fsdp:
             raise ComeError(f"--resume: the checkpoint was written by {state['world']} processes, this run has "
-                            f"{self.d.world}: resume with the same number")
+                            f"{self.d.world}: resume with the same number (--strategy fsdp checkpoints "
+                            "can be resumed on any number)")
         changed = [k for k, v in self.cfg.fingerprint().items() if state["config"].get(k) != v]
         if changed:
             raise ComeError(f"--resume with other settings than the interrupted run ({', '.join(changed)}): "
@@ -267,9 +323,23 @@ class _Trainer:
         return state
 
     def load_weights(self, model) -> None:
+        if self.fsdp:
+            from come.distillation import sharding
+
+            sharding.load_checkpoint(self.ckpt / "dcp", self.student)
+            return
         from safetensors.torch import load_model as load_st
 
         load_st(model, str(self.ckpt / "model.safetensors"), device=str(self.d.device))
+
+    def load_optimizer(self, opt) -> None:
+        """The checkpoint's optimizer state into `opt` (under FSDP with the weights, which it is keyed by)."""
+        if self.fsdp:
+            from come.distillation import sharding
+
+            sharding.load_checkpoint(self.ckpt / "dcp", self.student, opt)
+            return
+        opt.load_state_dict(torch.load(self.ckpt / f"optim.rank{self.d.rank}.pt", weights_only=True))
 
     # --- logging ---
     def log(self, record: dict) -> None:
@@ -282,8 +352,8 @@ class _Trainer:
     def run_stage(self, name: str, model, groups, loss_fn, lr: float, ddp=None, sync=None, resume=None) -> None:
         """Train `groups` (parameter lists, each clipped on its own) with `loss_fn(ids) -> (loss, parts)`.
 
-        With `sync` (layer-wise stage) every rank sees all data and trains its own layers, and `sync` shares them;
-        otherwise the ranks split each micro-batch and average gradients (DDP `ddp`).
+        With `sync` (layer-wise stage under DDP) every rank sees all data and trains its own layers, and `sync`
+        shares them; otherwise the ranks split each micro-batch and average gradients (DDP `ddp`, or FSDP).
         """
         cfg, d = self.cfg, self.d
         steps = cfg.steps_per_stage
@@ -292,12 +362,15 @@ class _Trainer:
             p.requires_grad_(True)
         opt = torch.optim.AdamW(params, lr=lr, weight_decay=cfg.weight_decay) if params else None
         start = 0
+        from come.distillation.sharding import clip_group, local_numel
+
         info = self.state["stages"].setdefault(name, {"steps": steps, "tokens": 0, "wall_s": 0.0, "losses": [],
                                                       "trainable_params": sum(p.numel() for p in params)})
+        info["params_per_process"] = d.gather(local_numel(params))  # trainable elements each process stores
         if resume is not None:
             start = resume["step"]
             if opt is not None:
-                opt.load_state_dict(torch.load(self.ckpt / f"optim.rank{d.rank}.pt", weights_only=True))
+                self.load_optimizer(opt)
         self.state["stage"] = name
         shard = (0, 1) if sync is not None else (d.rank, d.world)
         bar = tqdm(range(start, steps), desc=name, unit="step", disable=not (cfg.progress and d.main))
@@ -318,7 +391,7 @@ class _Trainer:
                 loss_sum += float(loss.detach() if torch.is_tensor(loss) else loss) / cfg.grad_accum
                 for k, v in parts.items():
                     parts_sum[k] = parts_sum.get(k, 0.0) + v / cfg.grad_accum
-            norms = [float(torch.nn.utils.clip_grad_norm_(g, cfg.clip if cfg.clip > 0 else math.inf)) for g in groups]
+            norms = [clip_group(g, cfg.clip if cfg.clip > 0 else math.inf) for g in groups]
             finite = math.isfinite(loss_sum) and all(math.isfinite(x) for x in norms)
             gathered = d.gather((finite, loss_sum, parts_sum))
             if not all(f for f, _, _ in gathered):
@@ -357,10 +430,11 @@ class _Trainer:
             p.requires_grad_(False)
 
     def perplexity(self, key: str) -> None:
-        """Perplexity of the student on the evaluation part, stored under `key` (rank 0 measures)."""
+        """Perplexity of the student on the evaluation part, stored under `key` (rank 0 measures; under FSDP
+        every rank runs the same windows, since each forward gathers the shards of all)."""
         if not self.cfg.ppl_windows or key in self.state["ppl"]:
             return
-        if self.d.main:
+        if self.d.main or self.fsdp:
             from come.eval.ppl import perplexity
 
             r = perplexity(self.student, self.tokenizer, self.cfg.ppl_data, self.cfg.ppl_seq_len,
@@ -377,10 +451,11 @@ class _Trainer:
     # --- stages ---
     def layerwise(self, resume) -> None:
         merged = [c for c in self.corr if c.merged]
-        mine = owned(merged, self.d.rank, self.d.world)
+        # FSDP: every rank trains every (sharded) merged layer on its share of the batch; DDP: each its own layers
+        mine = merged if self.fsdp else owned(merged, self.d.rank, self.d.world)
         s_adapter = get_adapter(self.student)
         fn = layerwise_loss_fn(self.teacher, self.t_adapter, s_adapter, mine, self.cfg.weights(), self.autocast)
-        groups = [list(s_adapter.layers[c.layer].parameters()) for c in mine]
+        groups = [[p for n, p in s_adapter.layers[c.layer].named_parameters() if "lora_" not in n] for c in mine]
 
         def sync():  # every merged layer from the rank that trains it
             if self.d.world > 1:
@@ -388,10 +463,11 @@ class _Trainer:
                     for p in s_adapter.layers[c.layer].parameters():
                         dist.broadcast(p.data, src=i % self.d.world)
 
-        self.run_stage("layerwise", self.student, groups, fn, self.cfg.lr, sync=sync, resume=resume)
+        self.run_stage("layerwise", self.student, groups, fn, self.cfg.lr, sync=None if self.fsdp else sync,
+                       resume=resume)
 
     def _wrapped(self, model):
-        if self.d.world == 1:
+        if self.d.world == 1 or self.fsdp:
             return model, None
         from torch.nn.parallel import DistributedDataParallel as DDP
 
@@ -402,33 +478,33 @@ class _Trainer:
         cfg = self.cfg
         s_adapter = get_adapter(self.student)
         if cfg.train == "lora":
-            merged = [c.layer for c in self.corr if c.merged]
-            model = add_lora(self.student, merged, cfg.lora_rank, cfg.lora_alpha)
+            model = self.peft or self.add_lora(self.student, self.lora_layers())
             groups, lr = lora_groups(model), cfg.lora_lr
         else:
             model = self.student
             groups, lr = trainable_groups(s_adapter, self.corr, cfg.train), cfg.lr
-        if resume is not None:
+        if resume is not None and not self.fsdp:  # FSDP reads weights with the optimizer state
             self.load_weights(model)
         for p in (p for g in groups for p in g):
             p.requires_grad_(True)  # before DDP, which registers the parameters that need gradients
         runner, ddp = self._wrapped(model)
         fn = global_loss_fn(self.teacher, self.t_adapter, runner, s_adapter, self.corr, cfg.weights(), self.autocast)
         self.run_stage("global", model, groups, fn, lr, ddp=ddp, resume=resume)
-        if cfg.train == "lora":
+        if cfg.train == "lora" and not self.fsdp:  # under FSDP, merged when the student is gathered
             self.student = model.merge_and_unload()
 
     def lora(self, resume) -> None:
         cfg = self.cfg
-        model = add_lora(self.student, list(range(len(self.corr))), cfg.lora_rank, cfg.lora_alpha)
-        if resume is not None:
+        model = self.peft or self.add_lora(self.student, self.lora_layers())
+        if resume is not None and not self.fsdp:
             self.load_weights(model)
         groups = lora_groups(model)
         for p in groups[0]:
             p.requires_grad_(True)
         runner, ddp = self._wrapped(model)
         self.run_stage("lora", model, groups, lm_loss_fn(runner, self.autocast), cfg.lora_lr, ddp=ddp, resume=resume)
-        self.student = model.merge_and_unload()
+        if not self.fsdp:
+            self.student = model.merge_and_unload()
 
     def run(self) -> DistillResult:
         cfg = self.cfg
@@ -454,13 +530,33 @@ class _Trainer:
         self.state["wall_s"] = time.time() - t0
         return self.finish()
 
+    def gathered_student(self):
+        """Under FSDP, the trained student as one plain model on rank 0 (None elsewhere; collective): its shards
+        gathered into CPU memory, loaded into a skeleton built on the meta device, LoRA adapters merged."""
+        from come.distillation import sharding
+        from come.models import meta_model
+
+        state = sharding.gather(self.student)
+        if not self.d.main:
+            return None
+        model = meta_model(self.student.config)
+        peft = self.add_lora(model, self.lora_layers()) if self.peft is not None else None
+        model.load_state_dict(state, assign=True)
+        if getattr(model.config, "tie_word_embeddings", False):
+            model.tie_weights()
+        return peft.merge_and_unload() if peft is not None else model
+
     def finish(self) -> DistillResult:
+        from come.prune import describe, save_model
+
         summary = make_summary(self.cfg, self.state, self.d, self.plan)
+        student = self.gathered_student() if self.fsdp else self.student
         if self.d.main:
             with atomic_output_dir(self.out, overwrite=True) as tmp:
-                self.student.save_pretrained(tmp)
+                save_model(student, tmp, self.save_dtype)
                 self.tokenizer.save_pretrained(tmp)
                 self.plan.save(tmp / PLAN_FILE)
+                describe(tmp, self.plan, "distill", distill_command(self.cfg))  # prune summary, model card
                 shutil.copy(self.work / LOG_FILE, tmp / LOG_FILE)
                 (tmp / SUMMARY_JSON).write_text(json.dumps(summary, indent=1))
                 (tmp / SUMMARY_MD).write_text(summary_text(summary))
@@ -469,27 +565,36 @@ class _Trainer:
         return DistillResult(self.out, summary)
 
 
+def distill_command(cfg: DistillConfig) -> str:
+    """The `come distill` line of `cfg` (local paths as names), for the model card."""
+    from come import recipe
+    from come.card import scrubbed
+
+    return recipe.command_line(scrubbed(recipe.of(cfg)), out="OUT")
+
+
 def make_summary(cfg: DistillConfig, state: dict, d: _Dist, plan: Plan) -> dict:
     stages = {}
     for name, s in state["stages"].items():
         losses = s["losses"]
         stages[name] = {"steps": s["steps"], "tokens": s["tokens"], "wall_s": round(s["wall_s"], 1),
-                        "trainable_params": s["trainable_params"], "first_loss": losses[0] if losses else None,
+                        "trainable_params": s["trainable_params"],
+                        "params_per_process": s.get("params_per_process"), "first_loss": losses[0] if losses else None,
                         "last_loss": losses[-1] if losses else None}
     return {
         "student": cfg.student, "teacher": cfg.teacher or plan.base_model["name"], "tree": plan.tree,
         "stages": stages, "perplexity": state["ppl"],
         "tokens": sum(s["tokens"] for s in stages.values()),
         "train_wall_s": round(sum(s["wall_s"] for s in stages.values()), 1),
-        "processes": d.world, "device": d.device, "config": asdict(cfg),
+        "processes": d.world, "strategy": cfg.strategy, "device": d.device, "config": asdict(cfg),
     }
 
 
 def summary_text(s: dict) -> str:
     lines = [f"# Distillation of {s['student']} from {s['teacher']}", "",
              f"{s['tokens']:,} training tokens, {s['train_wall_s']} s of training, {s['processes']} process(es) "
-             f"on {s['device']}.", "", "| stage | steps | tokens | wall s | first loss | last loss |",
-             "|---|---|---|---|---|---|"]
+             f"({s.get('strategy', 'ddp')}) on {s['device']}.", "",
+             "| stage | steps | tokens | wall s | first loss | last loss |", "|---|---|---|---|---|---|"]
     for name, st in s["stages"].items():
         lines.append(f"| {name} | {st['steps']} | {st['tokens']:,} | {st['wall_s']} | {st['first_loss']:.4g} | "
                      f"{st['last_loss']:.4g} |")
@@ -511,7 +616,7 @@ def distill(config: DistillConfig | None = None, **kwargs) -> DistillResult:
     if work.exists() and not cfg.resume and not cfg.overwrite:
         raise ComeError(f"an interrupted run left {work}: pass --resume to continue it or --overwrite to "
                         "start over")
-    d = _Dist(cfg.device)
+    d = _Dist(cfg.device, group=cfg.strategy == "fsdp")
     try:
         if d.main and work.exists() and not cfg.resume:
             shutil.rmtree(work)

@@ -106,10 +106,23 @@ def test_few_steps_reduce_loss(pruned, tmp_path, stage, extra, ratio):
     assert m.config.num_hidden_layers == 4 and not any("lora" in k for k in m.state_dict())
 
 
+class Interrupted(Exception):
+    pass
+
+
+def stop_at(run_step):
+    """An on_step callback that interrupts the run after its `run_step`-th step (as a crash or Ctrl-C would)."""
+    def on_step(info):
+        if info["run_step"] == run_step:
+            raise Interrupted(run_step)
+    return on_step
+
+
 def test_resume_is_bit_for_bit(pruned, tmp_path):
     full = distill(cfg(pruned, tmp_path / "full", stage="both", steps=6, grad_accum=2))
-    with pytest.raises(ComeError, match="stop-after"):
-        distill(cfg(pruned, tmp_path / "cut", stage="both", steps=6, grad_accum=2, checkpoint_every=2, stop_after=9))
+    with pytest.raises(Interrupted):  # in the global stage, after its checkpoint at step 2 (9 = 6 + 3)
+        distill(cfg(pruned, tmp_path / "cut", stage="both", steps=6, grad_accum=2, checkpoint_every=2),
+                on_step=stop_at(9))
     assert not (tmp_path / "cut").exists() and (tmp_path / "cut.partial" / "checkpoint" / "state.json").exists()
     with pytest.raises(ComeError, match="resume"):  # an interrupted run is neither overwritten nor mixed silently
         distill(cfg(pruned, tmp_path / "cut", stage="both", steps=6, grad_accum=2, checkpoint_every=2))
@@ -127,8 +140,8 @@ def test_resume_is_bit_for_bit(pruned, tmp_path):
 def test_resume_inside_lora_stage(pruned, tmp_path):
     kw = dict(stage="lora", steps=5, lora_lr=1e-2)
     full = distill(cfg(pruned, tmp_path / "full", **kw))
-    with pytest.raises(ComeError):
-        distill(cfg(pruned, tmp_path / "cut", checkpoint_every=1, stop_after=3, **kw))
+    with pytest.raises(Interrupted):
+        distill(cfg(pruned, tmp_path / "cut", checkpoint_every=1, **kw), on_step=stop_at(3))
     resumed = distill(cfg(pruned, tmp_path / "cut", checkpoint_every=1, resume=True, **kw))
     a, b = weights(full.out), weights(resumed.out)
     assert all(torch.equal(a[k], b[k]) for k in a)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import os
 
 from come.cli import add_common_model_args, add_output_args, add_recipe_args
@@ -39,7 +38,6 @@ def add_parser(sub) -> None:
     p.add_argument("--lora-alpha", type=float, default=16.0)
     p.add_argument("--checkpoint-every", type=int, default=0, help="checkpoint every N steps (0: never)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run from its last checkpoint")
-    p.add_argument("--stop-after", type=int, default=None, help=argparse.SUPPRESS)  # tests
     p.add_argument("--ppl-windows", type=int, default=0,
                    help="measure perplexity on N evaluation windows before and after each stage (0: skip)")
     p.add_argument("--ppl-data", default="wiki-passages")

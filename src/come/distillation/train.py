@@ -38,7 +38,7 @@ STRATEGIES = ("ddp", "fsdp")
 SAVE_DTYPES = ("auto", "float32", "bfloat16", "float16")
 SUMMARY_JSON, SUMMARY_MD, LOG_FILE = "distill_summary.json", "distill_summary.md", "distill_log.jsonl"
 # settings that may change between an interrupted run and its --resume
-RESUME_FREE = ("resume", "overwrite", "stop_after", "progress", "checkpoint_every")
+RESUME_FREE = ("resume", "overwrite", "progress", "checkpoint_every")
 
 
 @dataclass
@@ -79,7 +79,6 @@ class DistillConfig:
     save_dtype: str = "auto"  # dtype of the saved weights; auto = the student checkpoint's
     device: str = "auto"
     seed: int = 0
-    stop_after: int | None = None  # stop after this many steps of the run, checkpoint kept (tests interruption)
     progress: bool = True
 
     def weights(self) -> LossWeights:
@@ -214,8 +213,8 @@ def lr_factor(step: int, steps: int, warmup: float, min_ratio: float) -> float:
 
 
 class _Trainer:
-    def __init__(self, cfg: DistillConfig, d: _Dist):
-        self.cfg, self.d = cfg, d
+    def __init__(self, cfg: DistillConfig, d: _Dist, on_step=None):
+        self.cfg, self.d, self.on_step = cfg, d, on_step
         self.fsdp = cfg.strategy == "fsdp"
         self.peft = None  # under FSDP, the peft model a LoRA stage trains (adapters added before sharding)
         self.out = Path(cfg.out).expanduser()
@@ -415,14 +414,12 @@ class _Trainer:
             bar.set_postfix(loss=f"{total:.4g}", tok_s=f"{cfg.tokens_per_step / dt:.0f}")
             self.state["step"] = step + 1
             ran += 1
-            last = step + 1 == steps
-            stop = cfg.stop_after is not None and self.steps_run + ran >= cfg.stop_after and not last
-            if cfg.checkpoint_every and ((step + 1) % cfg.checkpoint_every == 0 or stop) and not last:
+            if cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0 and step + 1 < steps:
                 if sync is not None:
                     sync()
                 self.save_checkpoint(model, opt)
-            if stop:
-                raise ComeError(f"stopped after {cfg.stop_after} steps as asked (--stop-after); continue with --resume")
+            if self.on_step is not None:
+                self.on_step({"stage": name, "step": step + 1, "run_step": self.steps_run + ran, "loss": total})
         self.steps_run += ran
         if sync is not None:
             sync()
@@ -608,8 +605,11 @@ def summary_text(s: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def distill(config: DistillConfig | None = None, **kwargs) -> DistillResult:
-    """Distil the pruned student of `config` from its teacher; writes an HF folder + plan + summary to `out`."""
+def distill(config: DistillConfig | None = None, on_step=None, **kwargs) -> DistillResult:
+    """Distil the pruned student of `config` from its teacher; writes an HF folder + plan + summary to `out`.
+
+    `on_step({"stage", "step", "run_step", "loss"})` is called after every optimizer step (and its checkpoint), in
+    every process; an exception it raises stops the run, which `resume=True` continues from the last checkpoint."""
     cfg = (config or DistillConfig(**kwargs)).validate()
     out = check_output_dir(cfg.out, cfg.overwrite)
     work = out.with_name(out.name + ".partial")
@@ -622,7 +622,7 @@ def distill(config: DistillConfig | None = None, **kwargs) -> DistillResult:
             shutil.rmtree(work)
         d.barrier()
         torch.manual_seed(cfg.seed)
-        trainer = _Trainer(cfg, d)
+        trainer = _Trainer(cfg, d, on_step)
         trainer.load()
         if d.main:
             work.mkdir(parents=True, exist_ok=True)

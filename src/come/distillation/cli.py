@@ -48,6 +48,11 @@ def add_parser(sub) -> None:
                    "both over all processes (FSDP2), for students that do not fit one device")
     p.add_argument("--save-dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
                    help="dtype of the saved weights (auto: the student checkpoint's)")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print the memory each process needs per stage under ddp and fsdp (from the configs, no "
+                   "weights read) and stop")
+    p.add_argument("--world-size", type=int, default=None,
+                   help="processes the --dry-run estimate is for (default: this run's)")
     add_common_model_args(p)
     add_output_args(p, required=False)
     add_recipe_args(p)
@@ -63,6 +68,11 @@ def cmd_distill(args) -> int:
     require(args, "student")
     keys = [f.name for f in fields(DistillConfig) if f.name != "progress"]
     cfg = DistillConfig(**{k: getattr(args, k) for k in keys})
+    if args.dry_run:
+        from come.distillation.memory import dry_run
+
+        print(dry_run(cfg, args.world_size), end="")
+        return 0
     if args.print_config:
         return print_recipe(cfg.validate(), None)
     require(args, "out")

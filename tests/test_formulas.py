@@ -218,6 +218,10 @@ def test_qwen3_qk_norms_are_averaged_with_the_ratio():
 # --- the progressive schedule (§4), on a plan --------------------------------------------------------------
 
 
+def non_dominant_share(r_a: float, k: int) -> int:
+    return math.floor(min(r_a, 1 - r_a) * k + 1e-9)
+
+
 def test_come_plan_steps_follow_their_recorded_scores(tiny_dir):
     """Each step merges the candidate pair with the lowest recorded angular score, with ratio BI_l / (BI_l +
     BI_l+1) of the recorded BIs and budgets split by it; the first step's scores are those of the dense model's
@@ -236,12 +240,11 @@ def test_come_plan_steps_follow_their_recorded_scores(tiny_dir):
         assert step["ratio"][0] == pytest.approx(bi[l] / (bi[l] + bi[l + 1]))
         assert tuple(step["ratio"]) == pytest.approx(bi_ratio(bi[l], bi[l + 1]))
         r_a = step["ratio"][0]
-        small_k = lambda k: math.floor(min(r_a, 1 - r_a) * k + 1e-9)  # noqa: E731
         n_attn = [len(g) for g in step["attn_groups"]]
-        assert sum(n_attn) == geo.num_kv_heads and min(n_attn) == small_k(geo.num_kv_heads)
+        assert sum(n_attn) == geo.num_kv_heads and min(n_attn) == non_dominant_share(r_a, geo.num_kv_heads)
         n_mlp = [len(c) for c in step["mlp_channels"]]
         d_ff = res.model.config.intermediate_size
-        assert sum(n_mlp) == d_ff and min(n_mlp) == small_k(d_ff)
+        assert sum(n_mlp) == d_ff and min(n_mlp) == non_dominant_share(r_a, d_ff)
         assert (n_mlp[0] >= n_mlp[1]) == (r_a >= 0.5)  # the dominant layer keeps the rest
 
     model, tok, _ = load_model(str(path), "float32", "cpu")

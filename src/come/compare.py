@@ -25,6 +25,7 @@ from pathlib import Path
 
 from come.config import CalibConfig, PruneConfig
 from come.errors import ComeError
+from come.eval.stats import protocol
 from come.io import write_text_atomic
 
 RESULT_FILE, REPORT_FILE, PLOT_FILE, SWEEP_PLOT_FILE = "compare.json", "compare.md", "compare.png", "sweep.png"
@@ -329,6 +330,7 @@ def _finish_row(stage: Path, result: dict, row: dict, settings: dict) -> None:
     entry = {"prune_key": _prune_key(settings, row["method"]),
              "eval_key": None if "error" in row else _eval_key(settings), "row": row}
     _add_retained(result["rows"])
+    _add_paired(result["rows"])
     (stage / ROWS_DIR).mkdir(exist_ok=True)
     write_text_atomic(stage / ROWS_DIR / f"{row['method']}.json", json.dumps(entry, indent=1) + "\n")
     _write_result(stage, result)
@@ -442,6 +444,7 @@ def _scratch() -> Path:
 def _settings(cfg: CompareConfig, target: int) -> dict:
     s = dataclasses.asdict(cfg)
     s["target_layers_resolved"] = target
+    s["statistics"] = protocol()
     s["ppl_protocol"] = (f"{cfg.ppl_data} evaluation part, non-overlapping windows of {cfg.ppl_seq_len} tokens, "
                          f"no BOS, max windows {cfg.ppl_max_windows}")
     return s
@@ -453,6 +456,59 @@ def _add_retained(rows: list[dict]) -> None:
     for row in rows:
         avg = row.get("averages", {})
         row["retained"] = {k: 100 * avg[k] / dense[k] for k in ("acc", "mixed") if k in avg and dense.get(k)}
+
+
+def _ppl_results(row: dict) -> dict[str, dict]:
+    """A row's perplexity results by source."""
+    if "ppl" not in row:
+        return {}
+    return row.get("ppl_by_source") or {row["ppl"].get("source", "ppl"): row["ppl"]}
+
+
+def _add_paired(rows: list[dict]) -> None:
+    """Perplexity intervals over windows for every row, and each method's paired differences to the dense model
+    (rows[0]) over the same windows and items (`come.eval.stats`)."""
+    from come.eval.stats import ppl_difference, ppl_interval, task_differences
+
+    for row in rows:
+        for r in [row.get("ppl"), *row.get("ppl_by_source", {}).values()]:
+            if r and "window_nll" in r and "interval" not in r:
+                r["interval"] = ppl_interval(r["window_nll"])
+    dense = rows[0]
+    for row in rows[1:]:
+        if "error" in row or "paired" in row:
+            continue
+        base = _ppl_results(dense)
+        paired = {f"ppl/{src}": ppl_difference(r, base[src]) for src, r in _ppl_results(row).items() if src in base}
+        paired.update(task_differences(row.get("tasks", {}), dense.get("tasks", {})))
+        row["paired"] = paired
+
+
+def paired_section(result: dict) -> list[str]:
+    """Markdown lines: each row's perplexity interval and paired differences to dense, marked within noise."""
+    from come.eval.harness import metric_for
+    from come.eval.stats import LEGEND, LEVEL, fmt_diff, fmt_ppl_interval
+
+    rows = [r for r in result["rows"] if "error" not in r]
+    if not rows or not any(r.get("paired") for r in rows[1:]):
+        return []
+    sources = list(_ppl_results(rows[0]))
+    tasks = list(rows[0].get("tasks", {}))
+    keys = [f"ppl/{s}" for s in sources] + [f"{t}/{metric_for(t)}" if metric_for(t) in rows[0]["tasks"][t]
+                                             else f"{t}/acc" for t in tasks]
+    keys += ["avg/acc", "avg/mixed"] if tasks else []
+    head = ["method"] + [f"ppl {s} [{LEVEL:.0%}]" for s in sources] + [
+        f"{k.replace('ppl/', 'ppl ')} vs dense" if k.startswith("ppl/") else k for k in keys]
+    lines = [f"Paired differences to dense (the same windows and items): accuracy in points ± SE, perplexity as "
+             f"the ratio to dense [{LEVEL:.0%} interval]", "", "| " + " | ".join(head) + " |",
+             "|" + "---|" + "---:|" * (len(head) - 1)]
+    for row in rows:
+        ppl = _ppl_results(row)
+        cells = [row["method"]] + [f"{fmt_ppl(ppl[s]['ppl'])} {fmt_ppl_interval(ppl[s].get('interval'), fmt_ppl)}"
+                                   if s in ppl else "-" for s in sources]
+        cells += [fmt_diff(k, row.get("paired", {}).get(k)) for k in keys]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines + ["", LEGEND, ""]
 
 
 def fmt_ppl(ppl: float) -> str:
@@ -506,6 +562,7 @@ def markdown(result: dict) -> str:
         "",
         table(result),
         "",
+        *paired_section(result),
         f"- calibration (the same windows for every method): {c['data']}, {c['samples']} windows of "
         f"{c['seq_len']} tokens, seed {c['seed']}; loss trials on {s['loss_samples'] or 'all'} windows",
         f"- dtype {s['dtype']}, device {s['device']}; prune s = wall time of `come.prune` (load, calibration, "
@@ -629,6 +686,7 @@ def cmd_compare(args) -> int:
     )
     result = compare(cfg)
     print(table(result))
+    print("\n".join(paired_section(result)))
     print(f"wrote {args.out} in {result['wall_s']:.0f} s")
     return 0
 

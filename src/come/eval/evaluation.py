@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from come.errors import ComeError
-from come.eval import report
+from come.eval import report, stats
 from come.eval.harness import offline_default, parse_tasks, run_tasks
 from come.eval.ppl import check_seq_len, perplexity
 from come.eval.speed import measure_speed, model_size
@@ -78,6 +78,8 @@ def evaluate_model(name: str, cfg: EvalConfig) -> dict:
                             cfg.ppl_bos, cfg.progress)
             for src in cfg.ppl
         }
+        for r in out["ppl"].values():
+            r["interval"] = stats.ppl_interval(r["window_nll"])
     if cfg.tasks:
         h = run_tasks(model, tok, cfg.tasks, cfg.limit, cfg.batch_size, cfg.offline_tasks, cfg.verbose)
         out["tasks"] = h["tasks"]
@@ -109,8 +111,10 @@ def evaluate(cfg: EvalConfig) -> dict:
         result["baseline"] = evaluate_model(cfg.baseline, cfg) if cfg.baseline else None
     if result["baseline"] is not None:
         result["retained"] = report.retained(result["model"], result["baseline"])
+        result["differences"] = report.differences(result["model"], result["baseline"])
     if cfg.tasks:
         result["settings"]["lm_eval_version"] = result["model"]["lm_eval"]["lm_eval_version"]
+        result["settings"]["lm_eval_seeds"] = result["model"]["lm_eval"].get("seeds")
     return result
 
 
@@ -150,7 +154,8 @@ def reused_baseline(cfg: EvalConfig) -> dict | None:
 def settings(cfg: EvalConfig) -> dict:
     s = {"dtype": cfg.dtype, "device": cfg.device, "batch_size": cfg.batch_size, "ppl": cfg.ppl,
          "ppl_seq_len": cfg.ppl_seq_len, "ppl_max_windows": cfg.ppl_max_windows, "ppl_bos": cfg.ppl_bos,
-         "tasks": cfg.tasks, "limit": cfg.limit, "num_fewshot": 0, "offline_tasks": cfg.offline_tasks}
+         "tasks": cfg.tasks, "limit": cfg.limit, "num_fewshot": 0, "offline_tasks": cfg.offline_tasks,
+         "statistics": stats.protocol()}
     if cfg.speed:
         s["speed"] = {"batch_size": cfg.speed_batch, "prompt_len": cfg.speed_prompt_len,
                       "gen_len": cfg.speed_gen_len, "repeats": cfg.speed_repeats, "warmup": 1}

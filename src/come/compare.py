@@ -160,6 +160,7 @@ def evaluate_model(model, tokenizer, cfg: CompareConfig) -> dict:
         out["tasks"] = h["tasks"]
         out["averages"] = averages(h["tasks"])
         out["lm_eval_version"] = h.get("lm_eval_version")
+        out["lm_eval_seeds"] = h.get("seeds")
     out["eval_wall_s"] = round(time.perf_counter() - t0, 2)
     return out
 

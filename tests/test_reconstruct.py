@@ -1,12 +1,14 @@
 """Closed-form ridge re-fit: exact when the target is reachable, never worse, deterministic."""
 
+import math
+
 import torch
 from conftest import tiny_model
 
 from come.capture import Calibration
 from come.merge import concat_layers, replace_pair
 from come.models import get_adapter
-from come.reconstruct import Gram, attention_updates, refit_merged, ridge_fit
+from come.reconstruct import Gram, attention_updates, held_out_windows, refit_merged, ridge_fit
 
 
 def test_ridge_recovers_a_reachable_target_exactly():
@@ -31,6 +33,7 @@ def test_ridge_never_applies_a_worse_fit():
     val.add(x[40:], x[40:] @ w0.T)
     res = ridge_fit(fit, val, w0)
     assert res.weight is None and res.error_after >= res.error_before
+    assert res.lam == math.inf  # "no re-fit" won on the held-out windows
 
 
 def test_ridge_toward_the_merged_weights_solves_the_prior_problem_and_tends_to_them():
@@ -51,7 +54,7 @@ def test_ridge_toward_the_merged_weights_solves_the_prior_problem_and_tends_to_t
     fit.add(x[:20], t[:20])
     val.add(x[20:], t[20:])
     res = ridge_fit(fit, val, w0, prior="merged")
-    assert set(res.val_errors) == {"0.0001", "0.001", "0.01", "0.1", "1", "10", "100"}
+    assert set(res.val_errors) == {"0.0001", "0.001", "0.01", "0.1", "1", "10", "100", "inf"}
     assert res.val_errors[f"{res.lam:g}"] == min(res.val_errors.values())
     assert res.error_after < res.error_before and res.weight is not None
 
@@ -82,10 +85,11 @@ def test_double_width_refit_reproduces_the_pair_and_never_hurts():
         r = report[name]
         assert r["error_after"] <= r["error_before"]
     assert report["down_proj"]["applied"]
-    # the reported error is the true error of the installed weights: recompute it directly
+    # the reported error is the true error of the installed weights on the held-out windows: recompute it
+    held = held_out_windows(8).split(4)
     with torch.no_grad():
-        err = sum(((merged(h, **kw) - y) ** 2).sum().item()
-                  for h, kw, y in zip(calib.hidden[l], calib.layer_kwargs, out_t))
+        err = sum(((merged(h, **kw) - y)[m] ** 2).sum().item()
+                  for h, kw, y, m in zip(calib.hidden[l], calib.layer_kwargs, out_t, held))
     assert abs(err - report["down_proj"]["error_after"]) <= 1e-3 * max(err, 1e-9) + 1e-6
 
 
@@ -121,5 +125,22 @@ def test_refit_reproduces_a_reachable_layer_output_exactly():
     assert report["down_proj"]["applied"]
     with torch.no_grad():
         got = [merged(h, **kw) for h, kw in zip(calib.hidden[l], calib.layer_kwargs)]
+    # 6 fit windows x 24 tokens = 144 equations for 128 unknowns per output: the smallest ridge (1e-4) leaves a
+    # residual of a few 1e-3 (was < 1e-3 when the fit also saw the held-out windows)
     for g, t in zip(got, targets):
-        torch.testing.assert_close(g, t, rtol=1e-3, atol=1e-3)
+        torch.testing.assert_close(g, t, rtol=2e-2, atol=2e-2)
+
+
+def test_the_fit_never_sees_the_held_out_windows(monkeypatch):
+    """Every 4th window is held out: the Gram matrices that are solved hold only the other windows' tokens, and
+    the held-out windows' targets change which lambda wins but never a candidate solution."""
+    assert held_out_windows(8).tolist() == [False, False, False, True] * 2
+    solved = []
+    real = Gram.solve
+    monkeypatch.setattr(Gram, "solve", lambda self, lam, prior=None: solved.append(self.n) or real(self, lam, prior))
+    model, a, calib, l, attn_t, out_t, d_ff = setup_merge()
+    merged = concat_layers(a, a.layers[l], a.layers[l + 1], ([0], [1]), (list(range(64)), list(range(64, 128))),
+                           (0.5, 0.5), "mean")
+    replace_pair(a, l, merged)
+    refit_merged(calib, a, a.layers[l], calib.hidden[l], attn_t, out_t, prior="merged")
+    assert solved and set(solved) == {6 * 24}  # 6 of the 8 windows of 24 tokens; windows 3 and 7 never

@@ -212,20 +212,29 @@ class Calibration:
         return outs, LayerStats(bi, (acc["mlp"] / tokens).cpu(), (acc["attn"] / tokens).cpu(), tokens)
 
     @torch.no_grad()
-    def forward_from(self, start: int, layers: Sequence[nn.Module], n_batches: int | None = None) -> float:
-        """Mean next-token NLL when `layers` replace the stack from boundary `start` on (a trial, cache untouched)."""
+    def forward_from(self, start: int, layers: Sequence[nn.Module], n_batches: int | None = None,
+                     windows: torch.Tensor | None = None) -> float:
+        """Mean next-token NLL when `layers` replace the stack from boundary `start` on (a trial, cache untouched);
+        over the windows selected by the boolean mask `windows` (default: all)."""
         states = self.hidden[start][:n_batches]
         for layer in layers:
             states, _ = self.run_layer(layer, states)
-        return self.nll(states, n_batches)
+        return self.nll(states, n_batches, windows)
 
     @torch.no_grad()
-    def nll(self, final_states: Sequence[torch.Tensor], n_batches: int | None = None) -> float:
-        """Mean next-token NLL (float32) of the final norm + LM head on the last-layer states."""
+    def nll(self, final_states: Sequence[torch.Tensor], n_batches: int | None = None,
+            windows: torch.Tensor | None = None) -> float:
+        """Mean next-token NLL (float32) of the final norm + LM head on the last-layer states; only the windows
+        whose entry of the boolean mask `windows` (one per calibration window) is True, when given."""
         a = self.adapter
         total, count = 0.0, 0
+        keep = windows.split([b.shape[0] for b in self.batches]) if windows is not None else None
         with _all_on_device([a.final_norm(), a.lm_head()], self.device):
-            for h, ids in zip(final_states, self.batches[:n_batches]):
+            for b, (h, ids) in enumerate(zip(final_states, self.batches[:n_batches])):
+                if keep is not None:
+                    if not keep[b].any():
+                        continue
+                    h, ids = h[keep[b].to(h.device)], ids[keep[b]]
                 for hb, ib in zip(h.split(2), ids.split(2)):  # 2 windows at a time bounds the logits' memory
                     logits = a.logits(hb.to(self.device)).float()
                     labels = ib.to(self.device)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
-from come.errors import ComeError
+from come.errors import ComeError, MethodRefusal
 
 
 @dataclass
@@ -70,7 +70,7 @@ class PruneConfig:
         from come.methods import get_method, method_options
         from come.reconstruct import PRIORS
 
-        get_method(self.method)
+        method = get_method(self.method)
         self.method_options = method_options(self.method, self.method_options)
         if (self.target_layers is None) == (self.sparsity is None):
             raise ComeError("give exactly one of --target-layers and --sparsity")
@@ -101,6 +101,12 @@ class PruneConfig:
         if self.loss_samples is not None and self.loss_samples < 1:
             raise ComeError(f"--loss-samples must be >= 1, got {self.loss_samples}")
         self.calib.validate()
+        need = getattr(method, "min_calib_samples", lambda _cfg: 1)(self)
+        if self.calib.samples < need:
+            raise MethodRefusal(
+                f"{self.method} needs at least {need} calibration windows (its re-fit holds every {need}th window "
+                f"out to decide on it), got {self.calib.samples}: pass --calib-samples {need} or more"
+            )
 
     def to_dict(self) -> dict:
         return asdict(self)

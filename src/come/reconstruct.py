@@ -3,8 +3,9 @@
 After a merge at l, `o_proj` is re-fitted so the merged attention's residual update matches the sum of the two
 original attention updates, then `down_proj` so the merged layer's output matches the original pair's output
 `h_out(l+1)`, taking the (re-fitted) attention part as given. Gram matrices are accumulated over windows in
-float64 (memory d_in^2, independent of the number of tokens); the ridge strength is chosen on held-out
-windows; a fit that does not lower the calibration error is not applied. The ridge pulls toward zero (`prior
+float64 (memory d_in^2, independent of the number of tokens). Every HOLDOUT_EVERY-th calibration window is held
+out: the fit never sees it, the ridge strength is chosen on it, and "no re-fit" (lambda = infinity) is one of the
+candidates, so a fit is applied only when it beats the plain merge on windows it was not fitted to. The ridge pulls toward zero (`prior
 "zero"`) or toward the merged layer's own weights (`prior "merged"`: a strong ridge then keeps the plain merge,
 so with few calibration tokens the fit moves only as far as the held-out windows support). The weights are
 stored with the plan (safetensors), so replay is bit for bit.
@@ -12,6 +13,7 @@ stored with the plan (safetensors), so replay is bit for bit.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -26,7 +28,13 @@ LAMBDAS = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)  # relative to the mean diagonal of the 
 # toward the merged weights a strong ridge is meaningful (it approaches the unfitted merge), so search further
 LAMBDAS_MERGED = (*LAMBDAS, 10.0, 100.0)
 PRIORS = ("zero", "merged")
-HOLDOUT_EVERY = 4  # every 4th calibration window is held out to choose the ridge strength
+HOLDOUT_EVERY = 4  # every 4th calibration window is held out: no fit sees it; decisions are scored on it
+MIN_WINDOWS = HOLDOUT_EVERY  # a held-out window needs at least this many calibration windows
+
+
+def held_out_windows(n_windows: int) -> torch.Tensor:
+    """Boolean mask of the held-out calibration windows (every HOLDOUT_EVERY-th, the last of each group)."""
+    return torch.arange(n_windows) % HOLDOUT_EVERY == HOLDOUT_EVERY - 1
 
 
 @dataclass
@@ -73,25 +81,28 @@ class RidgeResult:
 
 
 def ridge_fit(fit: Gram, val: Gram, w0: torch.Tensor, prior: str = "zero") -> RidgeResult:
-    """Choose lambda on `val`, re-solve on all windows, keep the result only if it lowers the total error. The
-    ridge pulls toward zero (`prior="zero"`) or toward `w0` (`"merged"`)."""
+    """Solve on `fit` for every lambda and keep the one with the lowest error on the held-out `val` windows, with
+    "keep `w0`" (lambda = infinity) as a candidate: the result's weight is None when no fit beats `w0` there.
+    The ridge pulls toward zero (`prior="zero"`) or toward `w0` (`"merged"`). error_before / error_after are the
+    held-out errors of `w0` and of the chosen weight."""
     if prior not in PRIORS:
         raise ValueError(f"prior must be one of {PRIORS}, got {prior!r}")
     lambdas = LAMBDAS if prior == "zero" else LAMBDAS_MERGED
     center = None if prior == "zero" else w0.T.double()
-    val_errors = {lam: val.error(fit.solve(lam, center)) for lam in lambdas}
-    lam = min(lambdas, key=lambda k: (val_errors[k], k))
-    total = fit + val
-    wt = total.solve(lam, center)
-    before, after = total.error(w0.T), total.error(wt)
-    weight = wt.T.to(w0.dtype).contiguous() if after < before else None
-    return RidgeResult(weight, lam, before, after, {f"{k:g}": v for k, v in val_errors.items()})
+    solutions = {lam: fit.solve(lam, center) for lam in lambdas}
+    val_errors = {lam: val.error(wt) for lam, wt in solutions.items()}
+    val_errors[math.inf] = val.error(w0.T)  # no re-fit: the merged weights as they are
+    lam = min(val_errors, key=lambda k: (val_errors[k], k))
+    before = val_errors[math.inf]
+    if lam == math.inf:
+        return RidgeResult(None, lam, before, before, {f"{k:g}": v for k, v in val_errors.items()})
+    weight = solutions[lam].T.to(w0.dtype).contiguous()
+    return RidgeResult(weight, lam, before, val_errors[lam], {f"{k:g}": v for k, v in val_errors.items()})
 
 
 def _split_add(fit: Gram, val: Gram, x: torch.Tensor, t: torch.Tensor, first_window: int) -> None:
     """Add windows of a batch to `fit` or `val` by their global index (every HOLDOUT_EVERY-th is held out)."""
-    idx = torch.arange(first_window, first_window + x.shape[0])
-    held = idx % HOLDOUT_EVERY == HOLDOUT_EVERY - 1
+    held = held_out_windows(first_window + x.shape[0])[first_window:].to(x.device)
     if (~held).any():
         fit.add(x[~held], t[~held])
     if held.any():
@@ -177,7 +188,7 @@ def _fit_and_install(name: str, proj: nn.Linear, fit: Gram, val: Gram, weights: 
                      prior: str = "zero") -> None:
     """Solve the ridge problem for `proj`; install and keep the weight only if it lowers the error."""
     res = ridge_fit(fit, val, proj.weight.detach(), prior)
-    report[name] = {"lambda": res.lam, "prior": prior, "error_before": res.error_before, "error_after": res.error_after,
+    report[name] = {"lambda": None if math.isinf(res.lam) else res.lam, "prior": prior, "error_before": res.error_before, "error_after": res.error_after,
                     "applied": res.weight is not None, "val_errors": res.val_errors}
     if res.weight is not None:
         with torch.no_grad():

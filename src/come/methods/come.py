@@ -7,11 +7,13 @@ heads), and only layers from the merge point on are re-run after each merge.
 
 from __future__ import annotations
 
+import torch
+
 from come.errors import ComeError
 from come.merge import concat_layers
 from come.methods import register
 from come.methods.base import PruneContext
-from come.reconstruct import attention_updates, refit_merged
+from come.reconstruct import MIN_WINDOWS, attention_updates, held_out_windows, refit_merged
 from come.scores import attn_group_sensitivity, bi_ratio, mlp_sensitivity, pair_scores, split_budget, top_k
 
 
@@ -45,11 +47,11 @@ def merge_step(ctx: PruneContext, l: int, ratio: tuple[float, float]) -> dict:
     }
 
 
-def trial(ctx: PruneContext, step: dict, targets: tuple | None = None, score: bool = True
-          ) -> tuple[dict, float | None, dict, dict]:
+def trial(ctx: PruneContext, step: dict, targets: tuple | None = None, score: bool = True,
+          windows: torch.Tensor | None = None) -> tuple[dict, float | None, dict, dict]:
     """(step, calibration NLL if `step` were applied, refit weights, refit report): the merged layer is ridge
     re-fitted to `targets` (attention, output) when given; the NLL (skipped unless `score`) re-runs only the
-    layers from the pair on."""
+    layers from the pair on, over the windows of the boolean mask `windows` (default: the loss windows)."""
     a, l = ctx.adapter, step["layer"]
     merged = concat_layers(
         a, a.layers[l], a.layers[l + 1], step["attn_groups"], step["mlp_channels"], step["ratio"], step["norm"]
@@ -57,7 +59,8 @@ def trial(ctx: PruneContext, step: dict, targets: tuple | None = None, score: bo
     weights, report = {}, {}
     if targets is not None:
         weights, report = refit_merged(ctx.calib, a, merged, ctx.calib.hidden[l], *targets, ctx.config.refit_prior)
-    nll = ctx.calib.forward_from(l, [merged, *list(a.layers)[l + 2 :]], ctx.loss_batches) if score else None
+    n_batches = None if windows is not None else ctx.loss_batches
+    nll = ctx.calib.forward_from(l, [merged, *list(a.layers)[l + 2 :]], n_batches, windows) if score else None
     return step, nll, weights, report
 
 
@@ -70,7 +73,7 @@ def candidates(ctx: PruneContext) -> list[int]:
 
 
 def progressive_merge(ctx: PruneContext, ratios: str = "bi", reconstruct: bool = False,
-                      pair_score: str | None = None, drops: bool | None = None) -> None:
+                      pair_score: str | None = None, drops: bool | None = None, held_out: bool = False) -> None:
     """Merge pairs until the target depth.
 
     ratios: "bi" (the BI-proportional ratio), "grid" (CoMe-P: r in {0, 1/g, ..., 1} by calibration NLL) or
@@ -79,12 +82,15 @@ def progressive_merge(ctx: PruneContext, ratios: str = "bi", reconstruct: bool =
     pair_score: "angular" or "loss" (default: the config's).
     drops: also try SLEB's candidates (drop any one layer) each step and take a drop when its calibration NLL is
     lower than the chosen merge's (default: the config's `drop_candidates`).
+    held_out: score every choice (ratio, merge vs. drop, pair by loss) on the held-out calibration windows that no
+    re-fit sees (come-plus), instead of on the loss windows.
     """
     from come.methods.sleb import drop_layer, removal_nll
 
     cfg = ctx.config
     pair_score = pair_score or cfg.pair_score
     drops = cfg.drop_candidates if drops is None else drops
+    windows = held_out_windows(ctx.calib.input_ids.shape[0]) if held_out else None
     ctx.calib.run(0)
     dense = list(ctx.calib.hidden)  # the unpruned model's boundary states (refit_target="dense")
     while ctx.num_layers > ctx.target_layers:
@@ -92,7 +98,7 @@ def progressive_merge(ctx: PruneContext, ratios: str = "bi", reconstruct: bool =
         bi = [s.bi for s in ctx.calib.stats]
         cands = candidates(ctx)
         if drops:
-            drop_nll = removal_nll(ctx, ctx.loss_batches)
+            drop_nll = removal_nll(ctx, ctx.loss_batches, windows)
             d = min(range(len(drop_nll)), key=lambda i: (drop_nll[i], i))
         if drops and not cands:  # no fresh pair left: dropping is the only move
             drop_layer(ctx, d, {"removal_nll": drop_nll})
@@ -103,6 +109,8 @@ def progressive_merge(ctx: PruneContext, ratios: str = "bi", reconstruct: bool =
                 "raise the target or pass --remerge"
             )
         scores: dict = {"pair_angular": sbi, "bi": bi, "candidates": cands}
+        if held_out:
+            scores["scored_on"] = "held-out windows"
         if drops:
             scores["removal_nll"] = drop_nll
         ratio_of = {i: bi_ratio(bi[i], bi[i + 1], cfg.ratio_power) for i in cands}
@@ -116,7 +124,7 @@ def progressive_merge(ctx: PruneContext, ratios: str = "bi", reconstruct: bool =
             return attention_updates(ctx.calib, ctx.adapter, i), out
 
         if pair_score == "loss":
-            loss = {i: trial(ctx, merge_step(ctx, i, ratio_of[i]), targets_of(i))[1] for i in cands}
+            loss = {i: trial(ctx, merge_step(ctx, i, ratio_of[i]), targets_of(i), windows=windows)[1] for i in cands}
             l = min(cands, key=lambda i: (loss[i], i))
             scores["pair_loss"] = {str(k): v for k, v in loss.items()}
         else:
@@ -131,7 +139,8 @@ def progressive_merge(ctx: PruneContext, ratios: str = "bi", reconstruct: bool =
         else:
             grid = sorted({0.0, ratio[0], 1.0})
         scored = len(grid) > 1 or drops
-        trials = {r: trial(ctx, merge_step(ctx, l, (r, 1 - r)), targets, score=scored) for r in grid}
+        trials = {r: trial(ctx, merge_step(ctx, l, (r, 1 - r)), targets, score=scored, windows=windows)
+                  for r in grid}
         if len(grid) > 1:
             scores["ratio_grid_nll"] = {f"{r:.4f}": t[1] for r, t in trials.items()}
         best = min(grid, key=lambda r: (trials[r][1] or 0.0, abs(r - ratio[0])))
@@ -156,8 +165,15 @@ def no_remerge_limit(num_layers: int, cfg) -> int:
     return num_layers - 1 if cfg.remerge or cfg.drop_candidates else num_layers // 2
 
 
+def refit_windows(cfg) -> int:
+    """Calibration windows a CoMe-family run needs: a re-fit (come-plus, --reconstruct) holds every
+    HOLDOUT_EVERY-th window out of the fit to decide on it, so it needs at least one held-out window."""
+    return MIN_WINDOWS if cfg.method == "come-plus" or cfg.reconstruct else 1
+
+
 def limit_merges(fn):
     """Declare the no-re-merge limit on a merging method (checked by prune/compare before loading weights)."""
+    fn.min_calib_samples = refit_windows
     fn.max_removable = no_remerge_limit
     fn.limit_reason = "without re-merging"
     fn.limit_fix = "raise the target or pass --remerge"
@@ -188,4 +204,4 @@ def come_plus(ctx: PruneContext) -> None:
     --drop-candidates, SLEB's best single-layer drop competes too. Choosing the pair by re-fitted loss was
     measured worse on SmolLM2 (prior zero: 75.9 / 135.4 ppl vs 49.0 / 106.0), so the angular choice is the
     default."""
-    progressive_merge(ctx, "plus", reconstruct=True)
+    progressive_merge(ctx, "plus", reconstruct=True, held_out=True)

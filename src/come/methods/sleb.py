@@ -11,10 +11,12 @@ from come.methods import register
 from come.methods.base import PruneContext
 
 
-def removal_nll(ctx: PruneContext, n_batches: int | None = None) -> list[float]:
-    """Calibration NLL of the current model without layer i, for every i (cache untouched)."""
+def removal_nll(ctx: PruneContext, n_batches: int | None = None, windows=None) -> list[float]:
+    """Calibration NLL of the current model without layer i, for every i (cache untouched); over the windows of
+    the boolean mask `windows` when given (all batches are then run)."""
     layers = list(ctx.adapter.layers)
-    return [ctx.calib.forward_from(i, layers[i + 1 :], n_batches) for i in range(len(layers))]
+    n = None if windows is not None else n_batches
+    return [ctx.calib.forward_from(i, layers[i + 1 :], n, windows) for i in range(len(layers))]
 
 
 def drop_layer(ctx: PruneContext, l: int, scores: dict) -> None:

@@ -1,0 +1,59 @@
+"""Text sources: the bundled calibration mixture shares nothing with evaluation text; roles never mix."""
+
+import pytest
+
+from come import corpora
+from come.contamination import Index, overlapping, spans
+from come.data import check_separate, load_text
+from come.errors import ComeError
+
+
+def test_near_duplicate_rule():
+    a = "The quick brown fox jumps over the lazy dog while the farmer sleeps under an old oak tree at noon."
+    assert Index([a]).hits("Preface. " + a[4:80].upper() + "!")  # a shared 13-word span, case and punctuation aside
+    assert not Index([a]).hits("The quick brown fox jumps over the lazy dog. Then it ran home to its den at dusk.")
+    assert len(spans("one two three", 13)) == 1 and spans("", 13) == set()
+    long_prefix = "x" * 200
+    assert Index([long_prefix + " tail one"]).hits(long_prefix + " another tail")  # equal first 200 characters
+
+
+def test_calibration_mixture_is_disjoint_from_every_evaluation_text():
+    """No calibration document (of `mix`, the default) is a near-duplicate of an item of the seven zero-shot
+    tasks, of wiki-passages' evaluation part or of any domain's evaluation part; recomputed here from the data,
+    not read from the cache the library keeps."""
+    index = corpora.evaluation_index()
+    for name in corpora.CALIB_DOMAINS:
+        docs = corpora.domain_docs(name, "calib")
+        assert len(docs) > 50, name
+        assert overlapping(docs, index) == [], name
+    mixed = corpora.mix_docs("calib")
+    assert overlapping(mixed, index) == []
+    # every calibration domain is in the mixture, interleaved: the first six documents come from six domains
+    firsts = {next(n for n in corpora.CALIB_DOMAINS if d in corpora.domain_docs(n, "calib")) for d in mixed[:6]}
+    assert firsts == set(corpora.CALIB_DOMAINS)
+    # the check can fail: BoolQ's own passages (the old calibration text) hit BoolQ items
+    from come.data import wiki_passages
+
+    assert len(overlapping(wiki_passages("calib")[:50], index)) == 50
+
+
+def test_held_out_domains_are_evaluation_only_and_disjoint_from_calibration():
+    calib = Index(corpora.mix_docs("calib"))
+    for name in corpora.OOD_DOMAINS:
+        docs = corpora.domain_docs(name, "eval")
+        assert sum(len(d) for d in docs) > 200_000, name  # enough for 16 windows of 512 tokens
+        assert overlapping(docs, calib) == [], name
+        with pytest.raises(ComeError, match="held-out evaluation text"):
+            load_text(name, "calib")
+    assert set(corpora.OOD_DOMAINS).isdisjoint(corpora.CALIB_DOMAINS)
+
+
+def test_one_file_in_both_roles_is_refused(tmp_path):
+    f = tmp_path / "t.txt"
+    f.write_text("some text")
+    with pytest.raises(ComeError, match="both as --calib-data and as --ppl-data"):
+        check_separate(str(f), ["wiki-passages", str(tmp_path / "." / "t.txt")], "--calib-data", "--ppl-data")
+    check_separate(str(f), ["wiki-passages", "ood"], "--calib-data", "--ppl-data")  # different texts: fine
+    check_separate("mix", ["mix"], "--calib-data", "--ppl-data")  # a named source: disjoint parts
+    with pytest.raises(ComeError, match="never calibrated or trained on"):
+        check_separate("code", [], "--calib-data", "--ppl-data")

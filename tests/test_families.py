@@ -7,7 +7,7 @@ import json
 
 import pytest
 import torch
-from conftest import SAMPLE_TEXT, TINY, tiny_tokenizer
+from conftest import SAMPLE_TEXT, TINY, tiny_model, tiny_tokenizer
 from transformers import (
     AutoModelForCausalLM,
     Gemma2Config,
@@ -111,7 +111,8 @@ def share_qk_norms(a, la, lb):
 def generates_as_full_forward(model) -> bool:
     """Greedy generation with the KV cache picks the argmax of a full no-cache forward at every step (past the
     sliding window, so a sliding layer's cache is exercised too)."""
-    ids = torch.randint(1, model.config.vocab_size, (1, 12))
+    ids = torch.randint(1, model.config.vocab_size, (1, 12), generator=torch.Generator().manual_seed(0))
+    model.generation_config.eos_token_id = None  # six new tokens whatever they are
     with torch.no_grad():
         out = model.generate(ids, max_new_tokens=6, do_sample=False, use_cache=True)
         logits = model(out[:, :-1], use_cache=False).logits
@@ -418,3 +419,20 @@ def test_come_prune_then_apply_replays_and_generates(family_dirs, family, method
     second = AutoModelForCausalLM.from_pretrained(replayed, dtype=torch.float32).eval()
     assert first.config.num_hidden_layers == 6 and same_weights(first, second)
     assert generates_as_full_forward(first)
+
+
+@pytest.mark.parametrize("method", ["sleb", "come"])  # drops, merges
+@pytest.mark.parametrize("family", ["mistral", "qwen2", "qwen3"])  # Llama: tests/test_prune.py, test_methods.py
+def test_existing_families_drop_merge_replay_generate(family, method, tmp_path):
+    path = tmp_path / family
+    tiny_model(family).save_pretrained(path)
+    tiny_tokenizer().save_pretrained(path)
+    text = tmp_path / "calib.txt"
+    text.write_text(SAMPLE_TEXT * 40)
+    res = prune(cfg(path, text, method=method, target_layers=4))
+    assert res.model.config.num_hidden_layers == 4
+    assert {st["op"] for st in res.plan.steps} == {"drop" if method == "sleb" else "merge"}
+    fresh, _, _ = load_model(str(path), "float32", "cpu")
+    apply_plan(fresh, Plan.load_dict(json.loads(res.plan.to_json())))
+    assert same_weights(fresh, res.model)
+    assert generates_as_full_forward(fresh)

@@ -12,6 +12,7 @@ the process that wrote them (or their age) and removed by the next run that writ
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import signal
@@ -116,7 +117,8 @@ def atomic_output_dir(out: str | Path, overwrite: bool = False) -> Iterator[Path
     """Yield a temporary folder beside `out`; on success it replaces `out` (old folder aside, new one in, old one
     deleted), on error it is removed and `out` is left as it was."""
     out = check_output_dir(out, overwrite)
-    clean_stale_temporaries(out.parent, out.name)
+    clean_stale_temporaries(out.parent, out.name)  # this output's: writer gone, or untouched for hours
+    clean_stale_temporaries(out.parent, None, math.inf)  # any other output's: only when its writer is gone
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}{TMP_TAG}", dir=out.parent))
     (tmp / WRITER_FILE).write_text(json.dumps(_writer()))
@@ -185,8 +187,8 @@ def rescue_result(name: str, write: Callable[[Path], None]) -> Path | None:
 
 def clean_stale_temporaries(folder: Path, name: str | None = None, max_age_s: float = STALE_AFTER_S) -> list[Path]:
     """Remove our own temporaries in `folder` (of output `name`, or of any): `.NAME.tmp-*` / `.NAME.old-*`
-    folders whose writer process is gone (same host) or that were untouched for `max_age_s`, and `.NAME.tmp`
-    files of `write_text_atomic` as old. Returns what was removed."""
+    folders whose writer process is gone (same host), and those (and `.NAME.tmp` files of `write_text_atomic`)
+    untouched for `max_age_s`. Returns what was removed."""
     if not folder.is_dir():
         return []
     removed = []
@@ -219,10 +221,12 @@ def _is_stale(path: Path, max_age_s: float) -> bool:
     if path.is_dir() and writer.is_file():
         try:
             w = json.loads(writer.read_text())
-            if w.get("host") == socket.gethostname():
-                return not _alive(int(w["pid"]))
+            if w.get("host") == socket.gethostname() and not _alive(int(w["pid"])):
+                return True
         except (OSError, ValueError, KeyError, TypeError):
             pass
+    if max_age_s == math.inf:
+        return False
     newest = max([path.lstat().st_mtime] + ([c.lstat().st_mtime for c in path.iterdir()] if path.is_dir() else []))
     return time.time() - newest > max_age_s
 

@@ -166,6 +166,8 @@ def check_shape(base: dict, config) -> None:
     """The model given must have the shape the plan was made for (whatever --force says)."""
     got = shape_of(config)
     n, t = base.get("num_layers"), base.get("model_type")
+    if not _is_int(n) or n < 1:
+        raise ComeError(f"plan base_model must record num_layers >= 1, got {_short(n)}: {FIX}")
     if n != got["num_hidden_layers"] or t != got["model_type"]:
         raise ComeError(f"plan was made for a {n}-layer {t} model, got a {got['num_hidden_layers']}-layer "
                         f"{got['model_type']}: load the original model the plan names")

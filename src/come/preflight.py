@@ -66,11 +66,13 @@ def apply(plan, plan_path, name: str, dtype: str, device: str, save_dtype: str, 
 
 
 def evaluation(cfg) -> None:
-    """`come eval`'s checks before any weights load: the model's config (and the baseline's, unless it is an
-    earlier eval.json), the perplexity window length against both contexts."""
+    """`come eval`'s checks before any weights load: the device, the model's config (and the baseline's, unless
+    it is an earlier eval.json), the perplexity window length against both contexts."""
     from come.eval.evaluation import baseline_result_file
-    from come.models import load_config
+    from come.models import load_config, parse_device
+    from come.prune import resolve_device
 
+    parse_device(resolve_device(cfg.device))  # a GPU that is not there
     names = [cfg.model] + ([cfg.baseline] if cfg.baseline and baseline_result_file(cfg.baseline) is None else [])
     for name in names:
         config, _ = load_config(name)

@@ -33,7 +33,7 @@ def prune_args(path, text, out, *extra):
     (["--target-layers", 4, "--method", "nope"], "unknown method 'nope'"),
     (["--target-layers", 1, "--method", "taylor+"], "keeping the first 4 and last 2 layers at most 0"),
     (["--target-layers", 4, "--dtype", "int3"], "unknown dtype 'int3'"),
-    (["--target-layers", 4, "--calib-seq-len", 100000], "too short for one window"),
+    (["--target-layers", 4, "--calib-seq-len", 100000], "--calib-seq-len 100000 exceeds the model context (512)"),
     (["--target-layers", 4, "--method", "laco", "--option", "X=1"], "method laco has no option 'X': its options"),
     (["--target-layers", 4, "--method", "laco", "--option", "T=high"], "option T='high' of laco must be a float"),
     (["--target-layers", 4, "--method", "laco", "--option", "T"], "must look like KEY=VALUE"),

@@ -31,7 +31,7 @@ from come.distillation.losses import LossWeights
 from come.errors import ComeError
 from come.io import atomic_output_dir, check_output_dir
 from come.models import get_adapter, load_config, load_model, parse_dtype, save_dtype_for
-from come.plan import PLAN_FILE, Plan
+from come.plan import PLAN_FILE, Plan, base_model_path
 
 STAGES = {"layerwise": ["layerwise"], "global": ["global"], "both": ["layerwise", "global"], "lora": ["lora"]}
 STRATEGIES = ("ddp", "fsdp")
@@ -232,7 +232,8 @@ class _Trainer:
         self.save_dtype = save_dtype_for(cfg.save_dtype, config)
         self.dtype = parse_dtype(cfg.dtype, config, self.d.device)
         where = "cpu" if self.fsdp else self.d.device  # FSDP moves each process's shards to the device
-        self.teacher, _, _ = load_model(cfg.teacher or self.plan.base_model["name"], self.dtype, where)
+        teacher = base_model_path(self.plan, cfg.teacher, cfg.student)  # a local base: by name, never the hub
+        self.teacher, _, _ = load_model(teacher, self.dtype, where)
         self.student, self.tokenizer, _ = load_model(cfg.student, self.dtype, where)
         self.corr = check_pair(self.plan, self.teacher, self.student)
         self.teacher.requires_grad_(False)

@@ -422,10 +422,10 @@ def test_come_prune_then_apply_replays_and_generates(family_dirs, family, method
 
 
 @pytest.mark.parametrize("method", ["sleb", "come"])  # drops, merges
-@pytest.mark.parametrize("family", ["mistral", "qwen2", "qwen3"])  # Llama: tests/test_prune.py, test_methods.py
+@pytest.mark.parametrize("family", ["mistral", "qwen2", "qwen3", "qwen2-sliding"])  # Llama: test_prune, test_methods
 def test_existing_families_drop_merge_replay_generate(family, method, tmp_path):
     path = tmp_path / family
-    tiny_model(family).save_pretrained(path)
+    (tiny_family(family) if family in CONFIGS else tiny_model(family)).save_pretrained(path)
     tiny_tokenizer().save_pretrained(path)
     text = tmp_path / "calib.txt"
     text.write_text(SAMPLE_TEXT * 40)

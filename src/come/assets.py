@@ -15,6 +15,8 @@ from come.errors import ComeError
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 MODEL_ALIASES = {"smollm2-135m": "smollm2-135m-instruct", "smollm2-135m-instruct": "smollm2-135m-instruct"}
+SMOLLM2_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"  # what the bundled GGUF file was made from
+SMOLLM2_LICENSE = "apache-2.0"  # that model's license (its Hub card)
 
 
 def cache_dir() -> Path:
@@ -48,6 +50,9 @@ def smollm2_dir() -> Path:
 
 
 def _convert_gguf(gguf: Path, out: Path) -> None:
+    from come.extras import require
+
+    require("gguf", "assets", "converting the bundled SmolLM2 (a GGUF file)")
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 

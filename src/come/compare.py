@@ -23,16 +23,20 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from come.card import display_name
 from come.config import CalibConfig, PruneConfig
-from come.errors import ComeError
+from come.corpora import OOD_DOMAINS
+from come.errors import ComeError, MethodRefusal
 from come.eval.stats import protocol
-from come.io import write_text_atomic
+from come.io import swap_in, write_text_atomic
 
 RESULT_FILE, REPORT_FILE, PLOT_FILE, SWEEP_PLOT_FILE = "compare.json", "compare.md", "compare.png", "sweep.png"
+PLOT_SKIPPED = "plot skipped: matplotlib is not installed (pip install 'come[plot]' draws compare.png)"
 ROWS_DIR = "rows"  # rows/METHOD.json: one finished row with the settings it was made under (what --resume reads)
 # the settings a plan depends on (plus the method's own options), and those a row's numbers depend on
 PRUNE_KEYS = ("model", "target_layers_resolved", "calib", "loss_samples", "dtype")
-EVAL_KEYS = ("model", "evals", "tasks", "limit", "ppl_data", "ppl_seq_len", "ppl_max_windows", "dtype", "sweep")
+EVAL_KEYS = ("model", "evals", "tasks", "limit", "ppl_data", "ppl_seq_len", "ppl_max_windows", "dtype", "sweep",
+             "depths")
 EVALS = ("ppl", "tasks")
 # The paper's table order; methods registered later (e.g. new CoMe variants) follow in name order.
 ORDER = ("reverse", "reverse-keep-last", "magnitude", "magnitude+", "taylor", "taylor+", "sleb", "shortgpt",
@@ -50,12 +54,13 @@ class CompareConfig:
     evals: list[str] | str = field(default_factory=lambda: ["ppl"])
     tasks: list[str] | str = "all"
     limit: int | None = None
-    ppl_data: str = "wiki-passages"
+    ppl_data: str = "wiki-passages,ood"  # comma list; `ood` = the held-out domains (come.corpora); first = "ppl"
     ppl_seq_len: int = 2048
     ppl_max_windows: int | None = None
     out: str | None = None
     save_models: bool = True
     sweep: bool = False
+    depths: list[int] = field(default_factory=list)  # also score these depths (between dense and the target)
     overwrite: bool = False
     resume: bool = False  # continue OUT.partial or extend OUT, reusing plans (and rows) made under equal settings
     calib: CalibConfig | None = None
@@ -76,11 +81,19 @@ class CompareConfig:
         bad = [e for e in self.evals if e not in EVALS]
         if bad or not self.evals:
             raise ComeError(f"--eval must be a comma list of {', '.join(EVALS)}, got {','.join(self.evals) or '-'}")
-        self.tasks = parse_tasks(self.tasks) if "tasks" in self.evals else []
+        self.tasks = parse_tasks(self.tasks, offline=True) if "tasks" in self.evals else []  # the seven bundled
         if self.limit is not None and self.limit < 1:
             raise ComeError(f"--limit {self.limit} must be at least 1 (or omitted for the full tasks)")
         if self.ppl_max_windows is not None and self.ppl_max_windows < 1:
             raise ComeError(f"--ppl-max-windows {self.ppl_max_windows} must be at least 1")
+        if "ppl" in self.evals:
+            from come.eval.ppl import expand_sources
+
+            if not expand_sources(self.ppl_data):
+                raise ComeError("--ppl-data is empty: pass e.g. wiki-passages,ood")
+            from come.data import check_separate
+
+            check_separate(self.calib.data, expand_sources(self.ppl_data), "--calib-data", "--ppl-data")
         for key in self.options:
             method, dot, name = key.partition(".")
             if not dot or method not in self.methods:
@@ -90,8 +103,12 @@ class CompareConfig:
             raise ComeError("--resume reuses what OUT (or OUT.partial) holds and --overwrite discards it: pass one")
         if self.resume and self.out is None:
             raise ComeError("--resume needs --out: the folder of the run to continue or extend")
+        self.refused = {}
         for cfg in self.prune_configs():
-            cfg.validate()
+            try:
+                cfg.validate()
+            except MethodRefusal as e:  # this method cannot run here; the others can: a failed row, not an abort
+                self.refused[cfg.method] = str(e)
         return self
 
     def prune_config(self, method: str, target_layers: int | None = None) -> PruneConfig:
@@ -104,6 +121,13 @@ class CompareConfig:
 
     def prune_configs(self) -> list[PruneConfig]:
         return [self.prune_config(m) for m in self.methods]
+
+
+def _depths(spec: str) -> list[int]:
+    try:
+        return sorted({int(d) for d in _split(spec)}, reverse=True)
+    except ValueError as e:
+        raise ComeError(f"--depths must be a comma list of layer counts (e.g. 24,22), got {spec!r}") from e
 
 
 def _split(spec: list[str] | str) -> list[str]:
@@ -136,6 +160,8 @@ def check_targets(cfg: CompareConfig) -> int:
         check_seq_len(skeleton.model, cfg.ppl_seq_len)
     target = None
     for pc in cfg.prune_configs():
+        if pc.method in getattr(cfg, "refused", {}):
+            continue
         target = resolve_target(pc, skeleton.model, skeleton.num_layers, skeleton.params_per_layer())
         check_reachable(pc, skeleton.num_layers, target)
     return target
@@ -145,6 +171,7 @@ def evaluate_model(model, tokenizer, cfg: CompareConfig) -> dict:
     """Layers, parameters, perplexity and task accuracies of an in-memory model (come.eval's functions)."""
     from come.eval import averages, perplexity
     from come.eval.harness import run_tasks
+    from come.eval.ppl import expand_sources, ood_geomean
     from come.models import count_params
     from come.placement import place_for_inference
     from come.prune import resolve_device
@@ -153,8 +180,15 @@ def evaluate_model(model, tokenizer, cfg: CompareConfig) -> dict:
     t0 = time.perf_counter()
     out: dict = {"layers": model.config.num_hidden_layers, "params": count_params(model)}
     if "ppl" in cfg.evals:
-        out["ppl"] = perplexity(model, tokenizer, cfg.ppl_data, cfg.ppl_seq_len, cfg.ppl_max_windows,
-                                cfg.calib.batch_size, progress=cfg.progress)
+        sources = expand_sources(cfg.ppl_data)
+        by_source = {src: perplexity(model, tokenizer, src, cfg.ppl_seq_len, cfg.ppl_max_windows,
+                                     cfg.calib.batch_size, progress=cfg.progress) for src in sources}
+        out["ppl"] = by_source[sources[0]]
+        if len(sources) > 1:
+            out["ppl_by_source"] = by_source
+        gmean = ood_geomean(by_source)
+        if gmean is not None:
+            out["ppl_ood_gmean"] = gmean
     if cfg.tasks:
         h = run_tasks(model, tokenizer, cfg.tasks, cfg.limit, cfg.calib.batch_size)
         out["tasks"] = h["tasks"]
@@ -181,6 +215,9 @@ def sweep_points(cfg: CompareConfig, method: str, plan, dense, tokenizer) -> lis
         keeps_depth = _depth_keeping_ops()
         steps = plan.steps
         ends = [k for k in range(1, len(steps)) if steps[k]["op"] not in keeps_depth]  # evaluate before these
+        if not cfg.sweep:  # only the asked depths: the depth before step k is the dense depth minus k' removals
+            removed = [sum(s["op"] not in keeps_depth for s in steps[:k]) for k in ends]
+            ends = [k for k, r in zip(ends, removed) if dense.config.num_hidden_layers - r in cfg.depths]
         for k in ends:
             model = apply_plan(copy.deepcopy(dense), dataclasses.replace(plan, steps=steps[:k]))
             points.append(evaluate_model(model, tokenizer, cfg))
@@ -188,6 +225,8 @@ def sweep_points(cfg: CompareConfig, method: str, plan, dense, tokenizer) -> lis
     else:
         start = dense.config.num_hidden_layers - 1
         for depth in range(start, plan.num_layers, -1):
+            if not cfg.sweep and depth not in cfg.depths:
+                continue
             res = prune(cfg.prune_config(method, target_layers=depth))
             points.append(evaluate_model(res.model, tokenizer, cfg))
             del res
@@ -221,6 +260,7 @@ def compare(config: CompareConfig | None = None, **kwargs) -> dict:
         _log(cfg, f"--resume: {len(previous)} earlier rows found ({', '.join(previous) or 'none'})")
     stage = _partial(out) if out is not None else _scratch()
     stage.mkdir(parents=True, exist_ok=True)
+    _drop_temporaries(stage)  # what a killed earlier run was writing is never resumed from
     result: dict = {"settings": settings, "rows": [], "complete": False}
     try:
         dense, tokenizer, _ = load_model(cfg.model, cfg.dtype, resolve_device(cfg.device))
@@ -239,9 +279,15 @@ def compare(config: CompareConfig | None = None, **kwargs) -> dict:
         result["complete"] = True
         result["wall_s"] = round(time.perf_counter() - t_start, 1)
         _write_result(stage, result)
-        plot(result, stage / PLOT_FILE)
-        if cfg.sweep:
-            plot_sweep(result, stage / SWEEP_PLOT_FILE)
+        from come.extras import available
+
+        if available("matplotlib"):
+            plot(result, stage / PLOT_FILE)
+            if cfg.sweep:
+                plot_sweep(result, stage / SWEEP_PLOT_FILE)
+        else:
+            result["plot"] = PLOT_SKIPPED
+            _log(cfg, PLOT_SKIPPED)
     except BaseException:
         if out is not None and result["rows"]:
             _log(cfg, f"stopped: {len(result['rows'])} finished rows kept in {stage}; the same command with "
@@ -252,9 +298,8 @@ def compare(config: CompareConfig | None = None, **kwargs) -> dict:
     if out is None:
         shutil.rmtree(stage.parent, ignore_errors=True)
     else:
-        if out.exists():
-            shutil.rmtree(out)
-        stage.rename(out)
+        _drop_temporaries(stage)  # never carried into the result
+        swap_in(stage, out)  # a failure leaves the old or the new folder whole
     return result
 
 
@@ -262,22 +307,33 @@ def _partial(out: Path) -> Path:
     return out.with_name(out.name + ".partial")
 
 
+def _drop_temporaries(stage: Path) -> None:
+    """Our own temporaries (`.NAME.tmp-*` folders, `.NAME.tmp` files) in a run's folder whose writer is gone:
+    a killed earlier run left them, and they are no result."""
+    from come.io import clean_stale_temporaries
+
+    for folder in (stage, stage / "methods", stage / ROWS_DIR):
+        clean_stale_temporaries(folder, max_age_s=0)
+
+
 def _check_out(cfg: CompareConfig) -> Path | None:
     """The output folder, refused before any work when it (or an unfinished run beside it) would be lost."""
-    from come.io import check_output_dir
+    from come.io import check_output_dir, refuse_protected
 
     if cfg.out is None:
         return None
     out = Path(cfg.out).expanduser()
-    partial = _partial(out)
+    inputs = [cfg.model, cfg.calib.data]
     if cfg.resume:
+        refuse_protected(out, inputs)
         if out.exists() and not out.is_dir():
             raise ComeError(f"output {out} exists and is a file: pass a folder path")
         if out.is_dir() and any(out.iterdir()) and not (out / RESULT_FILE).is_file():
             raise ComeError(f"--resume: {out} holds no {RESULT_FILE}, so it is not a `come compare` folder: pass "
                             "the --out of an earlier compare, or another --out without --resume")
         return out
-    check_output_dir(out, cfg.overwrite)
+    check_output_dir(out, cfg.overwrite, inputs)
+    partial = _partial(out)
     if partial.exists():
         if not cfg.overwrite:
             raise ComeError(f"an interrupted compare left {partial}: pass --resume to continue it or --overwrite to "
@@ -353,6 +409,9 @@ def _method_row(cfg: CompareConfig, method: str, settings: dict, old: dict | Non
     from come.prune import prune
 
     folder = stage / "methods" / method
+    if method in getattr(cfg, "refused", {}):
+        _log(cfg, f"{method}: refused: {cfg.refused[method]}")
+        return {"method": method, "error": cfg.refused[method]}
     if old is not None and old["prune_key"] == _prune_key(settings, method):
         if "error" in old["row"]:
             _log(cfg, f"{method}: failed before with the same settings, not re-run: {old['row']['error']}")
@@ -385,7 +444,7 @@ def _method_row(cfg: CompareConfig, method: str, settings: dict, old: dict | Non
            "prune_wall_s": plan.stats["wall_time_s"], "tree": plan.tree}
     del res
     gc.collect()
-    if cfg.sweep:
+    if cfg.sweep or cfg.depths:
         row["sweep"] = sweep_points(cfg, method, plan, dense, tokenizer)
     _log(cfg, f"{method}: {_brief(row)}")
     return row
@@ -418,7 +477,7 @@ def _reused_row(cfg: CompareConfig, method: str, settings: dict, old: dict, src:
         model = apply_plan(copy.deepcopy(dense), plan)
         row = {"method": method, **evaluate_model(model, tokenizer, cfg),
                "prune_wall_s": old["row"]["prune_wall_s"], "tree": plan.tree, "reused": "plan"}
-        if cfg.sweep:
+        if cfg.sweep or cfg.depths:
             row["sweep"] = sweep_points(cfg, method, plan, dense, tokenizer)
         _log(cfg, f"{method}: {_brief(row)}")
     if src.resolve() != folder.resolve():
@@ -446,8 +505,9 @@ def _settings(cfg: CompareConfig, target: int) -> dict:
     s = dataclasses.asdict(cfg)
     s["target_layers_resolved"] = target
     s["statistics"] = protocol()
-    s["ppl_protocol"] = (f"{cfg.ppl_data} evaluation part, non-overlapping windows of {cfg.ppl_seq_len} tokens, "
-                         f"no BOS, max windows {cfg.ppl_max_windows}")
+    s["ppl_protocol"] = (f"{cfg.ppl_data} (evaluation part of each; ood = {', '.join(OOD_DOMAINS)}), "
+                         f"non-overlapping windows of {cfg.ppl_seq_len} tokens, no BOS, max windows "
+                         f"{cfg.ppl_max_windows} per source")
     return s
 
 
@@ -498,8 +558,8 @@ def paired_section(result: dict) -> list[str]:
     keys = [f"ppl/{s}" for s in sources] + [f"{t}/{metric_for(t)}" if metric_for(t) in rows[0]["tasks"][t]
                                              else f"{t}/acc" for t in tasks]
     keys += ["avg/acc", "avg/mixed"] if tasks else []
-    head = ["method"] + [f"ppl {s} [{LEVEL:.0%}]" for s in sources] + [
-        f"{k.replace('ppl/', 'ppl ')} vs dense" if k.startswith("ppl/") else k for k in keys]
+    head = ["method"] + [f"ppl {display_name(s)} [{LEVEL:.0%}]" for s in sources] + [
+        f"ppl {display_name(k[len('ppl/'):])} vs dense" if k.startswith("ppl/") else k for k in keys]
     lines = [f"Paired differences to dense (the same windows and items): accuracy in points ± SE, perplexity as "
              f"the ratio to dense [{LEVEL:.0%} interval]", "", "| " + " | ".join(head) + " |",
              "|" + "---|" + "---:|" * (len(head) - 1)]
@@ -532,7 +592,11 @@ def table(result: dict) -> str:
 
     tasks = result["settings"]["tasks"] if "tasks" in result["settings"]["evals"] else []
     has_ppl = "ppl" in result["settings"]["evals"]
-    head = ["method", "layers", "parameters"] + (["ppl"] if has_ppl else [])
+    ok = [r for r in result["rows"] if "error" not in r]
+    sources = list(ok[0].get("ppl_by_source", {})) if ok and has_ppl else []
+    has_gmean = bool(ok) and "ppl_ood_gmean" in ok[0]
+    ppl_head = ([f"ppl {display_name(s)}" for s in sources] or ["ppl"]) + (["ppl ood (geo. mean)"] if has_gmean else [])
+    head = ["method", "layers", "parameters"] + (ppl_head if has_ppl else [])
     head += [f"{t} ({metric_for(t)})" for t in tasks]
     head += ["avg acc", "avg mixed", "retained % (acc)", "retained % (mixed)"] if tasks else []
     head += ["prune s"]
@@ -543,7 +607,12 @@ def table(result: dict) -> str:
             continue
         cells = [row["method"], str(row["layers"]), f"{row['params']:,}"]
         if has_ppl:
-            cells.append(fmt_ppl(row["ppl"]["ppl"]))
+            if sources:
+                cells += [fmt_ppl(row["ppl_by_source"][s]["ppl"]) for s in sources]
+            else:
+                cells.append(fmt_ppl(row["ppl"]["ppl"]))
+            if has_gmean:
+                cells.append(fmt_ppl(row["ppl_ood_gmean"]))
         for t in tasks:
             r = row["tasks"][t]
             cells.append(f"{100 * r.get(metric_for(t), r['acc']):.2f}")
@@ -559,18 +628,19 @@ def markdown(result: dict) -> str:
     s = result["settings"]
     c = s["calib"]
     notes = [
-        f"# Compare on {s['model']}: -> {s['target_layers_resolved']} layers",
+        f"# Compare on {display_name(s['model'])}: -> {s['target_layers_resolved']} layers",
         "",
         table(result),
         "",
         *paired_section(result),
-        f"- calibration (the same windows for every method): {c['data']}, {c['samples']} windows of "
+        f"- calibration (the same windows for every method): {display_name(c['data'])}, {c['samples']} windows of "
         f"{c['seq_len']} tokens, seed {c['seed']}; loss trials on {s['loss_samples'] or 'all'} windows",
         f"- dtype {s['dtype']}, device {s['device']}; prune s = wall time of `come.prune` (load, calibration, "
         "method); total wall time " + f"{result.get('wall_s', 0):.0f} s",
     ]
     if "ppl" in s["evals"]:
-        notes.append(f"- perplexity: {s['ppl_protocol']}")
+        names = ",".join(display_name(x) for x in str(s["ppl_data"]).split(","))
+        notes.append(f"- perplexity: {s['ppl_protocol'].replace(str(s['ppl_data']), names, 1)}")
     reused = {kind: [r["method"] for r in result["rows"] if r.get("reused") == kind] for kind in ("row", "plan")}
     if reused["row"] or reused["plan"]:
         notes.append("- `--resume`: " + "; ".join(
@@ -611,7 +681,8 @@ def plot(result: dict, path: Path) -> None:
         ax.bar(names, vals, color="tab:blue")
         ax.tick_params(axis="x", rotation=45)
         ax.legend()
-    fig.suptitle(f"{result['settings']['model']} -> {result['settings']['target_layers_resolved']} layers")
+    fig.suptitle(f"{display_name(result['settings']['model'])} -> {result['settings']['target_layers_resolved']} "
+                 "layers")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -648,25 +719,40 @@ def plot_sweep(result: dict, path: Path) -> None:
 
 
 def add_parser(sub) -> None:
-    from come.cli import add_calib_args, add_common_model_args, add_loss_samples_arg, add_output_args, add_target_args
+    from come.cli import (
+        add_calib_args,
+        add_common_model_args,
+        add_dry_run_args,
+        add_loss_samples_arg,
+        add_output_args,
+        add_recipe_args,
+        add_target_args,
+    )
 
     p = sub.add_parser("compare", help="prune with several methods on the same calibration and compare them")
     add_target_args(p)
-    p.add_argument("--methods", default="all", help="all (default) or a comma list of registered methods")
+    p.add_argument("--methods", default="all", help="all (default) or a comma list of registered methods "
+                   "(`come prune --help` lists them)")
     p.add_argument("--eval", default="ppl", help="ppl (default), tasks, or ppl,tasks")
     p.add_argument("--tasks", default="all", help="all (default) or a comma list (with --eval tasks)")
     p.add_argument("--limit", type=int, default=None, help="items per task (default: all)")
-    p.add_argument("--ppl-data", default="wiki-passages", help="perplexity text source (its evaluation part)")
+    p.add_argument("--ppl-data", default="wiki-passages,ood",
+                   help="comma list of perplexity text sources (their evaluation parts); ood = the held-out "
+                   "domains " + ", ".join(OOD_DOMAINS) + ", reported one by one and as a geometric mean")
     p.add_argument("--ppl-seq-len", type=int, default=2048)
     p.add_argument("--ppl-max-windows", type=int, default=None)
     add_loss_samples_arg(p)
     p.add_argument("--option", action="append", metavar="METHOD.KEY=VALUE",
                    help="a method's option, e.g. laco.T=0.5 (repeatable; `come prune --help` lists them)")
     p.add_argument("--sweep", action="store_true", help="also score every depth between dense and the target")
+    p.add_argument("--depths", default="", help="also score these depths, a comma list (e.g. 24 with "
+                   "--target-layers 20): progressive methods replay a prefix of their plan, others prune again")
     p.add_argument("--no-save-models", action="store_true", help="save each method's plan only, not its weights")
     add_calib_args(p)
     add_common_model_args(p)
-    add_output_args(p)
+    add_output_args(p, required=False)
+    add_dry_run_args(p)
+    add_recipe_args(p)
     p.add_argument("--resume", action="store_true",
                    help="continue an interrupted run (OUT.partial) or extend a finished OUT, e.g. with --eval "
                         "ppl,tasks or more --methods: plans made under the same pruning settings are replayed, "
@@ -675,21 +761,52 @@ def add_parser(sub) -> None:
 
 
 def cmd_compare(args) -> int:
-    from come.cli import calib_config
+    from come.cli import calib_config, print_recipe, require
     from come.methods import parse_option_args
 
+    require(args, "model")
     cfg = CompareConfig(
         model=args.model, methods=args.methods, target_layers=args.target_layers, sparsity=args.sparsity,
         evals=args.eval, tasks=args.tasks, limit=args.limit, ppl_data=args.ppl_data, ppl_seq_len=args.ppl_seq_len,
         ppl_max_windows=args.ppl_max_windows, out=args.out, save_models=not args.no_save_models, sweep=args.sweep,
+        depths=_depths(args.depths),
         overwrite=args.overwrite, resume=args.resume, calib=calib_config(args), loss_samples=args.loss_samples,
         dtype=args.dtype, device=args.device, options=parse_option_args(args.option),
     )
+    if args.print_config:
+        return print_recipe(cfg.validate(), args.out)
+    if args.dry_run:
+        print(dry_run_text(cfg, args.gpu_memory))
+        return 0
+    require(args, "out")
     result = compare(cfg)
     print(table(result))
     print("\n".join(paired_section(result)))
+    if result.get("plot"):
+        print(result["plot"])
     print(f"wrote {args.out} in {result['wall_s']:.0f} s")
     return 0
+
+
+def dry_run_text(cfg: CompareConfig, gpu_memory: str | None = None) -> str:
+    """`come compare --dry-run`: every method's dry run (config only, no weights read), one line each."""
+    from come.dryrun import dry_run
+    from come.placement import gib
+
+    cfg.validate()
+    check_targets(cfg)
+    runs = [dry_run(pc, gpu_memory) for pc in cfg.prune_configs()]
+    first = runs[0]
+    lines = first.text().splitlines()[1:7]  # layers .. placement (the peaks differ by method: the table)
+    lines = [f"dry run of come compare on {first.model} ({first.model_type}): config only, no weights read",
+             *lines, "", "| method | layers after | peak GPU | peak CPU RAM | calibration |",
+             "|---|---:|---:|---:|---|"]
+    for r in runs:
+        gpu = "-" if r.gpu_peak is None else f"~{gib(r.gpu_peak)}"
+        lines.append(f"| {r.method} | {r.layers[1]} | {gpu} | ~{gib(r.cpu_peak)} | {r.passes_text} |")
+    lines += ["", f"The dense model stays loaded beside each pruned one for its evaluation (+{gib(first.weight_bytes)}"
+              " where the weights live); peaks are estimates from the shapes."]
+    return "\n".join(lines)
 
 
 __all__ = ["CompareConfig", "compare", "parse_methods", "table"]

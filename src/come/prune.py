@@ -13,10 +13,11 @@ import torch
 
 from come import placement
 from come.capture import Calibration
+from come.card import display_name
 from come.config import PruneConfig
 from come.data import calibration_windows
 from come.errors import ComeError
-from come.io import atomic_output_dir, check_output_dir
+from come.io import check_output_dir, write_output_dir
 from come.methods import get_method
 from come.methods.base import PruneContext
 from come.models import (
@@ -43,20 +44,32 @@ class PruneResult:
 
     def save(self, out: str | Path, overwrite: bool = False) -> Path:
         """Write the HF model (safetensors, in `save_dtype`), tokenizer, plan and summary; the folder appears only
-        when complete. The in-memory model is left as it is."""
-        out = Path(out)
-        with atomic_output_dir(out, overwrite) as tmp:
-            save_model(self.model, tmp, self.save_dtype)
-            self.tokenizer.save_pretrained(tmp)
-            self.plan.save(tmp / PLAN_FILE)
-            (tmp / SUMMARY_FILE).write_text(summary_text(self.plan))
-        return out
+        when complete. The in-memory model is left as it is; if writing fails, it goes to a fallback folder that
+        the error names."""
+        return write_output_dir(out, overwrite, self.write)
+
+    def write(self, folder: Path) -> None:
+        save_model(self.model, folder, self.save_dtype)
+        self.tokenizer.save_pretrained(folder)
+        self.plan.save(folder / PLAN_FILE)
+        describe(folder, self.plan, "prune")
+
+
+def describe(folder: Path, plan: Plan, kind: str = "prune", command: str | None = None) -> None:
+    """The summary and the model card (README.md) of an output folder. The card reproduces it with the recipe the
+    plan records (its `come prune` line) and `command`: the `come apply` or `come distill` line that followed."""
+    from come.card import write_card
+
+    (Path(folder) / SUMMARY_FILE).write_text(summary_text(plan))
+    write_card(folder, plan, kind, (plan.settings or {}).get("recipe"), command)
 
 
 def save_model(model: torch.nn.Module, folder: Path, dtype: torch.dtype | None) -> None:
-    """save_pretrained with the floating-point weights cast to `dtype` (tied weights stay one tensor)."""
+    """save_pretrained with the floating-point weights cast to `dtype` (tied weights stay one tensor); config.json
+    also carries the RoPE keys that transformers 4.x and serving stacks built on it read."""
     if dtype is None or all(p.dtype == dtype for p in model.parameters()):
         model.save_pretrained(folder)
+        add_legacy_config_keys(folder)
         return
     cast: dict[int, torch.Tensor] = {}  # by storage, so tied weights share one cast tensor
     state = {}
@@ -70,6 +83,24 @@ def save_model(model: torch.nn.Module, folder: Path, dtype: torch.dtype | None) 
     cfg_file = Path(folder) / "config.json"
     saved = json.loads(cfg_file.read_text())
     saved["dtype"] = str(dtype).replace("torch.", "")
+    cfg_file.write_text(json.dumps(saved, indent=2, sort_keys=True) + "\n")
+    add_legacy_config_keys(folder)
+
+
+def add_legacy_config_keys(folder: Path) -> None:
+    """Top-level `rope_theta` and `rope_scaling` (and `torch_dtype`) beside transformers 5's `rope_parameters`
+    and `dtype`: transformers 4.x (and vLLM, TGI, llama.cpp's converter on it) read only those, and would run a
+    Llama-3 at the default RoPE base 10000 instead of 500000."""
+    cfg_file = Path(folder) / "config.json"
+    saved = json.loads(cfg_file.read_text())
+    rope = saved.get("rope_parameters")
+    if isinstance(rope, dict) and "rope_theta" in rope:
+        saved.setdefault("rope_theta", rope["rope_theta"])
+        scaling = {k: v for k, v in rope.items() if k != "rope_theta"}
+        kind = scaling.get("rope_type", "default")
+        saved.setdefault("rope_scaling", None if kind == "default" else scaling)  # 4.43+ read its rope_type
+    if "dtype" in saved:
+        saved.setdefault("torch_dtype", saved["dtype"])
     cfg_file.write_text(json.dumps(saved, indent=2, sort_keys=True) + "\n")
 
 
@@ -111,6 +142,20 @@ def check_reachable(cfg: PruneConfig, num_layers: int, target: int) -> None:
     )
 
 
+def decide_placement(cfg: PruneConfig, config, skeleton, device: str, dtype: torch.dtype,
+                     free_bytes: int | None) -> placement.Placement:
+    """Where the weights and the cached hidden states of this run live (placement.decide), refused for a
+    method that needs the whole model on the device when the weights would stream."""
+    c = cfg.calib
+    place = placement.decide(device, cfg.offload, cfg.store_device, count_params(skeleton) * dtype.itemsize,
+                             placement.cache_bytes(config, c.samples, c.seq_len, dtype), free_bytes)
+    if place.offloaded and getattr(get_method(cfg.method), "needs_whole_model", False):
+        raise ComeError(f"{cfg.method} back-propagates through the whole model at once, which must then fit on "
+                        f"{device}, but the weights are kept in CPU memory ({place.reason}): pass --offload never "
+                        "on a device that holds the model, or use magnitude, shortgpt or sleb")
+    return place
+
+
 def prune(config: PruneConfig | None = None, **kwargs) -> PruneResult:
     """Compress `config.model` to the target depth with `config.method`; see PruneConfig for the options."""
     cfg = config if config is not None else PruneConfig(**kwargs)
@@ -125,12 +170,7 @@ def prune(config: PruneConfig | None = None, **kwargs) -> PruneResult:
     c = cfg.calib
     dtype = parse_dtype(cfg.dtype, config, device)
     check_device_dtype(device, dtype)  # before any placement talk about a device that cannot run
-    place = placement.decide(device, cfg.offload, cfg.store_device, count_params(skeleton.model) * dtype.itemsize,
-                             placement.cache_bytes(config, c.samples, c.seq_len, dtype), placement.free_memory(device))
-    if place.offloaded and getattr(method, "needs_whole_model", False):
-        raise ComeError(f"{cfg.method} back-propagates through the whole model at once, which must then fit on "
-                        f"{device}, but the weights are kept in CPU memory ({place.reason}): pass --offload never "
-                        "on a device that holds the model, or use magnitude, shortgpt or sleb")
+    place = decide_placement(cfg, config, skeleton.model, device, dtype, placement.free_memory(device))
     if cfg.progress:
         print(f"[{cfg.method}] placement: {place.reason}", file=sys.stderr, flush=True)
     model, tokenizer, path = load_model(cfg.model, dtype, device, weights_device=place.weights)
@@ -160,6 +200,10 @@ def prune(config: PruneConfig | None = None, **kwargs) -> PruneResult:
     stats["save_dtype"] = str(save_dtype).replace("torch.", "")
     settings = cfg.to_dict()
     settings["model_path"] = path
+    from come import recipe
+    from come.card import scrubbed
+
+    settings["recipe"] = scrubbed(recipe.of(cfg))  # what --config takes to make this plan again (paths: names)
     plan = Plan(cfg.method, base, settings, ctx.steps, ctx.tree, c.seed, versions(), stats=stats, tensors=ctx.tensors)
     return PruneResult(model, tokenizer, plan, save_dtype)
 
@@ -175,7 +219,7 @@ def peak_memory_gb(device: str) -> float:
 def summary_text(plan: Plan) -> str:
     s = plan.stats
     lines = [
-        f"# {plan.method} on {plan.base_model['name']}",
+        f"# {plan.method} on {display_name(plan.base_model['name'])}",
         "",
         "| | before | after |",
         "|---|---|---|",
@@ -189,6 +233,8 @@ def summary_text(plan: Plan) -> str:
         "## Merge tree (new layer -> original layers)",
         "",
     ]
+    if s.get("replayed"):
+        lines[7] += " Replayed from the plan by `come apply` (the time and memory are the original run's)."
     lines += [f"- {j}: {block}" for j, block in enumerate(plan.tree)]
     steps = [st for st in plan.steps if st["op"] in ("merge", "drop")]
     if steps:

@@ -11,7 +11,7 @@ from pathlib import Path
 from come.errors import ComeError
 from come.eval import report, stats
 from come.eval.harness import offline_default, parse_tasks, run_tasks
-from come.eval.ppl import check_seq_len, perplexity
+from come.eval.ppl import check_seq_len, expand_sources, perplexity
 from come.eval.speed import measure_speed, model_size
 
 RESULT_FILE, REPORT_FILE = "eval.json", "eval.md"
@@ -28,6 +28,7 @@ class EvalConfig:
     tasks: list[str] = field(default_factory=list)  # names from harness.TASKS, or ["all"]
     limit: int | None = None
     offline_tasks: bool | None = None  # None: offline when HF_HUB_OFFLINE / HF_DATASETS_OFFLINE is set
+    num_fewshot: int = 0
     batch_size: int = 8
     speed: bool = False
     speed_batch: int = 1
@@ -40,8 +41,12 @@ class EvalConfig:
     verbose: bool = False
 
     def validate(self) -> EvalConfig:
-        self.tasks = parse_tasks(self.tasks)
-        self.ppl = [s.strip() for s in self.ppl if s.strip()]
+        if self.offline_tasks is None:
+            self.offline_tasks = offline_default()
+        self.tasks = parse_tasks(self.tasks, self.offline_tasks)  # an unavailable task fails before any model loads
+        if self.num_fewshot < 0:
+            raise ComeError(f"--num-fewshot {self.num_fewshot} must be at least 0")
+        self.ppl = expand_sources(self.ppl)  # `ood` = the held-out domains of the out-of-domain suite
         if not (self.ppl or self.tasks or self.speed):
             raise ComeError("nothing to evaluate: pass --ppl SOURCES, --tasks LIST|all and/or --speed")
         if self.limit is not None and self.limit < 1:
@@ -81,7 +86,8 @@ def evaluate_model(name: str, cfg: EvalConfig) -> dict:
         for r in out["ppl"].values():
             r["interval"] = stats.ppl_interval(r["window_nll"])
     if cfg.tasks:
-        h = run_tasks(model, tok, cfg.tasks, cfg.limit, cfg.batch_size, cfg.offline_tasks, cfg.verbose)
+        h = run_tasks(model, tok, cfg.tasks, cfg.limit, cfg.batch_size, cfg.offline_tasks, cfg.verbose,
+                      cfg.num_fewshot)
         out["tasks"] = h["tasks"]
         out["averages"] = report.averages(h["tasks"])
         out["lm_eval"] = {k: v for k, v in h.items() if k != "tasks"}
@@ -100,6 +106,7 @@ def evaluate(cfg: EvalConfig) -> dict:
     from come.models import resolve_model
 
     cfg.validate()
+    _check_not_calibration_text(cfg)
     reused = reused_baseline(cfg) if cfg.baseline else None  # a bad baseline fails before the model's long run
     for name in filter(None, (cfg.model, None if reused else cfg.baseline)):
         resolve_model(name)
@@ -118,8 +125,22 @@ def evaluate(cfg: EvalConfig) -> dict:
     return result
 
 
+def _check_not_calibration_text(cfg: EvalConfig) -> None:
+    """Refuse perplexity on the very file a `come prune` output folder was calibrated on (its plan says which)."""
+    from come.data import check_separate
+
+    plan_file = Path(cfg.model).expanduser() / "come_plan.json"
+    try:
+        calib = json.loads(plan_file.read_text())["settings"]["calib"]["data"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return  # not a come output folder (or no calibration recorded): nothing to check
+    if isinstance(calib, str) and cfg.ppl:
+        check_separate(calib, cfg.ppl, "the calibration text of this model", "--ppl")
+
+
 # Settings that change the numbers: a reused baseline must have been measured with the same ones.
-_SAME = ("ppl", "ppl_seq_len", "ppl_max_windows", "ppl_bos", "tasks", "limit", "offline_tasks", "dtype", "speed")
+_SAME = ("ppl", "ppl_seq_len", "ppl_max_windows", "ppl_bos", "tasks", "limit", "offline_tasks", "dtype", "speed",
+         "num_fewshot")
 
 
 def baseline_result_file(baseline: str) -> Path | None:
@@ -140,7 +161,11 @@ def reused_baseline(cfg: EvalConfig) -> dict | None:
     try:
         old = json.loads(path.read_text())
         old_settings, model = old["settings"], old["model"]
-    except (OSError, ValueError, KeyError, TypeError) as e:
+        if not isinstance(old_settings, dict) or not isinstance(model, dict):
+            raise TypeError("its settings and model must be objects")
+        report.retained(model, model)  # what this run computes from it must work on it (a forged file: not)
+        report.differences(model, model)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, ZeroDivisionError) as e:
         raise ComeError(f"--baseline {path} is not a `come eval` eval.json ({e}): pass the file that "
                         "`come eval --out DIR` wrote, or the baseline model itself") from None
     new = settings(cfg)
@@ -154,7 +179,7 @@ def reused_baseline(cfg: EvalConfig) -> dict | None:
 def settings(cfg: EvalConfig) -> dict:
     s = {"dtype": cfg.dtype, "device": cfg.device, "batch_size": cfg.batch_size, "ppl": cfg.ppl,
          "ppl_seq_len": cfg.ppl_seq_len, "ppl_max_windows": cfg.ppl_max_windows, "ppl_bos": cfg.ppl_bos,
-         "tasks": cfg.tasks, "limit": cfg.limit, "num_fewshot": 0, "offline_tasks": cfg.offline_tasks,
+         "tasks": cfg.tasks, "limit": cfg.limit, "num_fewshot": cfg.num_fewshot, "offline_tasks": cfg.offline_tasks,
          "statistics": stats.protocol()}
     if cfg.speed:
         s["speed"] = {"batch_size": cfg.speed_batch, "prompt_len": cfg.speed_prompt_len,
@@ -164,9 +189,10 @@ def settings(cfg: EvalConfig) -> dict:
 
 def save(result: dict, out: str | Path, overwrite: bool = False) -> Path:
     """Write eval.json and eval.md into `out` (atomically)."""
-    from come.io import atomic_output_dir
+    from come.io import write_output_dir
 
-    with atomic_output_dir(out, overwrite) as tmp:
-        (tmp / RESULT_FILE).write_text(json.dumps(result, indent=2) + "\n")
-        (tmp / REPORT_FILE).write_text(report.markdown(result))
-    return Path(out)
+    def write(folder: Path) -> None:
+        (folder / RESULT_FILE).write_text(json.dumps(result, indent=2) + "\n")
+        (folder / REPORT_FILE).write_text(report.markdown(result))
+
+    return write_output_dir(out, overwrite, write)

@@ -17,18 +17,43 @@ TASKS_DIR = Path(__file__).parent / "tasks"
 OFFLINE_SUFFIX = "_olmoeval"
 
 
-def parse_tasks(spec: str | list[str] | None) -> list[str]:
-    """Task names from "all", a comma list or a list; an unknown name raises a ComeError listing the known."""
+def parse_tasks(spec: str | list[str] | None, offline: bool | None = None) -> list[str]:
+    """Task names from "all" (the seven of the paper), a comma list or a list. Offline only the seven bundled
+    ones; online any task lm-eval knows. An unavailable name raises a ComeError (before any model loads), and
+    so does a missing lm-eval."""
     if spec is None:
         return []
     names = spec.split(",") if isinstance(spec, str) else list(spec)
     names = [n.strip() for n in names if n.strip()]
+    if not names:
+        return []
+    from come.extras import require
+
+    require("lm_eval", "eval", "zero-shot evaluation (--tasks)")
     if names == ["all"]:
         return list(TASKS)
     unknown = [n for n in names if n not in TASKS]
+    offline = offline_default() if offline is None else offline
+    if unknown and offline:
+        raise ComeError(f"unknown task {', '.join(unknown)} offline: the bundled tasks are {', '.join(TASKS)} "
+                        "('all'); any lm-eval task runs online (without HF_HUB_OFFLINE and --offline-tasks)")
     if unknown:
-        raise ComeError(f"unknown task {', '.join(unknown)}: use 'all' or a comma list of {', '.join(TASKS)}")
+        check_lm_eval_tasks(unknown)
     return list(dict.fromkeys(names))
+
+
+def check_lm_eval_tasks(names: list[str]) -> None:
+    """Refuse names lm-eval does not know (tasks, groups and tags), with the closest known ones."""
+    import difflib
+
+    from lm_eval.tasks import TaskManager
+
+    known = set(TaskManager().all_tasks)
+    missing = [n for n in names if n not in known]
+    if missing:
+        close = sorted({c for n in missing for c in difflib.get_close_matches(n, known, n=3)})
+        hint = f" (close: {', '.join(close)})" if close else ""
+        raise ComeError(f"lm-eval has no task {', '.join(missing)}{hint}: `lm-eval ls tasks` lists them")
 
 
 def offline_default() -> bool:
@@ -42,8 +67,9 @@ def metric_for(task: str) -> str:
 
 
 def run_tasks(model, tokenizer, tasks: list[str], limit: int | None = None, batch_size: int = 8,
-              offline: bool | None = None, verbose: bool = False) -> dict:
-    """0-shot lm-eval on an in-memory model; per task (by our names): acc, acc_norm, lm-eval task, version."""
+              offline: bool | None = None, verbose: bool = False, num_fewshot: int = 0) -> dict:
+    """lm-eval (0-shot unless `num_fewshot`) on an in-memory model; per task (by our names): its metrics (acc,
+    acc_norm, or what the task reports), lm-eval task, version."""
     import lm_eval
     from lm_eval.models.huggingface import HFLM
     from lm_eval.tasks import TaskManager
@@ -58,7 +84,7 @@ def run_tasks(model, tokenizer, tasks: list[str], limit: int | None = None, batc
     lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, device=str(model.device))
     try:
         out = lm_eval.simple_evaluate(
-            model=lm, tasks=list(names.values()), num_fewshot=0, limit=limit, task_manager=manager,
+            model=lm, tasks=list(names.values()), num_fewshot=num_fewshot, limit=limit, task_manager=manager,
             log_samples=True, bootstrap_iters=0,  # per-item results, for paired differences to a baseline
         )
     except ComeError:
@@ -73,15 +99,18 @@ def run_tasks(model, tokenizer, tasks: list[str], limit: int | None = None, batc
     results = {}
     for task, lm_name in names.items():
         r = out["results"][lm_name]
-        cfg = out["configs"][lm_name]
-        entry = {k.split(",")[0]: v for k, v in r.items() if k.split(",")[0] in ("acc", "acc_norm")}
+        cfg = out["configs"].get(lm_name, {})  # a group (e.g. mmlu) has results but no config of its own
+        n = out["n-samples"].get(lm_name, {})
+        entry = {k.split(",")[0]: v for k, v in r.items()  # every metric the task reports, not their stderr
+                 if "," in k and "_stderr" not in k and isinstance(v, (int, float)) and not isinstance(v, bool)}
         entry.update({
-            "metric": metric_for(task) if metric_for(task) in entry else "acc",
+            "metric": metric_for(task) if metric_for(task) in entry else
+            ("acc" if "acc" in entry else next(iter(entry), "acc")),
             "lm_eval_task": lm_name,
             "version": out["versions"].get(lm_name),
-            "num_fewshot": out["n-shot"].get(lm_name, 0),
-            "n": out["n-samples"][lm_name]["effective"],
-            "n_total": out["n-samples"][lm_name]["original"],
+            "num_fewshot": out["n-shot"].get(lm_name, num_fewshot),
+            "n": n.get("effective"),
+            "n_total": n.get("original"),
             "data": (cfg.get("metadata") or {}).get("source", f"{cfg.get('dataset_path')} (hub)"),
             "split": cfg.get("test_split") or cfg.get("validation_split"),
             "items": items(out["samples"].get(lm_name, [])),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from come.card import display_name
 from come.eval import stats
 from come.eval.harness import metric_for
 
@@ -13,6 +14,7 @@ AVERAGES = {
 
 def averages(tasks: dict[str, dict]) -> dict:
     """Both averaging conventions over the evaluated tasks."""
+    tasks = {t: r for t, r in tasks.items() if "acc" in r}  # lm-eval tasks scored otherwise are not averaged
     if not tasks:
         return {}
     acc = [r["acc"] for r in tasks.values()]
@@ -26,7 +28,7 @@ def flat_metrics(result: dict) -> dict[str, float]:
     for src, r in result.get("ppl", {}).items():
         out[f"ppl/{src}"] = r["ppl"]
     for task, r in result.get("tasks", {}).items():
-        for m in ("acc", "acc_norm"):
+        for m in dict.fromkeys(("acc", "acc_norm", r.get("metric"))):  # a task scored otherwise: its metric
             if m in r:
                 out[f"{task}/{m}"] = r[m]
     for name in ("acc", "mixed"):
@@ -77,6 +79,12 @@ def _fmt(key: str, v: float | None) -> str:
     return f"{100 * v:.2f}"
 
 
+def label(key: str) -> str:
+    """A metric's row label: a perplexity source that is a local file by its name only."""
+    group, _, name = key.partition("/")
+    return f"ppl/{display_name(name)}" if group == "ppl" else key
+
+
 def table(result: dict) -> str:
     """A markdown table: one column per model, plus "retained %" when there is a baseline, and the paired
     difference to it (with a legend line under the table) when both have per-item / per-window results."""
@@ -85,16 +93,16 @@ def table(result: dict) -> str:
     mm = flat_metrics(model)
     keys = list(mm)
     if base is None:
-        lines = [f"| metric | {model['name']} |", "|---|---:|"]
-        lines += [f"| {k} | {_cell(k, model, mm)} |" for k in keys]
+        lines = [f"| metric | {display_name(model['name'])} |", "|---|---:|"]
+        lines += [f"| {label(k)} | {_cell(k, model, mm)} |" for k in keys]
         return "\n".join(lines)
     mb, ret = flat_metrics(base), result.get("retained", {})
     diffs = {k: d for k, d in result.get("differences", {}).items() if "unavailable" not in d}
-    head = f"| metric | {base['name']} (baseline) | {model['name']} | retained % |"
+    head = f"| metric | {display_name(base['name'])} (baseline) | {display_name(model['name'])} | retained % |"
     lines = [head + (" diff (paired) |" if diffs else ""), "|---|---:|---:|---:|" + ("---:|" if diffs else "")]
     for k in dict.fromkeys(keys + list(mb)):
         r = f"{ret[k]:.1f}" if k in ret else "-"
-        line = f"| {k} | {_cell(k, base, mb)} | {_cell(k, model, mm)} | {r} |"
+        line = f"| {label(k)} | {_cell(k, base, mb)} | {_cell(k, model, mm)} | {r} |"
         lines.append(line + (f" {stats.fmt_diff(k, diffs.get(k))} |" if diffs else ""))
     if diffs:
         lines += ["", f"diff (paired): model - baseline, accuracy in points ± SE, perplexity as the ratio model / "

@@ -1,0 +1,193 @@
+"""`--dry-run`: what a pruning run will need, from the model's config alone (meta device, no weights read).
+
+Layers and parameters after, where the weights and the calibration cache would live (`placement.decide`, on the
+GPU present or one of `--gpu-memory`), estimated peak GPU and CPU memory, and the calibration passes the method
+needs. The memory figures are estimates from the shapes (stated in the output), not measurements.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import torch
+
+from come import placement
+from come.config import PruneConfig
+from come.errors import ComeError
+from come.placement import gib
+
+RUNTIME = 2**30  # CPU memory of Python, torch and transformers themselves, roughly
+UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "m": 10**6, "mb": 10**6, "g": 10**9, "gb": 10**9,
+         "t": 10**12, "tb": 10**12, "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
+COME_FAMILY = ("come", "come-p", "come-plus", "wsum", "mka")
+
+
+def parse_size(text: str) -> int:
+    """"80GiB", "80GB", "80G", "81920MiB", "8.5e10" -> bytes (G and GB are 10^9, GiB 2^30)."""
+    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:e[0-9]+)?)\s*([a-zA-Z]*)\s*", str(text))
+    if not m or m.group(2).lower() not in UNITS or float(m.group(1)) <= 0:
+        raise ComeError(f"--gpu-memory {text!r} is not a size: pass e.g. 80GiB, 24GB or 40G")
+    return int(float(m.group(1)) * UNITS[m.group(2).lower()])
+
+
+@dataclass
+class DryRun:
+    model: str
+    model_type: str
+    method: str
+    layers: tuple[int, int]
+    params: tuple[int, int]
+    dtype: str
+    device: str
+    free_bytes: int | None
+    simulated: bool
+    weight_bytes: int
+    cache_bytes: int
+    place: placement.Placement
+    gpu_peak: int | None
+    cpu_peak: int
+    memory_notes: list[str]
+    passes: float
+    passes_text: str
+    calib: str
+
+    def text(self) -> str:
+        (n0, n1), (p0, p1) = self.layers, self.params
+        free = "" if self.free_bytes is None else \
+            f" ({gib(self.free_bytes)} free{', simulated by --gpu-memory' if self.simulated else ''})"
+        lines = [
+            f"dry run of come prune --method {self.method} on {self.model} ({self.model_type}): config only, "
+            "no weights read",
+            f"  layers        {n0} -> {n1}",
+            f"  parameters    {p0:,} -> {p1:,} ({1 - p1 / p0:.1%} fewer)",
+            f"  compute       {self.device} in {self.dtype}{free}",
+            f"  weights       {gib(self.weight_bytes)} -> {self.place.weights}",
+            f"  cache         {gib(self.cache_bytes)} of hidden states ({self.calib}) -> {self.place.cache}",
+            f"  placement     {self.place.reason}",
+            f"  peak GPU      {'-' if self.gpu_peak is None else '~' + gib(self.gpu_peak)} (estimate)",
+            f"  peak CPU RAM  ~{gib(self.cpu_peak)} (estimate)",
+            f"  calibration   {self.passes_text}",
+        ]
+        lines += [f"  note          {n}" for n in self.memory_notes]
+        return "\n".join(lines)
+
+
+def dry_run(cfg: PruneConfig, gpu_memory: str | None = None) -> DryRun:
+    """The plan of a `come prune` run with `cfg`, from the model's config alone."""
+    from come.card import display_name
+    from come.models import count_params, get_adapter, load_config, meta_model, parse_device, parse_dtype
+    from come.prune import check_reachable, decide_placement, resolve_device, resolve_target
+
+    cfg.validate()
+    config = load_config(cfg.model)[0]
+    skeleton = get_adapter(meta_model(config))
+    n0, per_layer = skeleton.num_layers, skeleton.params_per_layer()
+    target = resolve_target(cfg, skeleton.model, n0, per_layer)
+    check_reachable(cfg, n0, target)
+    simulated = gpu_memory is not None
+    if simulated:
+        if cfg.device.startswith("cpu"):
+            raise ComeError("--gpu-memory plans for a GPU, but --device is cpu: leave --device auto or pass cuda")
+        device = "cuda" if cfg.device == "auto" else cfg.device
+        free = parse_size(gpu_memory)
+    else:
+        device = resolve_device(cfg.device)
+        parse_device(device)
+        free = placement.free_memory(device)
+    dtype = parse_dtype(cfg.dtype, config, device)
+    place = decide_placement(cfg, config, skeleton.model, device, dtype, free)
+    p0 = count_params(skeleton.model)
+    p1 = p0 - (n0 - target) * per_layer
+    c = cfg.calib
+    weights = p0 * dtype.itemsize
+    cache = placement.cache_bytes(config, c.samples, c.seq_len, dtype)
+    gpu, cpu, notes = peak_memory(cfg, config, skeleton, place, dtype, weights, cache)
+    passes, text = calibration_passes(cfg, n0, target)
+    return DryRun(display_name(cfg.model), config.model_type, cfg.method, (n0, target), (p0, p1),
+                  str(dtype).replace("torch.", ""), device, free, simulated, weights, cache, place, gpu, cpu, notes,
+                  passes, text, f"{n0 + 1} boundaries x {c.samples} windows x {c.seq_len} tokens x "
+                  f"{config.hidden_size} x {dtype.itemsize} bytes")
+
+
+def peak_memory(cfg: PruneConfig, config, skeleton, place: placement.Placement, dtype: torch.dtype,
+                weights: int, cache: int) -> tuple[int | None, int, list[str]]:
+    """(peak GPU bytes or None on a CPU run, peak CPU bytes, notes) estimated from the shapes.
+
+    Resident: the weights (or, streamed, one merge's worth of layers plus the embedding or LM head for their
+    turn) and the cache where they live; working: one layer's activations over a batch, or the logits of two
+    windows in float32 for a loss trial; the CoMe family keeps the dense model's boundary states beside the
+    cache (up to twice the cache); the re-fit (come-plus, --reconstruct) holds float64 Gram matrices of the
+    down_proj input on the compute device."""
+    c, item = cfg.calib, dtype.itemsize
+    hidden, inter, vocab = config.hidden_size, config.intermediate_size, config.vocab_size
+    tokens = min(c.batch_size, c.samples) * c.seq_len
+    heads, kv = config.num_attention_heads, getattr(config, "num_key_value_heads", None) or config.num_attention_heads
+    head_dim = getattr(config, "head_dim", None) or hidden // heads
+    layer_act = tokens * (4 * hidden + 3 * inter + (heads + 2 * kv) * head_dim) * item
+    logits = 2 * 2 * c.seq_len * vocab * 4  # two windows of float32 logits and their softmax
+    work = max(layer_act, logits)
+    notes = []
+    cache_peak = cache
+    if cfg.method in COME_FAMILY:
+        cache_peak = 2 * cache
+        notes.append("the CoMe family keeps the dense model's boundary states beside the cache: up to 2x the cache")
+    refit = 0
+    if cfg.method == "come-plus" or cfg.reconstruct:
+        refit = 5 * inter * inter * 8 + 3 * inter * hidden * 8
+        notes.append(f"the re-fit's float64 Gram matrices of the down_proj input ({inter} wide): ~{gib(refit)}")
+    if getattr(skeleton.model.config, "tie_word_embeddings", False):
+        big = vocab * hidden * item
+    else:
+        big = 2 * vocab * hidden * item
+    streamed = 3 * skeleton.params_per_layer() * item + big  # a pair, their merge, embedding or head
+    on_gpu = not place.compute.startswith("cpu")
+    if not on_gpu:
+        return None, RUNTIME + weights + cache_peak + work + refit, notes
+    gpu = (streamed if place.offloaded else weights) + work + refit
+    gpu += cache_peak if place.cache == place.compute else 2 * tokens * hidden * item  # batches in flight
+    cpu = RUNTIME + max(weights, (weights if place.offloaded else 0) + (0 if place.cache == place.compute
+                                                                       else cache_peak))
+    notes.append("CPU: the checkpoint is read into CPU memory first (its full size) before it moves to the GPU")
+    return gpu, cpu, notes
+
+
+def calibration_passes(cfg: PruneConfig, layers: int, target: int) -> tuple[float, str]:
+    """(full-pass equivalents, at most; one line): forwards of the decoder stack over the calibration windows.
+
+    A re-run after a merge at layer l or a loss trial from layer l runs only layers l.. (counted as a full pass
+    here: an upper bound); loss trials run on --loss-samples windows when given."""
+    k = layers - target
+    c = cfg.calib
+    trial = 1.0 if cfg.loss_samples is None else min(1.0, cfg.loss_samples / c.samples)
+    on = f" over {c.samples} x {c.seq_len} tokens"
+    m = cfg.method
+    if m in ("reverse", "reverse-keep-last", "magnitude", "magnitude+"):
+        return 0.0, "none: the ranking reads the weights only"
+    if m in ("taylor", "taylor+"):
+        return 1.0, f"1 forward and backward pass of the whole model{on}"
+    if m in ("shortgpt", "angular"):
+        return 1.0, f"1 full pass{on}"
+    if m == "sleb":
+        trials = sum(n for n in range(layers, target, -1))  # every remaining layer is a candidate each step
+        total = 1 + k + trials * trial
+        return total, (f"1 full pass + {k} re-runs + {trials} removal trials{on} (trials from the removed layer "
+                       f"on: at most {total:.0f} full-pass equivalents)")
+    if m == "laco":
+        return 1.0 + layers * (1 + trial), (f"1 full pass + one trial per layer the walk tries and a re-run per "
+                                           f"merge{on} (at most {1 + layers * (1 + trial):.0f} full-pass "
+                                           "equivalents, data dependent)")
+    if m in COME_FAMILY:
+        per_step = {"come-p": cfg.grid + 1, "come-plus": 3}.get(m, 0)
+        if m in ("come", "come-p") and cfg.pair_score == "loss":
+            per_step += layers - 1
+        if cfg.pair_score == "loss" and m == "come-plus":
+            per_step += layers - 1
+        if cfg.drop_candidates and m.startswith("come"):
+            per_step += layers
+        trials = k * per_step
+        total = 1 + k + trials * trial
+        extra = f" + {trials} loss trials" if trials else ""
+        return total, (f"1 full pass + {k} re-runs from each merged layer on{extra}{on} (at most {total:.0f} "
+                       "full-pass equivalents)")
+    return float("nan"), f"not estimated for {m}"

@@ -1,0 +1,211 @@
+"""Recipes: a YAML file of the settings of `come prune`, `come compare` or `come distill` (`--config FILE`).
+
+A recipe's keys are the fields of the command's config dataclass (`PruneConfig`, `CompareConfig`,
+`DistillConfig`; `calib` nested as in `CalibConfig`), plus `out` and an optional `command`. The file fills the
+command line's defaults, so a flag given on the command line wins over the file. `--print-config` writes the
+effective recipe; the plan records it (`settings.recipe`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import shlex
+from pathlib import Path
+
+import yaml
+
+from come.errors import ComeError
+
+COMMANDS = ("prune", "compare", "distill")
+RUN_ONLY = ("progress", "overwrite", "resume", "stop_after")  # how a run goes, not what it makes: never in a recipe
+EXCLUSIVE = {"prune": ("target_layers", "sparsity"), "compare": ("target_layers", "sparsity"),
+             "distill": ("tokens", "steps")}
+CALIB_DESTS = {"data": "calib_data", "samples": "calib_samples", "seq_len": "calib_seq_len",
+               "batch_size": "batch_size", "seed": "seed"}
+POSITIONAL = {"prune": "model", "compare": "model"}
+
+
+def config_class(command: str):
+    if command == "prune":
+        from come.config import PruneConfig
+
+        return PruneConfig
+    if command == "compare":
+        from come.compare import CompareConfig
+
+        return CompareConfig
+    from come.distillation.train import DistillConfig
+
+    return DistillConfig
+
+
+def _fields(command: str) -> dict[str, dataclasses.Field]:
+    return {f.name: f for f in dataclasses.fields(config_class(command)) if f.name not in RUN_ONLY}
+
+
+def valid_keys(command: str) -> list[str]:
+    """Every key a recipe of `command` may hold (calib's as calib.KEY)."""
+    from come.config import CalibConfig
+
+    keys = []
+    for name in _fields(command):
+        if name == "calib":
+            keys += [f"calib.{f.name}" for f in dataclasses.fields(CalibConfig)]
+        else:
+            keys.append(name)
+    return keys + (["out"] if "out" not in keys else []) + ["command"]
+
+
+def load(path: str | Path, command: str) -> dict:
+    """The recipe in `path`, checked against `command`'s settings: unknown keys and wrong types are refused."""
+    path = Path(path).expanduser()
+    try:
+        data = yaml.safe_load(path.read_text())
+    except OSError as e:
+        raise ComeError(f"--config {path}: cannot read it ({e.strerror}): pass a recipe file") from None
+    except yaml.YAMLError as e:
+        where = getattr(e, "problem_mark", None)
+        at = f" at line {where.line + 1}" if where is not None else ""
+        raise ComeError(f"--config {path} is not valid YAML{at}: fix the file (see recipes/ for examples)") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ComeError(f"--config {path} must be a mapping of settings (key: value), got {type(data).__name__}")
+    wanted = data.get("command", command)
+    if wanted != command:
+        raise ComeError(f"--config {path} is a `come {wanted}` recipe: run `come {wanted} --config {path}`")
+    flat = flatten(data)
+    valid = valid_keys(command)
+    unknown = [k for k in flat if k not in valid]
+    if unknown:
+        raise ComeError(f"--config {path}: unknown key{'s' if len(unknown) > 1 else ''} {', '.join(unknown)}; "
+                        f"valid keys for `come {command}`: {', '.join(valid)}")
+    for key, value in flat.items():
+        _check_type(command, key, value, path)
+    return flat
+
+
+def flatten(data: dict) -> dict:
+    out = {}
+    for key, value in data.items():
+        if key == "calib" and isinstance(value, dict):
+            out.update({f"calib.{k}": v for k, v in value.items()})
+        else:
+            out[str(key)] = value
+    return out
+
+
+def _annotation(command: str, key: str) -> str:
+    from come.config import CalibConfig
+
+    if key.startswith("calib."):
+        return {f.name: f.type for f in dataclasses.fields(CalibConfig)}[key[len("calib."):]]
+    if key in ("out", "command"):
+        return "str | None"
+    return str(_fields(command)[key].type)
+
+
+def _check_type(command: str, key: str, value, path) -> None:
+    """A value of the type the dataclass field declares (int, float, str, bool, dict, list; None when allowed)."""
+    ann = _annotation(command, key)
+    kinds = {part.strip().split("[")[0] for part in ann.split("|")}
+    ok = {"None": value is None, "int": isinstance(value, int) and not isinstance(value, bool),
+          "float": isinstance(value, (int, float)) and not isinstance(value, bool), "str": isinstance(value, str),
+          "bool": isinstance(value, bool), "dict": isinstance(value, dict), "list": isinstance(value, list),
+          "CalibConfig": isinstance(value, dict)}
+    if not any(ok.get(k, False) for k in kinds):
+        raise ComeError(f"--config {path}: {key} must be {ann.replace('None', 'null')}, got {value!r}")
+
+
+def to_dests(command: str, flat: dict) -> dict:
+    """Recipe keys -> the command line's argument names (what `set_defaults` takes)."""
+    out = {}
+    for key, value in flat.items():
+        if key == "command":
+            continue
+        if key.startswith("calib."):
+            out[CALIB_DESTS[key[len("calib."):]]] = value
+        elif key in ("method_options", "options"):
+            out["option"] = [f"{k}={v}" for k, v in (value or {}).items()]
+        elif key == "evals":
+            out["eval"] = ",".join(value) if isinstance(value, list) else value
+        elif isinstance(value, list):  # the command line takes a comma list (methods, tasks, depths)
+            out[key] = ",".join(str(v) for v in value)
+        elif key == "save_models":
+            out["no_save_models"] = not value
+        else:
+            out[key] = value
+    return out
+
+
+def apply(command: str, flat: dict, parser, given) -> None:
+    """Make the recipe `flat` the defaults of `parser` (the subcommand's), so flags given on the command line
+    win; of an exclusive pair (e.g. target_layers / sparsity) the file's is dropped when a flag gives either.
+    `given`: the namespace parsed without the recipe."""
+    dests = to_dests(command, flat)
+    pair = EXCLUSIVE.get(command, ())
+    if any(getattr(given, k, None) is not None for k in pair):
+        for k in pair:
+            dests.pop(k, None)
+    parser.set_defaults(**dests)
+
+
+def of(cfg, out: str | None = None) -> dict:
+    """The recipe of a config dataclass (what `--print-config` writes and the plan records)."""
+    command = {"PruneConfig": "prune", "CompareConfig": "compare", "DistillConfig": "distill"}[type(cfg).__name__]
+    data = {"command": command}
+    for name in _fields(command):
+        value = getattr(cfg, name)
+        data[name] = dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value
+    if out is not None and "out" not in data:
+        data["out"] = out
+    return data
+
+
+def dump(recipe: dict) -> str:
+    return yaml.safe_dump(recipe, sort_keys=False)
+
+
+def command_line(recipe: dict, out: str = "OUT") -> str:
+    """The `come ...` flag line that gives the same settings as `recipe` (settings at their defaults left out)."""
+    command = recipe.get("command", "prune")
+    cls = config_class(command)
+    defaults = {f.name: f.default if f.default is not dataclasses.MISSING else
+                (f.default_factory() if f.default_factory is not dataclasses.MISSING else None)
+                for f in dataclasses.fields(cls)}
+    from come.config import CalibConfig
+
+    calib_defaults = dataclasses.asdict(CalibConfig())
+    flat = flatten({k: v for k, v in recipe.items() if k != "command"})
+    words = ["come", command]
+    if command in POSITIONAL:
+        words.append(str(flat.pop(POSITIONAL[command])))
+    flat["out"] = out
+    for key, value in flat.items():
+        if key.startswith("calib."):
+            if value == calib_defaults[key[len("calib."):]]:
+                continue
+        elif key in defaults and value == defaults[key] or value is None:
+            continue
+        if key == "method_options":
+            value = _changed_options(recipe.get("method", "come"), value)
+        for dest, v in to_dests(command, {key: value}).items():
+            flag = "--" + dest.replace("_", "-")
+            if isinstance(v, bool):
+                words += [flag] if v else []
+            elif isinstance(v, list):
+                for item in v:
+                    words += [flag, str(item)]
+            else:
+                words += [flag, str(v)]
+    return shlex.join(words)
+
+
+def _changed_options(method: str, options: dict) -> dict:
+    from come.methods import get_method
+
+    try:
+        declared = get_method(method).options
+    except ComeError:
+        return options
+    return {k: v for k, v in (options or {}).items() if k not in declared or declared[k].default != v}

@@ -77,8 +77,9 @@ def concat_layers(
     authors' code, unless one contributes nothing); `fold` moves each layer's norm scale into its own input
     projections and makes the merged norm scale by one, so each piece computes what it computed in its own layer.
     Norms after a sub-layer (Gemma, OLMo 2) normalise the sum of all pieces, so no scale can move into a
-    projection: their weights are averaged over the contributing layers with the ratio, in both modes; so are
-    per-head q/k norms (Qwen3, Gemma 3) and output biases. Per-row q/k norms (OLMo 2) follow their rows. The
+    projection: their weights are averaged over the contributing layers with the ratio, in both modes. Per-head
+    q/k norms (Qwen3, Gemma 3) and output biases are ratio-averaged over both layers; per-row q/k norms (OLMo 2)
+    follow their rows. The
     merged attention type (sliding window or global) is that of the layers whose heads it holds
     (`ModelAdapter.merged_layer_type` when both).
     """

@@ -112,10 +112,11 @@ def test_drop_candidates_take_the_lower_calibration_nll_and_replay(tiny_dir):
         best_drop = min(sc["removal_nll"])
         if "merge_nll" not in sc:  # no fresh pair was left: a drop is the only move
             assert st["op"] == "drop"
-        elif st["op"] == "drop":
-            assert best_drop < sc["merge_nll"] and st["layer"] == sc["removal_nll"].index(best_drop)
+        elif st["op"] == "drop":  # SLEB's choice of layer; merge and drop compared on the held-out windows
+            assert sc["drop_nll"] < sc["merge_nll"] and st["layer"] == sc["removal_nll"].index(best_drop)
         else:
-            assert st["op"] == "merge" and sc["merge_nll"] <= best_drop
+            assert st["op"] == "merge" and sc["merge_nll"] <= sc["drop_nll"]
+            assert sc["scored_on"] == "held-out windows"
     assert replays_bit_for_bit(res, path)
 
 

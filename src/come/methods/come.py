@@ -80,8 +80,8 @@ def progressive_merge(ctx: PruneContext, ratios: str = "bi", reconstruct: bool =
     "plus" ({0, r_BI, 1} by calibration NLL: merge, or keep one layer of the pair). With `reconstruct`, the
     merged layer's o_proj/down_proj are ridge re-fitted to the pair's output (inside every trial too).
     pair_score: "angular" or "loss" (default: the config's).
-    drops: also try SLEB's candidates (drop any one layer) each step and take a drop when its calibration NLL is
-    lower than the chosen merge's (default: the config's `drop_candidates`).
+    drops: also try SLEB's candidates (drop any one layer) each step and take SLEB's choice when its calibration NLL
+    is lower than the chosen merge's (default: the config's `drop_candidates`).
     held_out: score every choice (ratio, merge vs. drop, pair by loss) on the held-out calibration windows that no
     re-fit sees (come-plus), instead of on the loss windows.
     """
@@ -97,9 +97,12 @@ def progressive_merge(ctx: PruneContext, ratios: str = "bi", reconstruct: bool =
         sbi = pair_scores(ctx.calib.hidden, last_token=cfg.pair_tokens == "last")
         bi = [s.bi for s in ctx.calib.stats]
         cands = candidates(ctx)
-        if drops:
-            drop_nll = removal_nll(ctx, ctx.loss_batches, windows)
+        if drops:  # SLEB's choice of a layer to drop (a drop fits nothing: scored on the loss windows as SLEB does)
+            drop_nll = removal_nll(ctx, ctx.loss_batches)
             d = min(range(len(drop_nll)), key=lambda i: (drop_nll[i], i))
+            # ... and what it costs on the windows the merge is judged on, so merge and drop compare like for like
+            d_nll = drop_nll[d] if windows is None else ctx.calib.forward_from(d, list(ctx.adapter.layers)[d + 1 :],
+                                                                              None, windows)
         if drops and not cands:  # no fresh pair left: dropping is the only move
             drop_layer(ctx, d, {"removal_nll": drop_nll})
             continue
@@ -113,6 +116,7 @@ def progressive_merge(ctx: PruneContext, ratios: str = "bi", reconstruct: bool =
             scores["scored_on"] = "held-out windows"
         if drops:
             scores["removal_nll"] = drop_nll
+            scores["drop_nll"] = d_nll
         ratio_of = {i: bi_ratio(bi[i], bi[i + 1], cfg.ratio_power) for i in cands}
 
         def targets_of(i: int) -> tuple | None:
@@ -147,7 +151,7 @@ def progressive_merge(ctx: PruneContext, ratios: str = "bi", reconstruct: bool =
         step, merge_nll, weights, report = trials[best]
         if drops:
             scores["merge_nll"] = merge_nll
-        if drops and drop_nll[d] < merge_nll:
+        if drops and d_nll < merge_nll:
             drop_layer(ctx, d, scores)
             continue
         step["scores"] = scores

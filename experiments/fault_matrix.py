@@ -194,22 +194,25 @@ def cases(m: Matrix):
                   f"{'kept' if link.is_symlink() else 'replaced'}"
     yield "--out is a symlink to a folder (--overwrite)", symlink_out
 
+    def signal_during_save(d: Path, sig: int):
+        """Run a prune into d/out and send `sig` as soon as its temporary folder appears; (process, sent)."""
+        d.mkdir(parents=True)
+        p = subprocess.Popen([sys.executable, "-m", "come.cli", *prune_cmd(str(d / "out"))], cwd=w, env=m.env,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        t0 = time.time()
+        while p.poll() is None and time.time() - t0 < 300:
+            if any(x.name.startswith(".out.tmp") for x in d.iterdir()):
+                p.send_signal(sig)
+                return p, True
+            time.sleep(0.002)
+        return p, False
+
     def sigkill_then_rerun():
         d = w / "cases" / "kill"
-        d.mkdir(parents=True)
-        out = d / "out"
-        p = subprocess.Popen([sys.executable, "-m", "come.cli", *prune_cmd(str(out))], cwd=w, env=m.env,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        t0, killed = time.time(), False
-        while p.poll() is None and time.time() - t0 < 120:
-            if any(x.name.startswith(".out.tmp") for x in d.iterdir()):
-                p.send_signal(signal.SIGKILL)
-                killed = True
-                break
-            time.sleep(0.002)
-        p.wait()
+        p, killed = signal_during_save(d, signal.SIGKILL)
+        p.communicate()
         left = m.hidden(d)
-        r = m.come(*prune_cmd(str(out)))
+        r = m.come(*prune_cmd(str(d / "out")))
         after = [n for n in m.hidden(d) if n.startswith(".out.")]
         return r, f"killed during save: {killed}; after kill: {left or 'none'}; after a rerun beside it: " \
                   f"{after or 'none'}"
@@ -217,15 +220,7 @@ def cases(m: Matrix):
 
     def sigterm():
         d = w / "cases" / "term"
-        d.mkdir(parents=True)
-        p = subprocess.Popen([sys.executable, "-m", "come.cli", *prune_cmd(str(d / "out"))], cwd=w, env=m.env,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        t0 = time.time()
-        while p.poll() is None and time.time() - t0 < 120:
-            if any(x.name.startswith(".out.tmp") for x in d.iterdir()):
-                p.send_signal(signal.SIGTERM)
-                break
-            time.sleep(0.002)
+        p, _ = signal_during_save(d, signal.SIGTERM)
         _, err = p.communicate()
         r = subprocess.CompletedProcess(p.args, p.returncode, "", err)
         return r, f"hidden: {m.hidden(d) or 'none'}; out {'exists' if (d / 'out').exists() else 'absent'}"
@@ -470,6 +465,7 @@ def main() -> None:
     ap.add_argument("--only", default=None, help="comma list of substrings of case names")
     ap.add_argument("--keep", action="store_true", help="keep the scratch folder")
     args = ap.parse_args()
+    signal.signal(signal.SIGTERM, lambda *a: sys.exit(143))  # a stopped run still unmounts its file systems
     work = Path(tempfile.mkdtemp(prefix="come-faults-"))
     m = Matrix(Path(args.src).resolve(), work)
     print(f"come from {m.src}; scratch {work}", file=sys.stderr)

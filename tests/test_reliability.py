@@ -470,6 +470,12 @@ def test_plan_records_the_base_model_by_name_and_apply_finds_it_locally(plans, b
     monkeypatch.setattr(come.models, "resolve_model", lambda n: pytest.fail(f"looked up {n}"))
     one_line_error(*run("apply", plans / "plain", "--out", tmp_path / "o3"), "local model folder 'base'",
                    "pass --model")
+    monkeypatch.undo()
+    # a plan written before base models carried a source, shape and fingerprint still applies
+    legacy = json.loads(text)
+    legacy["base_model"] = {k: recorded[k] for k in ("name", "model_type", "num_layers", "hidden_size", "params")}
+    (tmp_path / "p" / "come_plan.json").write_text(json.dumps(legacy))
+    assert run("apply", tmp_path / "p", "--model", model, "--out", tmp_path / "o4")[0] == 0
 
 
 # --- foreign code ---
@@ -494,6 +500,7 @@ def evil_copy(model, dst, marker, where="config.json"):
 def test_folders_that_ship_code_are_refused_unless_trusted(base, run, tmp_path, monkeypatch):
     _, model, calib, text = base
     marker = tmp_path / "RAN"
+    monkeypatch.setattr(come.models, "TRUST_REMOTE_CODE", False)  # restored after the opt-in below
     monkeypatch.setattr("builtins.input", lambda *a: "y")  # a user who answers yes to transformers' prompt
     for where in ("config.json", "tokenizer_config.json"):
         evil = evil_copy(model, tmp_path / where, marker, where)
@@ -504,7 +511,6 @@ def test_folders_that_ship_code_are_refused_unless_trusted(base, run, tmp_path, 
     code, err = run("eval", tmp_path / "config.json", "--ppl", text, *EVAL, "--trust-remote-code")
     assert marker.exists()  # the opt-in does run the folder's code (then its unknown architecture is refused)
     one_line_error(code, err, "unsupported architecture")
-    come.models.allow_remote_code(False)
 
 
 def test_every_load_passes_trust_remote_code_false(base, monkeypatch):

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import re
 import time
 from pathlib import Path
@@ -21,6 +20,7 @@ from pathlib import Path
 from come.compare import CompareConfig, compare, fmt_ppl
 from come.config import CalibConfig
 from come.corpora import OOD_DOMAINS
+from come.eval.stats import fmt_ppl_interval, paired_ppl, ppl_interval
 
 METHODS = "sleb,shortgpt,come,come-plus,come-p"
 START, END = "<!-- RESULTS:START -->", "<!-- RESULTS:END -->"
@@ -38,13 +38,37 @@ def config(args) -> CompareConfig:
 
 
 def interval(r: dict) -> str:
-    """exp of a 95% t-free normal interval of the mean window NLL (windows as the sampling unit)."""
-    w = r.get("window_nll") or []
-    if len(w) < 2:
+    """The 95% t-interval of the perplexity over windows (come.eval.stats), as " [lo, hi]"."""
+    text = fmt_ppl_interval(ppl_interval(r.get("window_nll") or []), lambda v: f"{v:.0f}")
+    return f" {text}" if text else ""
+
+
+def point_at(row: dict, depth: int) -> dict | None:
+    return row if row["layers"] == depth else next((p for p in row.get("sweep", []) if p["layers"] == depth), None)
+
+
+def paired_table(result: dict, reference: str = "sleb") -> str:
+    """Each method's perplexity divided by `reference`'s, per text, paired over the same windows (95% interval);
+    below 1 = better than the reference."""
+    sources = ["wiki-passages", *OOD_DOMAINS]
+    rows = {r["method"]: r for r in result["rows"] if "error" not in r}
+    if reference not in rows:
         return ""
-    m = sum(w) / len(w)
-    se = math.sqrt(sum((x - m) ** 2 for x in w) / (len(w) - 1) / len(w))
-    return f" ({math.exp(m - 1.96 * se):.0f}-{math.exp(m + 1.96 * se):.0f})"
+    head = ["method / " + reference, "layers", *sources]
+    lines = ["| " + " | ".join(head) + " |", "|---|---:|" + "---:|" * len(sources)]
+    for depth in (24, 20):
+        ref = point_at(rows[reference], depth)
+        for name, row in rows.items():
+            point = point_at(row, depth)
+            if name in ("dense", reference) or point is None or ref is None:
+                continue
+            cells = []
+            for s in sources:
+                p = paired_ppl(point["ppl_by_source"][s]["window_nll"], ref["ppl_by_source"][s]["window_nll"])
+                mark = " ≈" if p.get("within_noise") else ""
+                cells.append(f"{p['ratio']:.2f} [{p['ratio_lo']:.2f}, {p['ratio_hi']:.2f}]{mark}")
+            lines.append(f"| {name} | {depth} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 def table(result: dict) -> str:
@@ -66,8 +90,7 @@ def table(result: dict) -> str:
                 if depth == 20:
                     lines.append(f"| {row['method']} | failed: {row['error']} |" + " |" * (len(head) - 2))
                 continue
-            point = row if row["layers"] == depth else next(
-                (p for p in row.get("sweep", []) if p["layers"] == depth), None)
+            point = point_at(row, depth)
             if point is not None:
                 line(row["method"], point, f"{row['prune_wall_s']:.0f}" if depth == 20 else "(prefix)")
     return "\n".join(lines)
@@ -92,6 +115,10 @@ def main() -> None:
     cmd = ("HF_HUB_OFFLINE=1 .venv/bin/python experiments/results.py --out " + args.out
            + (f" --calib-samples {args.calib_samples}" if args.calib_samples != 8 else "")
            + (f" --calib-seq-len {args.calib_seq_len}" if args.calib_seq_len != 256 else "") + " --write")
+    paired = paired_table(result)
+    if paired:
+        md += ("\n\nPaired against SLEB (perplexity ratio over the same windows, 95% interval; below 1 = better "
+               "than SLEB; ≈ = the interval contains 1):\n\n" + paired)
     block = (f"{START}\n{md}\n\nCalibration: `{c['data']}`, {c['samples']} windows x {c['seq_len']} tokens, seed "
              f"{c['seed']}, the same windows for every method. Perplexity: {args.ppl_windows} windows x 512 tokens "
              "of each text (evaluation parts), no BOS, float32; in brackets the 95% interval over windows. 24-layer "

@@ -219,6 +219,18 @@ def test_bad_recipes_are_one_line_errors(run, tiny_dir, tmp_path, body, needle):
     assert code == 2 and err.startswith("come: error: ") and needle in err, err
 
 
+def test_distill_recipe_and_flags(run, tmp_path):
+    (tmp_path / "d.yaml").write_text("command: distill\nstudent: runs/pruned\nstage: global\ntokens: 4096\n"
+                                     "out: runs/distilled\n")
+    code, printed, err = run("distill", "--config", tmp_path / "d.yaml", "--steps", 3, "--lr", 3e-4, "--print-config")
+    assert code == 0, err
+    got = yaml.safe_load(printed)
+    assert (got["student"], got["stage"], got["out"], got["lr"]) == ("runs/pruned", "global", "runs/distilled", 3e-4)
+    assert got["steps"] == 3 and got["tokens"] is None  # the flag's budget replaces the file's
+    code, _, err = run("distill", "--steps", 3, "--print-config")
+    assert code == 2 and "give --student" in err
+
+
 def test_recipe_keys_are_the_config_fields():
     from dataclasses import fields
 
@@ -357,16 +369,30 @@ def test_compare_finishes_without_matplotlib(run, tiny_dir, tmp_path, monkeypatc
 # --- evaluation beyond the seven --------------------------------------------------------------------------------
 
 
-def test_online_any_lm_eval_task_offline_the_seven():
-    from come.errors import ComeError
-    from come.eval.harness import TASKS, parse_tasks
+def test_online_any_lm_eval_task_offline_the_seven(monkeypatch):
+    from types import SimpleNamespace
 
-    assert parse_tasks("mmlu,piqa", offline=False) == ["mmlu", "piqa"]
+    from come.errors import ComeError
+    from come.eval import harness
+
+    # lm-eval's own index takes most of a minute to build: the real one in the slow test below
+    monkeypatch.setattr(harness, "lm_eval_tasks", lambda: SimpleNamespace(all_tasks=["mmlu", "mmlu_anatomy", "piqa"]))
+    assert harness.parse_tasks("mmlu,piqa", offline=False) == ["mmlu", "piqa"]
+    with pytest.raises(ComeError, match=r"lm-eval has no task mmlu_anatomyy \(close: mmlu_anatomy"):
+        harness.parse_tasks("piqa,mmlu_anatomyy", offline=False)
+    with pytest.raises(ComeError, match="unknown task mmlu offline"):
+        harness.parse_tasks("mmlu", offline=True)
+    assert harness.parse_tasks("all", offline=True) == list(harness.TASKS)
+
+
+@pytest.mark.slow
+def test_lm_eval_index_knows_mmlu_and_not_a_typo():
+    from come.errors import ComeError
+    from come.eval.harness import parse_tasks
+
+    assert parse_tasks("mmlu,arc_easy", offline=False) == ["mmlu", "arc_easy"]
     with pytest.raises(ComeError, match="lm-eval has no task no_such_task"):
         parse_tasks("no_such_task", offline=False)
-    with pytest.raises(ComeError, match="unknown task mmlu offline"):
-        parse_tasks("mmlu", offline=True)
-    assert parse_tasks("all", offline=True) == list(TASKS)
 
 
 def test_num_fewshot_reaches_lm_eval(run, tiny_dir, tmp_path, monkeypatch):

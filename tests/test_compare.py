@@ -12,7 +12,8 @@ from come.methods import METHODS
 
 
 def args(path, text, out, *extra):
-    return [str(path), "--target-layers", "4", "--eval", "ppl", "--ppl-data", str(text.with_name("eval.txt")), "--ppl-seq-len", "32",
+    return [str(path), "--target-layers", "4", "--eval", "ppl", "--ppl-data", str(text.with_name("eval.txt")),
+            "--ppl-seq-len", "32",
             "--ppl-max-windows", "4", "--calib-data", str(text), "--calib-samples", "4", "--calib-seq-len", "32",
             "--batch-size", "2", "--device", "cpu", "--out", str(out), *extra]
 
@@ -39,7 +40,9 @@ def test_compare_end_to_end_with_ppl(tiny_dir, tmp_path, capsys):
 def test_sweep_prefixes_equal_pruning_at_each_depth(tiny_dir, tmp_path):
     path, text = tiny_dir
     calib = CalibConfig(data=str(text), samples=4, seq_len=32, batch_size=2)
-    kw = dict(model=str(path), evals="ppl", ppl_data=str(text.with_name("eval.txt")), ppl_seq_len=32, ppl_max_windows=4, calib=calib,
+    kw = dict(model=str(path), evals="ppl",
+              ppl_data=str(text.with_name("eval.txt")), ppl_seq_len=32, ppl_max_windows=4,
+              calib=calib,
               device="cpu", progress=False)
     swept = compare(CompareConfig(methods="sleb,angular", target_layers=3, sweep=True, save_models=False,
                                   out=str(tmp_path / "sweep"), **kw))
@@ -52,6 +55,11 @@ def test_sweep_prefixes_equal_pruning_at_each_depth(tiny_dir, tmp_path):
     direct = {r["method"]: r["ppl"]["ppl"] for r in at4["rows"]}
     assert rows["sleb"]["sweep"][1]["ppl"]["ppl"] == pytest.approx(direct["sleb"], rel=1e-6)
     assert rows["angular"]["sweep"][1]["ppl"]["ppl"] == pytest.approx(direct["angular"], rel=1e-6)
+    # --depths scores only the asked depths: a prefix replay (sleb) or a new pruning (angular), the same numbers
+    picked = compare(CompareConfig(methods="sleb,angular", target_layers=3, depths=[4], save_models=False, **kw))
+    for row in picked["rows"][1:]:
+        assert [p["layers"] for p in row["sweep"]] == [4]
+        assert row["sweep"][0]["ppl"]["ppl"] == pytest.approx(direct[row["method"]], rel=1e-6)
 
 
 def test_perplexities_print_two_decimals_or_three_digits_when_huge():
@@ -115,7 +123,8 @@ def test_baselines_on_smollm2_at_20_layers(tmp_path):
     methods = "reverse,sleb,shortgpt,laco,wsum,come,come-p,come-plus"
     result = compare(CompareConfig(
         model="smollm2-135m", methods=methods, target_layers=20, calib=calib, loss_samples=2, evals="ppl",
-        ppl_data="wiki-passages", ppl_seq_len=256, ppl_max_windows=8, out=str(tmp_path / "cmp"), save_models=False, progress=False,
+        ppl_data="wiki-passages", ppl_seq_len=256, ppl_max_windows=8, out=str(tmp_path / "cmp"), save_models=False,
+        progress=False,
     ))
     rows = {r["method"]: r for r in result["rows"]}
     assert list(rows) == ["dense", *methods.split(",")]
@@ -145,7 +154,8 @@ def test_interrupted_compare_resumes_without_repruning(tiny_dir, tmp_path, monke
 
     path, text = tiny_dir
     calib = CalibConfig(data=str(text), samples=4, seq_len=32, batch_size=2)
-    kw = dict(model=str(path), methods="shortgpt,sleb,come", target_layers=4, evals="ppl", ppl_data=str(text.with_name("eval.txt")),
+    kw = dict(model=str(path), methods="shortgpt,sleb,come", target_layers=4, evals="ppl",
+              ppl_data=str(text.with_name("eval.txt")),
               ppl_seq_len=32, ppl_max_windows=4, calib=calib, device="cpu", progress=False)
     fresh = compare(CompareConfig(out=str(tmp_path / "fresh"), **kw))
     out, partial = tmp_path / "cmp", tmp_path / "cmp.partial"
@@ -182,7 +192,8 @@ def test_interrupted_compare_resumes_without_repruning(tiny_dir, tmp_path, monke
 def test_resume_extends_a_finished_compare_by_replaying_plans(tiny_dir, tmp_path, monkeypatch):
     path, text = tiny_dir
     calib = CalibConfig(data=str(text), samples=4, seq_len=32, batch_size=2)
-    kw = dict(model=str(path), methods="sleb,come", target_layers=4, evals="ppl", ppl_data=str(text.with_name("eval.txt")),
+    kw = dict(model=str(path), methods="sleb,come", target_layers=4, evals="ppl",
+              ppl_data=str(text.with_name("eval.txt")),
               ppl_seq_len=32, calib=calib, device="cpu", progress=False)
     out = tmp_path / "cmp"
     compare(CompareConfig(out=str(out), ppl_max_windows=2, save_models=False, **kw))

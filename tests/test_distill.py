@@ -76,10 +76,10 @@ def test_layer_loss_zero_for_exact_copy(pruned):
     with torch.no_grad():
         states = capture_states(t, ta, ids)
         w = LossWeights(mse=1, cos=1, kl=1)
-        zero = layer_loss(sa.layers[single.layer], states, single, w, ta.final_norm(), ta.lm_head())
+        zero = layer_loss(sa.layers[single.layer], states, single, w, ta.logits)
         merged = next(c for c in correspondences(json.loads((student_dir / PLAN_FILE).read_text())["tree"])
                       if c.merged)
-        nonzero = layer_loss(sa.layers[merged.layer], states, merged, w, ta.final_norm(), ta.lm_head())
+        nonzero = layer_loss(sa.layers[merged.layer], states, merged, w, ta.logits)
     assert zero.item() < 1e-5
     assert nonzero.item() > 1e-3
 

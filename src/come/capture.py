@@ -74,6 +74,19 @@ def on_device(module: nn.Module, device: torch.device):
             m._buffers[name] = b
 
 
+def first_of_each_type(adapter: ModelAdapter) -> dict[str | None, int]:
+    """Attention type -> index of its first layer, whose keyword arguments serve every layer of the type."""
+    types = [adapter.layer_type(layer) for layer in adapter.layers]
+    return {t: i for i, t in reversed(list(enumerate(types)))}
+
+
+def standalone_kwargs(kwargs: dict) -> dict:
+    """What the model hands a layer (mask, RoPE, ...), fit to call the layer on its own: no cache, no states."""
+    out = {k: v for k, v in kwargs.items() if k not in ("hidden_states", "cache", "past_key_values")}
+    out["use_cache"] = False
+    return out
+
+
 def _first(out):
     return out[0] if isinstance(out, tuple) else out
 
@@ -123,14 +136,14 @@ class Calibration:
         attention type: a sliding-window layer gets its own mask (and, in Gemma 3, its own RoPE)."""
         layers = self.adapter.layers
         types = [self.adapter.layer_type(layer) for layer in layers]
-        first = {t: i for i, t in reversed(list(enumerate(types)))}  # first layer of each type
+        first = first_of_each_type(self.adapter)
         caught: dict = {}
 
         def record(i: int, h: torch.Tensor, kwargs: dict) -> None:
             if i == 0:
                 caught["h"] = h
             if first[types[i]] == i:
-                caught[types[i]] = {k: v for k, v in kwargs.items() if k != "hidden_states"}
+                caught[types[i]] = standalone_kwargs(kwargs)
             if i == len(types) - 1:
                 raise _Caught
 
@@ -146,11 +159,7 @@ class Calibration:
                     except _Caught:
                         pass
                 for t in first:
-                    kwargs = dict(caught[t])
-                    kwargs["use_cache"] = False
-                    kwargs.pop("cache", None)
-                    kwargs.pop("past_key_values", None)
-                    self.type_kwargs[t].append(kwargs)
+                    self.type_kwargs[t].append(caught[t])
                 states.append(caught["h"].to(self.store_device))
         self.layer_kwargs = self.type_kwargs[types[0]]
         self.hidden = [states]

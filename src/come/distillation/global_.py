@@ -32,7 +32,6 @@ def global_loss_fn(teacher, t_adapter, student, s_adapter, corr: list[Correspond
     """
     t_keep = {c.last + 1 for c in corr}
     s_keep = {c.layer + 1 for c in corr}
-    norm, head = t_adapter.final_norm(), t_adapter.lm_head()
 
     def fn(ids: torch.Tensor):
         with torch.no_grad(), autocast():
@@ -41,7 +40,7 @@ def global_loss_fn(teacher, t_adapter, student, s_adapter, corr: list[Correspond
             s = capture_states(student, s_adapter, ids, s_keep, logits=True)
             parts, hidden = {}, 0.0
             for c in corr:
-                loss = hidden_loss(s.boundary[c.layer + 1], t.boundary[c.last + 1], w, norm, head)
+                loss = hidden_loss(s.boundary[c.layer + 1], t.boundary[c.last + 1], w, t_adapter.logits)
                 hidden = hidden + loss
                 parts[c.name] = loss.item()
             total = hidden / len(corr)

@@ -10,11 +10,13 @@ from come.distillation.losses import LossWeights, hidden_loss
 from come.distillation.teacher import TeacherStates, capture_states
 
 
-def layer_loss(layer, states: TeacherStates, c: Correspondence, w: LossWeights, norm=None, head=None) -> torch.Tensor:
-    """Hidden-state loss of student `layer` run on the teacher's input to block `c` against the block's output."""
-    out = layer(states.boundary[c.first], **states.layer_kwargs)
+def layer_loss(layer, states: TeacherStates, c: Correspondence, w: LossWeights, lens=None) -> torch.Tensor:
+    """Hidden-state loss of student `layer` run on the teacher's input to block `c` against the block's output;
+    the layer runs with the mask / RoPE of its own attention type. `lens`: the teacher's `ModelAdapter.logits`,
+    for the logit-lens term."""
+    out = layer(states.boundary[c.first], **states.kwargs_for(layer))
     out = out[0] if isinstance(out, tuple) else out
-    return hidden_loss(out, states.boundary[c.last + 1], w, norm, head)
+    return hidden_loss(out, states.boundary[c.last + 1], w, lens)
 
 
 def owned(merged: list[Correspondence], rank: int, world: int) -> list[Correspondence]:
@@ -25,7 +27,6 @@ def owned(merged: list[Correspondence], rank: int, world: int) -> list[Correspon
 def layerwise_loss_fn(teacher, t_adapter, s_adapter, mine: list[Correspondence], w: LossWeights, autocast):
     """micro-batch ids -> (sum of the owned layers' losses, {point: loss})."""
     keep = {c.first for c in mine} | {c.last + 1 for c in mine}
-    norm, head = t_adapter.final_norm(), t_adapter.lm_head()
 
     def fn(ids: torch.Tensor):
         with torch.no_grad(), autocast():
@@ -33,7 +34,7 @@ def layerwise_loss_fn(teacher, t_adapter, s_adapter, mine: list[Correspondence],
         total, parts = 0.0, {}
         for c in mine:
             with autocast():
-                loss = layer_loss(s_adapter.layers[c.layer], states, c, w, norm, head)
+                loss = layer_loss(s_adapter.layers[c.layer], states, c, w, t_adapter.logits)
             total = total + loss
             parts[c.name] = loss.item()
         return total, parts

@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import re
+
 import torch
 import torch.nn.functional as F
 
 from come.errors import ComeError
+from come.models import ModelAdapter, get_adapter
 
-PROJECTIONS = r"(self_attn\.(q_proj|k_proj|v_proj|o_proj)|mlp\.(gate_proj|up_proj|down_proj))"
+
+def projections(adapter: ModelAdapter) -> str:
+    """Regular expression of the projections LoRA adapts, by module path inside a layer: those the family declares
+    (`ModelAdapter.lora_targets`; Phi-3's fused qkv_proj and gate_up_proj, say)."""
+    return "(" + "|".join(re.escape(name) for name in adapter.lora_targets) + ")"
 
 
 def add_lora(model, layers: list[int], rank: int = 8, alpha: float = 16.0):
@@ -18,7 +25,7 @@ def add_lora(model, layers: list[int], rank: int = 8, alpha: float = 16.0):
         raise ComeError("LoRA needs peft: pip install 'come[distill]' (or pip install peft)") from e
     which = "|".join(str(i) for i in layers)
     cfg = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=0.0, bias="none",
-                     target_modules=rf".*\.layers\.({which})\.{PROJECTIONS}")
+                     target_modules=rf".*\.layers\.({which})\.{projections(get_adapter(model))}")
     return get_peft_model(model, cfg)
 
 

@@ -16,7 +16,7 @@ class LossWeights:
 
     mse: float = 1.0  # scale-normalised MSE ||s - t||^2 / ||t||^2, per token
     cos: float = 0.0  # 1 - cos(s, t)
-    kl: float = 0.0  # logit-lens KL (teacher's final norm + LM head on both states)
+    kl: float = 0.0  # logit-lens KL (the teacher's logits function, `ModelAdapter.logits`, on both states)
     logits: float = 1.0  # KL on the final logits (global stage)
     temperature: float = 1.0
 
@@ -62,20 +62,21 @@ def kl_logits(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temper
     return F.kl_div(log_s, log_t, log_target=True, reduction="batchmean") * temperature**2
 
 
-def logit_lens_kl(s: torch.Tensor, t: torch.Tensor, norm, head, temperature: float = 1.0) -> torch.Tensor:
-    """KL of the logit lens: the teacher's final norm and LM head read both states."""
+def logit_lens_kl(s: torch.Tensor, t: torch.Tensor, lens, temperature: float = 1.0) -> torch.Tensor:
+    """KL of the logit lens: `lens` (the teacher's `ModelAdapter.logits`: final norm, LM head and the family's
+    soft-capping or scaling, as its forward makes logits) reads both states."""
     with torch.no_grad():
-        t_logits = head(norm(t))
-    return kl_logits(head(norm(s)), t_logits, temperature)
+        t_logits = lens(t)
+    return kl_logits(lens(s), t_logits, temperature)
 
 
-def hidden_loss(s: torch.Tensor, t: torch.Tensor, w: LossWeights, norm=None, head=None) -> torch.Tensor:
-    """The weighted hidden-state term at one correspondence point."""
+def hidden_loss(s: torch.Tensor, t: torch.Tensor, w: LossWeights, lens=None) -> torch.Tensor:
+    """The weighted hidden-state term at one correspondence point (`lens` is needed by the logit-lens term)."""
     loss = s.new_zeros((), dtype=torch.float32)
     if w.mse:
         loss = loss + w.mse * nmse(s, t)
     if w.cos:
         loss = loss + w.cos * cosine(s, t)
     if w.kl:
-        loss = loss + w.kl * logit_lens_kl(s, t, norm, head, w.temperature)
+        loss = loss + w.kl * logit_lens_kl(s, t, lens, w.temperature)
     return loss

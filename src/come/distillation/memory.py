@@ -25,7 +25,7 @@ import torch
 
 from come.distillation.correspond import correspondences
 from come.distillation.layerwise import owned
-from come.distillation.lora import PROJECTIONS
+from come.distillation.lora import projections
 
 STRATEGIES = ("ddp", "fsdp")
 LORA_BYTES = 4  # peft keeps adapters in float32 (autocast_adapter_dtype)
@@ -65,11 +65,12 @@ class Shapes:
         from come.models import get_adapter, meta_model
 
         skeleton = meta_model(config)
-        layers = get_adapter(skeleton).layers
+        adapter = get_adapter(skeleton)
+        layers, targets = adapter.layers, projections(adapter)
         per_layer = [sum(p.numel() for p in layer.parameters()) for layer in layers]
         norms = [sum(p.numel() for n, p in layer.named_parameters() if "norm" in n) for layer in layers]
         lora = [sum(m.in_features + m.out_features for n, m in layer.named_modules()
-                    if isinstance(m, torch.nn.Linear) and re.fullmatch(PROJECTIONS, n)) for layer in layers]
+                    if isinstance(m, torch.nn.Linear) and re.fullmatch(targets, n)) for layer in layers]
         total = sum(p.numel() for p in skeleton.parameters())
         hidden = config.hidden_size
         heads = config.num_attention_heads

@@ -45,6 +45,9 @@ class ModelAdapter:
     has_qk_norm = False
     qk_norm_per_head = True  # False: q/k norms span the whole projection, one weight per row (OLMo 2)
     norm_offset = 0.0  # an RMSNorm scales by offset + weight (Gemma: 1 + w)
+    # a layer's projections by module path (LoRA adapts these); a family with fused projections names its own
+    lora_targets: tuple[str, ...] = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
+                                     "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")
 
     def __init__(self, model: nn.Module):
         self.model = model

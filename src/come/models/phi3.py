@@ -24,6 +24,7 @@ class Phi3Adapter(ModelAdapter):
 
     model_types = ("phi3",)
     family = "Phi-3 / Phi-4"
+    lora_targets = ("self_attn.qkv_proj", "self_attn.o_proj", "mlp.gate_up_proj", "mlp.down_proj")
 
     def attn_in(self, layer) -> dict[str, Piece]:
         proj = layer.self_attn.qkv_proj

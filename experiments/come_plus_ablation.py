@@ -43,7 +43,7 @@ def main() -> None:
     args = ap.parse_args()
     depths = sorted((int(d) for d in args.depths.split(",")), reverse=True)
     names = list(VARIANTS) if args.variants == "all" else [n for n in VARIANTS if n in args.variants.split(";")]
-    ev = CompareConfig(model=args.model, ppl_data=",".join(SOURCES), ppl_seq_len=512,
+    ev = CompareConfig(model=args.model, evals=["ppl"], tasks=[], ppl_data=",".join(SOURCES), ppl_seq_len=512,
                        ppl_max_windows=args.ppl_windows, device="cpu", progress=False)
     out = Path(args.out)
     results = json.loads(out.read_text()) if out.exists() else {}

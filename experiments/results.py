@@ -32,7 +32,8 @@ def config(args) -> CompareConfig:
         calib=CalibConfig(data=args.calib_data, samples=args.calib_samples, seq_len=args.calib_seq_len,
                           batch_size=8, seed=0),
         evals=args.eval, limit=args.limit, ppl_data="wiki-passages,ood", ppl_seq_len=512,
-        ppl_max_windows=args.ppl_windows, out=args.out, save_models=False, resume=Path(args.out).exists(),
+        ppl_max_windows=args.ppl_windows, out=args.out, save_models=False,
+        resume=Path(args.out).exists() or Path(args.out + ".partial").exists(),
         device="cpu", dtype="float32",
     )
 

@@ -67,3 +67,12 @@ def test_ood_stands_for_the_held_out_domains_and_their_geometric_mean():
     ppl = {d: {"ppl": v} for d, v in zip(corpora.OOD_DOMAINS, (2.0, 8.0, 4.0, 1.0))}
     assert ood_geomean(ppl) == pytest.approx(64 ** 0.25)
     assert ood_geomean({"wiki-passages": {"ppl": 3.0}}) is None  # only when every held-out domain was measured
+
+
+def test_eval_reports_the_ood_geometric_mean_when_every_held_out_domain_was_measured():
+    from come.eval.report import flat_metrics
+
+    ppl = {d: {"ppl": v} for d, v in zip(corpora.OOD_DOMAINS, (2.0, 8.0, 4.0, 1.0))}
+    flat = flat_metrics({"ppl": {"wiki-passages": {"ppl": 5.0}, **ppl}})
+    assert flat["ppl/ood (geo. mean)"] == pytest.approx(64 ** 0.25)
+    assert "ppl/ood (geo. mean)" not in flat_metrics({"ppl": {"code": {"ppl": 2.0}}})

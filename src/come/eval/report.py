@@ -5,6 +5,7 @@ from __future__ import annotations
 from come.card import display_name
 from come.eval import stats
 from come.eval.harness import metric_for
+from come.eval.ppl import ood_geomean
 
 AVERAGES = {
     "acc": "mean acc over the tasks",
@@ -27,6 +28,9 @@ def flat_metrics(result: dict) -> dict[str, float]:
     out: dict[str, float] = {}
     for src, r in result.get("ppl", {}).items():
         out[f"ppl/{src}"] = r["ppl"]
+    gmean = ood_geomean(result.get("ppl", {}))
+    if gmean is not None:  # every held-out domain was measured: their geometric mean, the out-of-domain headline
+        out["ppl/ood (geo. mean)"] = gmean
     for task, r in result.get("tasks", {}).items():
         for m in dict.fromkeys(("acc", "acc_norm", r.get("metric"))):  # a task scored otherwise: its metric
             if m in r:
@@ -61,7 +65,7 @@ def differences(model: dict, baseline: dict) -> dict[str, dict]:
 def _cell(key: str, result: dict, flat: dict) -> str:
     """A value cell; a perplexity with its interval over windows when the result has one."""
     text = _fmt(key, flat.get(key))
-    if key.startswith("ppl/") and key in flat:
+    if key.startswith("ppl/") and key[4:] in result.get("ppl", {}):
         interval = stats.fmt_ppl_interval(result["ppl"][key[4:]].get("interval"))
         text += f" {interval}" if interval else ""
     return text

@@ -114,6 +114,7 @@ def main() -> None:
     md = table(result)
     c = result["settings"]["calib"]
     cmd = ("HF_HUB_OFFLINE=1 .venv/bin/python experiments/results.py --out " + args.out
+           + (f" --methods {args.methods}" if args.methods != METHODS else "")
            + (f" --calib-samples {args.calib_samples}" if args.calib_samples != 8 else "")
            + (f" --calib-seq-len {args.calib_seq_len}" if args.calib_seq_len != 256 else "") + " --write")
     paired = paired_table(result)
@@ -124,7 +125,9 @@ def main() -> None:
              f"{c['seed']}, the same windows for every method. Perplexity: {args.ppl_windows} windows x 512 tokens "
              "of each text (evaluation parts), no BOS, float32; in brackets the 95% interval over windows. 24-layer "
              "rows replay the first steps of the 20-layer plans. prune s = wall time of the 20-layer pruning on 2 "
-             f"CPU cores. Made by `{cmd}` ({time.perf_counter() - t0:.0f} s this call; resumable).\n{END}")
+             "CPU cores, as measured in this run (other jobs may have shared the cores: compare them loosely). "
+             f"Made by `{cmd}` (resumable: a finished method is not pruned or evaluated again; this call "
+             f"{time.perf_counter() - t0:.0f} s).\n{END}")
     print(block)
     if args.write:
         path = Path(__file__).resolve().parents[1] / "docs" / "results.md"

@@ -65,6 +65,8 @@ def test_prune_writes_a_hub_card_and_no_absolute_path(run, tiny_dir, tmp_path):
     for name in ("come_summary.md", CARD_FILE):
         assert str(tmp_path) not in (out / name).read_text(), name
     assert (out / "come_summary.md").read_text().startswith("# come on tiny-llama")
+    plan = json.loads((out / "come_plan.json").read_text())
+    assert plan["settings"]["model_path"] == "tiny-llama"  # the resolved folder by its name, not its absolute path
 
 
 def test_card_names_hub_base_model_and_its_license(tmp_path):

@@ -199,9 +199,10 @@ def prune(config: PruneConfig | None = None, **kwargs) -> PruneResult:
     save_dtype = save_dtype_for(cfg.save_dtype, config)
     stats["save_dtype"] = str(save_dtype).replace("torch.", "")
     settings = cfg.to_dict()
-    settings["model_path"] = path
     from come import recipe
-    from come.card import scrubbed
+    from come.card import display_name, scrubbed
+
+    settings["model_path"] = display_name(str(path))  # the folder's name: no absolute path in what we write
 
     settings["recipe"] = scrubbed(recipe.of(cfg))  # what --config takes to make this plan again (paths: names)
     plan = Plan(cfg.method, base, settings, ctx.steps, ctx.tree, c.seed, versions(), stats=stats, tensors=ctx.tensors)

@@ -64,6 +64,8 @@ class EvalConfig:
 
 def evaluate_model(name: str, cfg: EvalConfig) -> dict:
     """Every requested number for one model."""
+    from come.card import display_name
+
     from come.models import load_model
     from come.placement import place_for_inference
     from come.prune import resolve_device
@@ -74,7 +76,7 @@ def evaluate_model(name: str, cfg: EvalConfig) -> dict:
     where = place_for_inference(model, device)  # one GPU if it fits, else every GPU (accelerate)
     if cfg.ppl:
         check_seq_len(model, cfg.ppl_seq_len)
-    out: dict = {"name": name, "path": str(path), **model_size(model, path)}
+    out: dict = {"name": display_name(name), "path": display_name(str(path)), **model_size(model, path)}
     out["dtype"] = str(next(model.parameters()).dtype).replace("torch.", "")
     out["device"] = where
     if cfg.ppl:

@@ -65,7 +65,6 @@ class EvalConfig:
 def evaluate_model(name: str, cfg: EvalConfig) -> dict:
     """Every requested number for one model."""
     from come.card import display_name
-
     from come.models import load_model
     from come.placement import place_for_inference
     from come.prune import resolve_device

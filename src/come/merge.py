@@ -1,8 +1,9 @@
-"""Concatenation merge of two adjacent decoder layers (METHOD.md §3) and the plain layer drop.
+"""The math of merging decoder layers: the concatenation merge of two adjacent layers (METHOD.md §3), the
+weighted sum of two layers, LaCo's RDSC merge of several, and putting a merged layer in place of its sources.
 
-The merged layer runs the selected KV groups (with their query heads) and MLP channels of both layers side
+The concatenation runs the selected KV groups (with their query heads) and MLP channels of both layers side
 by side: rows of q/k/v and gate/up are concatenated, layer a's pieces first, and the matching columns of
-o_proj and down_proj likewise.
+o_proj and down_proj likewise. The plan operations that call these functions are in `come.ops`.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ from torch import nn
 
 from come.models import ModelAdapter
 from come.models.base import new_linear
-from come.plan import register_op
 
 NORM_MODES = ("mean", "fold")
 
@@ -172,27 +172,29 @@ def replace_pair(adapter: ModelAdapter, l: int, merged: nn.Module) -> None:
     adapter.set_layers(layers, kept)
 
 
-@register_op("merge")
-def apply_merge(adapter: ModelAdapter, step: dict) -> None:
-    """Concatenation merge of layers (l, l+1) with the pieces and ratio the step records."""
-    l = step["layer"]
-    merged = concat_layers(
-        adapter,
-        adapter.layers[l],
-        adapter.layers[l + 1],
-        tuple(step["attn_groups"]),
-        tuple(step["mlp_channels"]),
-        tuple(step["ratio"]),
-        step.get("norm", "mean"),
-    )
-    replace_pair(adapter, l, merged)
+def weighted_layer(layer_a: nn.Module, layer_b: nn.Module, ratio) -> nn.Module:
+    """A copy of layer a whose every parameter is r_a θ_a + r_b θ_b (float32 math, the model's dtype)."""
+    merged = copy.deepcopy(layer_a)
+    pb = dict(layer_b.named_parameters())
+    with torch.no_grad():
+        for name, p in merged.named_parameters():
+            p.copy_((ratio[0] * p.float() + ratio[1] * pb[name].detach().float()).to(p.dtype))
+    return merged
 
 
-@register_op("drop")
-def apply_drop(adapter: ModelAdapter, step: dict) -> None:
-    """Remove layer `layer`."""
-    l = step["layer"]
-    layers = list(adapter.layers)
-    kept = [i for i in range(len(layers)) if i != l]
-    del layers[l]
-    adapter.set_layers(layers, kept)
+def _is_norm(name: str) -> bool:
+    return "norm" in name
+
+
+def rdsc_layer(layers: list[nn.Module]) -> nn.Module:
+    """LaCo's RDSC merge: layer 0 of `layers` with every non-norm parameter θ_0 + Σ_k (θ_k - θ_0) (float32
+    math)."""
+    merged = copy.deepcopy(layers[0])
+    others = [dict(x.named_parameters()) for x in layers[1:]]
+    with torch.no_grad():
+        for name, p in merged.named_parameters():
+            if _is_norm(name):
+                continue
+            base = p.float()
+            p.copy_((base + sum(o[name].detach().float() - base for o in others)).to(p.dtype))
+    return merged

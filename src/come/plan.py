@@ -9,37 +9,29 @@ from __future__ import annotations
 
 import json
 import platform
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import torch
+import transformers
+from safetensors.torch import load_file, save_file
+
+import come
+from come.assets import MODEL_ALIASES
 from come.errors import ComeError
-from come.models import ModelAdapter, get_adapter
+from come.models import count_params, fingerprint, get_adapter, resolve_model
+from come.ops import DEPTH_KEEPING_OPS, OPS, Op, apply_step, initial_tree, op_of, register_op, update_tree
+from come.plan_check import check_shape, geometry_of, shape_of, validate_plan
+
+# the plan operations live in come.ops; these names are kept here for the code that imports them from come.plan
+__all__ = ["DEPTH_KEEPING_OPS", "OPS", "PLAN_FILE", "PLAN_FORMAT", "TENSORS_FILE", "Op", "Plan", "apply_plan",
+           "apply_step", "base_model_info", "base_model_path", "initial_tree", "register_op", "update_tree",
+           "versions"]
 
 PLAN_FORMAT = "come-plan/1"
 PLAN_FILE = "come_plan.json"
 TENSORS_FILE = "come_plan.safetensors"  # weights a plan step computed (e.g. a least-squares re-fit)
-
-Op = Callable[..., None]
-OPS: dict[str, Op] = {}
-TENSOR_OPS: set[str] = set()
-DEPTH_KEEPING_OPS: set[str] = set()
-
-
-def register_op(name: str, needs_tensors: bool = False, keeps_depth: bool = False) -> Callable[[Op], Op]:
-    """Register `fn(adapter, step)`; with `needs_tensors`, `fn(adapter, step, tensors)`. `keeps_depth`: the op
-    edits weights in place and leaves the merge tree as it is."""
-
-    def deco(fn: Op) -> Op:
-        OPS[name] = fn
-        if needs_tensors:
-            TENSOR_OPS.add(name)
-        if keeps_depth:
-            DEPTH_KEEPING_OPS.add(name)
-        return fn
-
-    return deco
 
 
 @dataclass
@@ -69,7 +61,7 @@ class Plan:
         tree = initial_tree(depth)
         steps = []
         for step in self.steps:
-            if len(tree) == num_layers and step["op"] not in DEPTH_KEEPING_OPS:
+            if len(tree) == num_layers and not op_of(step).keeps_depth:
                 break
             steps.append(step)
             update_tree(tree, step)
@@ -87,8 +79,6 @@ class Plan:
         path = Path(path)
         path.write_text(self.to_json())
         if self.tensors:
-            from safetensors.torch import save_file
-
             tensors = {k: v.detach().cpu().contiguous() for k, v in self.tensors.items()}
             save_file(tensors, str(path.parent / TENSORS_FILE))
 
@@ -105,8 +95,6 @@ class Plan:
             raise ComeError(f"plan {path} is not valid JSON ({e.msg} at line {e.lineno})") from e
         plan = cls.load_dict(data, str(path))
         if (path.parent / TENSORS_FILE).exists():
-            from safetensors.torch import load_file
-
             plan.tensors = load_file(str(path.parent / TENSORS_FILE))
         return plan
 
@@ -123,10 +111,6 @@ def base_model_info(model, name: str) -> dict[str, Any]:
     """What a plan records of its base model: how to find it again (`name` and `source`: a local folder by its
     folder name only, never by a path; a hub id; an alias), its shape, and a fingerprint of its config and
     weights that `come apply` checks."""
-    from come.assets import MODEL_ALIASES
-    from come.models import count_params, fingerprint, resolve_model
-    from come.plan_check import shape_of
-
     c = model.config
     path = resolve_model(name)
     if name in MODEL_ALIASES:
@@ -170,36 +154,14 @@ def base_model_path(plan: Plan, model: str | None = None, plan_path: str | Path 
 
 
 def versions() -> dict[str, str]:
-    import torch
-    import transformers
-
-    import come
-
     return {"come": come.__version__, "torch": torch.__version__, "transformers": transformers.__version__,
             "python": platform.python_version()}
-
-
-def initial_tree(num_layers: int) -> list[list[int]]:
-    return [[i] for i in range(num_layers)]
-
-
-def apply_step(adapter: ModelAdapter, step: dict, tensors: dict | None = None) -> None:
-    _load_ops()
-    op = step.get("op")
-    if op not in OPS:
-        raise ComeError(f"plan step has unknown op {op!r}: known ops are {', '.join(sorted(OPS))}")
-    if op in TENSOR_OPS:
-        OPS[op](adapter, step, tensors or {})
-    else:
-        OPS[op](adapter, step)
 
 
 def apply_plan(model, plan: Plan | str | Path):
     """Replay `plan` on a fresh copy of its original model (in place); returns the model."""
     if not isinstance(plan, Plan):
         plan = Plan.load(plan)
-    from come.plan_check import check_shape, geometry_of, validate_plan
-
     adapter = get_adapter(model)
     check_shape(plan.base_model, model.config)
     # before the first step: a bad plan must not leave a half-edited model (a prefix of steps keeps its full
@@ -209,29 +171,3 @@ def apply_plan(model, plan: Plan | str | Path):
         apply_step(adapter, step, plan.tensors)
     return model
 
-
-def _load_ops() -> None:
-    # Ops are registered by the modules that define them; importing the method registry loads them all.
-    import come.merge  # noqa: F401
-    import come.methods  # noqa: F401
-    import come.reconstruct  # noqa: F401
-
-
-def update_tree(tree: list[list[int]], step: dict) -> None:
-    """Keep `tree` (new layer -> contiguous original layers) in step with a merge or drop.
-
-    A merge of `span` layers (default 2) from `layer` joins their blocks. A dropped layer's block joins its
-    predecessor's (the first layer's joins its successor's): the layer before it now stands for both.
-    """
-    l = step["layer"]
-    if step["op"] in DEPTH_KEEPING_OPS:
-        return
-    if step["op"] == "drop":
-        gone = tree.pop(l)
-        if l > 0:
-            tree[l - 1] = tree[l - 1] + gone
-        elif tree:
-            tree[0] = gone + tree[0]
-        return
-    span = step.get("span", 2)
-    tree[l : l + span] = [[i for block in tree[l : l + span] for i in block]]

@@ -15,6 +15,10 @@ from dataclasses import dataclass
 import torch
 
 from come.errors import ComeError
+from come.merge import NORM_MODES
+from come.models import fingerprint
+from come.ops import OPS, initial_tree, update_tree
+from come.scores import split_budget
 
 # what a plan records of its base model's shape; a model that differs in any of these is another model
 SHAPE_KEYS = ("model_type", "num_hidden_layers", "hidden_size", "intermediate_size", "num_attention_heads",
@@ -84,11 +88,6 @@ class _Step:
 
 def validate_plan(plan, geometry: Geometry | None = None, check_tree: bool = True) -> None:
     """Refuse a plan that does not fit its base model (and, with `geometry`, the model it is applied to)."""
-    from come.merge import NORM_MODES
-    from come.plan import OPS, _load_ops, initial_tree, update_tree
-    from come.scores import split_budget
-
-    _load_ops()
     base = plan.base_model
     if not isinstance(base, dict) or not _is_int(base.get("num_layers")) or base["num_layers"] < 1:
         raise ComeError(f"plan base_model must record num_layers >= 1, got {_short(base)}: {FIX}")
@@ -181,8 +180,6 @@ def check_shape(base: dict, config) -> None:
 def check_base_model(plan, config, path: str, force: bool = False) -> None:
     """`path` (its `config`) must be the model the plan was made from: the same shape always, the same config
     and weights fingerprint unless `force`."""
-    from come.models import fingerprint
-
     check_shape(plan.base_model, config)
     recorded = plan.base_model.get("fingerprint") or {}
     if not any(recorded.values()):

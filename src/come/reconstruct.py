@@ -10,7 +10,7 @@ pulls toward zero (`prior "zero"`) or toward the merged layer's own weights (`pr
 keeps the plain merge, so with few calibration tokens the fit moves only as far as the held-out windows support).
 A residual multiplier (Granite) enters the fit exactly; behind a post-norm (Gemma 2/3, OLMo 2) the fit is a
 surrogate and its candidates are scored by their true held-out error (see `refit_merged`). The weights are
-stored with the plan (safetensors), so replay is bit for bit.
+stored with the plan (safetensors) and installed by its `refit` step (`come.ops`), so replay is bit for bit.
 """
 
 from __future__ import annotations
@@ -24,7 +24,6 @@ from torch import nn
 
 from come.capture import Calibration, _first, on_device
 from come.models import ModelAdapter
-from come.plan import register_op
 
 LAMBDAS = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)  # relative to the mean diagonal of the Gram matrix
 # toward the merged weights a strong ridge is meaningful (it approaches the unfitted merge), so search further
@@ -305,13 +304,3 @@ def _install(name: str, proj: nn.Linear, res: RidgeResult, weights: dict, report
         # and on the CPU (a 70B re-fit plan would otherwise hold gigabytes of accelerator memory until saved)
         weights[name] = proj.weight.detach().to("cpu", copy=True)
 
-
-@register_op("refit", needs_tensors=True, keeps_depth=True)
-def apply_refit(adapter: ModelAdapter, step: dict, tensors: dict) -> None:
-    """Install re-fitted projection weights of layer `layer` from the plan's tensors."""
-    layer = adapter.layers[step["layer"]]
-    getters = {"o_proj": adapter.o_proj, "down_proj": adapter.down_proj}
-    for name, key in step["tensors"].items():
-        proj = getters[name](layer)
-        with torch.no_grad():
-            proj.weight.copy_(tensors[key].to(proj.weight.device))

@@ -12,16 +12,11 @@ the layers' residual functions); states are the true last-layer outputs (before 
 
 from __future__ import annotations
 
-import copy
-
-import torch
-
 from come.capture import cos_rows
 from come.errors import ComeError
+from come.merge import rdsc_layer  # the merge itself; the `rdsc` plan op is in come.ops
 from come.methods import Option, register
 from come.methods.base import PruneContext
-from come.models import ModelAdapter
-from come.plan import register_op
 
 OPTIONS = {
     "C": Option(int, 4, "layers merged into one, the first included"),
@@ -29,33 +24,6 @@ OPTIONS = {
     "T": Option(float, 0.65, "similarity threshold of the last hidden states"),
     "L": Option(int, 1, "lowest layer a merge may start at"),
 }
-
-
-def _is_norm(name: str) -> bool:
-    return "norm" in name
-
-
-def rdsc_layer(layers: list[torch.nn.Module]) -> torch.nn.Module:
-    """Layer 0 of `layers` with every non-norm parameter θ_0 + Σ_k (θ_k - θ_0) (float32 math)."""
-    merged = copy.deepcopy(layers[0])
-    others = [dict(x.named_parameters()) for x in layers[1:]]
-    with torch.no_grad():
-        for name, p in merged.named_parameters():
-            if _is_norm(name):
-                continue
-            base = p.float()
-            p.copy_((base + sum(o[name].detach().float() - base for o in others)).to(p.dtype))
-    return merged
-
-
-@register_op("rdsc")
-def apply_rdsc(adapter: ModelAdapter, step: dict) -> None:
-    """Replace layers l .. l+span-1 by their RDSC merge."""
-    l, span = step["layer"], step["span"]
-    layers = list(adapter.layers)
-    merged = rdsc_layer(layers[l : l + span])
-    kept = [i for i in range(len(layers)) if not l < i < l + span]
-    adapter.set_layers([*layers[:l], merged, *layers[l + span :]], kept)
 
 
 def final_similarity(states, reference) -> float:

@@ -6,35 +6,12 @@ The `wsum` plan op is shared with MKA. Not in the authors' code as a method; bui
 
 from __future__ import annotations
 
-import copy
-
-import torch
-
 from come.errors import ComeError
-from come.merge import replace_pair
+from come.merge import weighted_layer  # noqa: F401  (the merge itself; the `wsum` plan op is in come.ops)
 from come.methods import register
 from come.methods.base import PruneContext
 from come.methods.come import candidates, limit_merges
-from come.models import ModelAdapter
-from come.plan import register_op
 from come.scores import bi_ratio, pair_scores
-
-
-def weighted_layer(layer_a, layer_b, ratio) -> torch.nn.Module:
-    """A copy of layer a whose every parameter is r_a θ_a + r_b θ_b (float32 math, the model's dtype)."""
-    merged = copy.deepcopy(layer_a)
-    pb = dict(layer_b.named_parameters())
-    with torch.no_grad():
-        for name, p in merged.named_parameters():
-            p.copy_((ratio[0] * p.float() + ratio[1] * pb[name].detach().float()).to(p.dtype))
-    return merged
-
-
-@register_op("wsum")
-def apply_wsum(adapter: ModelAdapter, step: dict) -> None:
-    """Replace layers (l, l+1) by their weighted sum with `ratio`."""
-    l = step["layer"]
-    replace_pair(adapter, l, weighted_layer(adapter.layers[l], adapter.layers[l + 1], step["ratio"]))
 
 
 @register("wsum", uses=("pair_tokens", "ratio_power", "remerge"))

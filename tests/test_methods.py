@@ -155,3 +155,81 @@ def test_settings_a_plan_depends_on():
     assert "refit_prior" not in settings_used("come-p", {"method": "come-p", "reconstruct": False})
     assert "refit_prior" in settings_used("come-p", {"method": "come-p", "reconstruct": True})
     assert "ratio_power" in settings_used("wsum", {}) and "norm" in settings_used("come", {})
+
+
+def test_registering_a_name_twice_is_refused():
+    from come.methods import METHODS, Method, register
+
+    before = METHODS["sleb"]
+    with pytest.raises(ValueError, match="'sleb' is registered already"):
+        register(Method("sleb", lambda ctx: None, "ours"))
+    assert METHODS["sleb"] is before
+
+
+def test_every_method_has_a_complete_frozen_record():
+    import dataclasses
+    import re
+
+    from come.methods import COMMON_SETTINGS, METHODS, Method, Option, get_method
+
+    fields = {f.name for f in dataclasses.fields(PruneConfig)}
+    assert set(COMMON_SETTINGS) <= fields
+    assert set(METHODS) == set(BASELINES) | {"come", "come-p", "come-plus"}
+    for name, m in METHODS.items():
+        assert isinstance(m, Method) and m.name == name and get_method(name) is m and callable(m.run)
+        assert m.paper == "ours" or re.search(r"\((.* )?(19|20)\d\d\)", m.paper), (name, m.paper)
+        assert all(isinstance(o, Option) and isinstance(o.default, o.type) for o in m.options.values())
+        for settings in ({"method": name}, {"method": name, "reconstruct": True}):
+            used = m.settings_used(settings)
+            assert set(used) <= fields and len(set(used)) == len(used), name
+        for remerge in (False, True):
+            c = PruneConfig(model="m", method=name, target_layers=1, remerge=remerge)
+            assert m.min_calib_samples(c) >= 1
+            for n in range(2, 65):
+                assert 0 <= m.limit.max_removable(n, c) <= n - 1, (name, n)
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            m.paper = "changed"
+        with pytest.raises(TypeError):
+            m.options["X"] = Option(int, 1, "x")
+    assert not METHODS["angular"].prefix_consistent
+    assert [n for n, m in METHODS.items() if m.needs_whole_model] == ["taylor", "taylor+"]
+    assert METHODS["laco"].options["T"].default == 0.65
+
+
+def test_the_limits_of_the_records():
+    from come.methods import max_removable
+
+    plain, remerge = (PruneConfig(model="m", method="come", target_layers=1, remerge=r) for r in (False, True))
+    drops = PruneConfig(model="m", method="come", target_layers=1, drop_candidates=True)
+    assert [max_removable("come", n, plain) for n in (2, 7, 24)] == [1, 3, 12]
+    assert max_removable("come-plus", 24, remerge) == max_removable("come", 24, drops) == 23
+    assert max_removable("wsum", 24, plain) == 12
+    assert [max_removable("magnitude+", n, plain) for n in (5, 6, 24)] == [0, 0, 18]
+    assert max_removable("taylor", 24, plain) == max_removable("laco", 24, plain) == 23
+
+
+@pytest.mark.parametrize("method, layers, target, said", [
+    ("come", 24, 11, "without re-merging at most 12 are possible (target >= 12): raise the target or pass --remerge"),
+    ("wsum", 7, 3, "without re-merging at most 3 are possible (target >= 4): raise the target or pass --remerge"),
+    ("taylor+", 24, 5, "keeping the first 4 and last 2 layers at most 18 are possible (target >= 6): raise the "
+                       "target or use magnitude/taylor"),
+])
+def test_a_target_beyond_the_limit_is_refused_in_one_line(method, layers, target, said):
+    from come.prune import check_reachable
+
+    c = PruneConfig(model="m", method=method, target_layers=target)
+    with pytest.raises(ComeError) as err:
+        check_reachable(c, layers, target)
+    assert str(err.value) == f"{method}: {layers} -> {target} layers needs {layers - target} removals, but {said}"
+    check_reachable(c, layers, target + 1)  # one layer more is reachable
+
+
+def test_the_methods_docs_name_every_paper():
+    from pathlib import Path
+
+    from come.methods import METHODS
+
+    docs = (Path(__file__).parents[1] / "docs" / "methods.md").read_text()
+    for name, m in METHODS.items():
+        row = next(line for line in docs.splitlines() if line.startswith("|") and f"`{name}`" in line)
+        assert m.paper.partition(" (")[0] in row, (name, m.paper)

@@ -129,17 +129,9 @@ def resolve_target(cfg: PruneConfig, model, num_layers: int, per_layer: int) -> 
 
 
 def check_reachable(cfg: PruneConfig, num_layers: int, target: int) -> None:
-    """Refuse, before any weights load, a target the method cannot reach: a method may carry
-    `max_removable(num_layers, cfg) -> int` and `limit_reason` (said in the error)."""
-    method = get_method(cfg.method)
-    limit = getattr(method, "max_removable", None)
-    if limit is None or num_layers - target <= limit(num_layers, cfg):
-        return
-    most = limit(num_layers, cfg)
-    raise ComeError(
-        f"{cfg.method}: {num_layers} -> {target} layers needs {num_layers - target} removals, but "
-        f"{method.limit_reason} at most {most} are possible (target >= {num_layers - most}): {method.limit_fix}"
-    )
+    """Refuse, before any weights load, a target the method cannot reach (its record's `limit`, whose reason and
+    fix the one-line error gives)."""
+    get_method(cfg.method).limit.check(cfg.method, num_layers, target, cfg)
 
 
 def decide_placement(cfg: PruneConfig, config, skeleton, device: str, dtype: torch.dtype,
@@ -149,7 +141,7 @@ def decide_placement(cfg: PruneConfig, config, skeleton, device: str, dtype: tor
     c = cfg.calib
     place = placement.decide(device, cfg.offload, cfg.store_device, count_params(skeleton) * dtype.itemsize,
                              placement.cache_bytes(config, c.samples, c.seq_len, dtype), free_bytes)
-    if place.offloaded and getattr(get_method(cfg.method), "needs_whole_model", False):
+    if place.offloaded and get_method(cfg.method).needs_whole_model:
         raise ComeError(f"{cfg.method} back-propagates through the whole model at once, which must then fit on "
                         f"{device}, but the weights are kept in CPU memory ({place.reason}): pass --offload never "
                         "on a device that holds the model, or use magnitude, shortgpt or sleb")
@@ -181,7 +173,7 @@ def prune(config: PruneConfig | None = None, **kwargs) -> PruneResult:
     torch.manual_seed(c.seed)
     calib = Calibration(model, adapter, ids, c.batch_size, device, place.cache, cfg.progress)
     ctx = PruneContext(model, adapter, calib, target, cfg)
-    method(ctx)
+    method.run(ctx)
     del calib, ctx.calib
     wall = time.perf_counter() - t0
     stats = {

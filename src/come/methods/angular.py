@@ -7,9 +7,9 @@ paper (that is a recovery step, compared separately). Not prefix-consistent: eac
 
 from __future__ import annotations
 
-from come.methods import register
 from come.methods.base import PruneContext
 from come.methods.oneshot import drop_ranked
+from come.methods.registry import Method, register
 from come.scores import angular_distance
 
 
@@ -22,7 +22,6 @@ def block_distances(hidden, n: int) -> list[float]:
     return out
 
 
-@register("angular")
 def angular(ctx: PruneContext) -> None:
     """Drop the block [l*, l*+n) with the smallest d(l, n), n = layers to remove."""
     ctx.calib.run(0)
@@ -32,4 +31,5 @@ def angular(ctx: PruneContext) -> None:
     drop_ranked(ctx, list(range(start + n - 1, start - 1, -1)), {"block_angular": d, "start": start, "n": n})
 
 
-angular.prefix_consistent = False
+register(Method("angular", angular, "The Unreasonable Ineffectiveness of the Deeper Layers (ICLR 2025)",
+                prefix_consistent=False))  # each depth picks its own block

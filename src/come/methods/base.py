@@ -41,7 +41,7 @@ class PruneContext:
 
     def option(self, key: str):
         """The value of the method's option `key` (its default unless --option set it)."""
-        from come.methods import method_options
+        from come.methods.registry import method_options
 
         return method_options(self.config.method, self.config.method_options)[key]
 

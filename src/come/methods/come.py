@@ -1,4 +1,4 @@
-"""CoMe (progressive concatenation merge, METHOD.md §4) and CoMe-P (ratio by grid search on calibration NLL).
+"""CoMe (progressive concatenation merge, docs/method.md §4) and CoMe-P (ratio by grid search on calibration NLL).
 
 Differs from the authors' code on purpose: the pair score compares true layer outputs (not the final-normed
 hidden state), a KV group is the unit of attention selection (their GQA tiling mismatches query and KV
@@ -11,14 +11,16 @@ import torch
 
 from come.errors import ComeError
 from come.merge import concat_layers
-from come.methods import register
 from come.methods.base import PruneContext
+from come.methods.registry import Limit, Method, register
 from come.reconstruct import MIN_WINDOWS, attention_updates, held_out_windows, refit_merged
 from come.scores import attn_group_sensitivity, bi_ratio, mlp_sensitivity, pair_scores, split_budget, top_k
 
+PAPER = "Layer as Puzzle Pieces: Compressing Large Language Models through Layer Concatenation (NeurIPS 2025)"
 
-def come_uses(settings: dict) -> tuple[str, ...]:
-    """The PruneConfig fields the CoMe family reads; the re-fit's only when it re-fits."""
+
+def come_reads(settings: dict) -> tuple[str, ...]:
+    """The PruneConfig fields the CoMe family's plans depend on; the re-fit's only when it re-fits."""
     fields = ("norm", "pair_score", "pair_tokens", "remerge", "ratio_power", "grid", "reconstruct",
               "drop_candidates")
     refits = settings.get("reconstruct") or settings.get("method") == "come-plus"
@@ -176,31 +178,20 @@ def refit_windows(cfg) -> int:
     return MIN_WINDOWS if cfg.method == "come-plus" or cfg.reconstruct else 1
 
 
-def limit_merges(fn):
-    """Declare the no-re-merge limit on a merging method (checked by prune/compare before loading weights)."""
-    fn.min_calib_samples = refit_windows
-    fn.max_removable = no_remerge_limit
-    fn.limit_reason = "without re-merging"
-    fn.limit_fix = "raise the target or pass --remerge"
-    return fn
+# without re-merge each merge needs two fresh layers (checked by prune/compare before loading weights)
+NO_REMERGE = Limit(no_remerge_limit, "without re-merging", "raise the target or pass --remerge")
 
 
-@register("come", uses=come_uses)
-@limit_merges
 def come(ctx: PruneContext) -> None:
     """Paper CoMe: merge the pair with the lowest angular score (or loss), BI-proportional ratio."""
     progressive_merge(ctx, "bi", ctx.config.reconstruct)
 
 
-@register("come-p", uses=come_uses)
-@limit_merges
 def come_p(ctx: PruneContext) -> None:
     """CoMe-P: as CoMe, with the ratio chosen on a grid by calibration NLL (r = 0 or 1 drops a layer)."""
     progressive_merge(ctx, "grid", ctx.config.reconstruct)
 
 
-@register("come-plus", uses=come_uses)
-@limit_merges
 def come_plus(ctx: PruneContext) -> None:
     """Ours, training-free: the lowest-angular pair (or --pair-score loss) is merged with o_proj/down_proj ridge
     re-fitted to the pair's output (the ridge pulls toward the merged weights unless --refit-prior zero; toward
@@ -210,3 +201,9 @@ def come_plus(ctx: PruneContext) -> None:
     measured worse on SmolLM2 (prior zero: 75.9 / 135.4 ppl vs 49.0 / 106.0), so the angular choice is the
     default."""
     progressive_merge(ctx, "plus", reconstruct=True, held_out=True)
+
+
+register(Method("come", come, PAPER, reads=come_reads, limit=NO_REMERGE, min_calib_samples=refit_windows))
+register(Method("come-p", come_p, PAPER, reads=come_reads, limit=NO_REMERGE, min_calib_samples=refit_windows))
+register(Method("come-plus", come_plus, "ours", reads=come_reads, limit=NO_REMERGE,
+                min_calib_samples=refit_windows))

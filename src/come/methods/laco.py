@@ -15,8 +15,8 @@ from __future__ import annotations
 from come.capture import cos_rows
 from come.errors import ComeError
 from come.merge import rdsc_layer  # the merge itself; the `rdsc` plan op is in come.ops
-from come.methods import Option, register
 from come.methods.base import PruneContext
+from come.methods.registry import Method, Option, register
 
 OPTIONS = {
     "C": Option(int, 4, "layers merged into one, the first included"),
@@ -37,7 +37,6 @@ def final_similarity(states, reference) -> float:
 
 
 
-@register("laco", OPTIONS)
 def laco(ctx: PruneContext) -> None:
     C, I, T, LOWEST = (ctx.option(k) for k in ("C", "I", "T", "L"))
     if C < 2 or I < 0 or not -1 <= T <= 1 or LOWEST < 0:
@@ -72,3 +71,7 @@ def laco(ctx: PruneContext) -> None:
             f"similarity to the original above T = {T}{seen}; raise --target-layers or lower it with "
             "--option T=..."
         )
+
+
+register(Method("laco", laco, "LaCo: Large Language Model Pruning via Layer Collapse (Findings of EMNLP 2024)",
+                options=OPTIONS))

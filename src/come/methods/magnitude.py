@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import torch
 
-from come.methods import register
 from come.methods.base import PruneContext
 from come.methods.oneshot import drop_ranked, rank_lowest
+from come.methods.registry import Limit, Method, register
 
 KEEP_FIRST, KEEP_LAST = 4, 2
+PAPER = ("Shortened LLaMA: Depth Pruning for Large Language Models with Comparison of Retraining Methods "
+         "(arXiv 2402.02834, 2024)")
 
 
 def _weights(layer) -> list[torch.nn.Parameter]:
@@ -60,25 +62,21 @@ def _run(ctx: PruneContext, kind: str, plus: bool) -> None:
     drop_ranked(ctx, rank_lowest(scores, protected), {kind: scores, "protected": protected}, why)
 
 
-@register("magnitude")
 def magnitude(ctx: PruneContext) -> None:
     """Drop the layers with the smallest sum |W|."""
     _run(ctx, "magnitude", plus=False)
 
 
-@register("magnitude+")
 def magnitude_plus(ctx: PruneContext) -> None:
     """Keeps the first 4 and last 2 layers; drops the others with the smallest sum |W|."""
     _run(ctx, "magnitude", plus=True)
 
 
-@register("taylor")
 def taylor(ctx: PruneContext) -> None:
     """Drop the layers with the smallest sum |W * dL/dW|."""
     _run(ctx, "taylor", plus=False)
 
 
-@register("taylor+")
 def taylor_plus(ctx: PruneContext) -> None:
     """Keeps the first 4 and last 2 layers; drops the others with the smallest sum |W * dL/dW|."""
     _run(ctx, "taylor", plus=True)
@@ -88,9 +86,12 @@ def _removable(n: int, cfg=None) -> int:
     return max(n - KEEP_FIRST - KEEP_LAST, 0)
 
 
-for _fn in (magnitude_plus, taylor_plus):  # checked by prune/compare before any weights load
-    _fn.max_removable = _removable
-    _fn.limit_reason = f"keeping the first {KEEP_FIRST} and last {KEEP_LAST} layers"
-    _fn.limit_fix = "raise the target or use magnitude/taylor"
-for _fn in (taylor, taylor_plus):  # the gradient needs every layer on the compute device at once
-    _fn.needs_whole_model = True
+# the `+` variants' limit, checked by prune/compare before any weights load
+KEEP_ENDS = Limit(_removable, f"keeping the first {KEEP_FIRST} and last {KEEP_LAST} layers",
+                  "raise the target or use magnitude/taylor")
+
+register(Method("magnitude", magnitude, PAPER))
+register(Method("magnitude+", magnitude_plus, PAPER, limit=KEEP_ENDS))
+# the gradient needs every layer on the compute device at once
+register(Method("taylor", taylor, PAPER, needs_whole_model=True))
+register(Method("taylor+", taylor_plus, PAPER, limit=KEEP_ENDS, needs_whole_model=True))

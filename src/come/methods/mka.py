@@ -10,8 +10,8 @@ similarity is replaced by this cosine (same role, no extra hyper-parameters).
 from __future__ import annotations
 
 from come.capture import cos_rows
-from come.methods import register
 from come.methods.base import PruneContext
+from come.methods.registry import Method, register
 
 
 def output_similarity(hidden) -> list[float]:
@@ -27,7 +27,6 @@ def output_similarity(hidden) -> list[float]:
     return sims
 
 
-@register("mka")
 def mka(ctx: PruneContext) -> None:
     ctx.calib.run(0)
     while ctx.num_layers > ctx.target_layers:
@@ -37,3 +36,7 @@ def mka(ctx: PruneContext) -> None:
         ctx.apply({"op": "wsum", "layer": l, "ratio": [lam, 1 - lam],
                    "sources": [list(ctx.tree[l]), list(ctx.tree[l + 1])], "scores": {"similarity": s}})
         ctx.calib.run(l)
+
+
+register(Method("mka", mka, "Pruning via Merging: Compressing LLMs via Manifold Alignment Based Layer Merging "
+                "(EMNLP 2024)"))

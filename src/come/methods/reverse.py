@@ -1,23 +1,26 @@
 """Reverse-order baseline: drop the last layers (ShortGPT/SLEB papers' "reverse order" baseline).
 
 `reverse` drops from the very last layer down, as the papers do; `reverse-keep-last` keeps the final layer
-and drops the ones before it (on SmolLM2 the last layers undo a massive activation, see ASSETS.md).
+and drops the ones before it (on SmolLM2 the last layers undo a massive activation, see docs/data.md).
 """
 
 from __future__ import annotations
 
-from come.methods import register
 from come.methods.base import PruneContext
 from come.methods.oneshot import drop_ranked
+from come.methods.registry import Method, register
+from come.methods.shortgpt import PAPER as SHORTGPT
 
 
-@register("reverse")
 def reverse(ctx: PruneContext) -> None:
     """Drop layers L-1, L-2, ... until the target depth."""
     drop_ranked(ctx, list(range(ctx.num_layers - 1, -1, -1)))
 
 
-@register("reverse-keep-last")
 def reverse_keep_last(ctx: PruneContext) -> None:
     """Keep the final layer; drop L-2, L-3, ... until the target depth."""
     drop_ranked(ctx, list(range(ctx.num_layers - 2, -1, -1)))
+
+
+register(Method("reverse", reverse, f"{SHORTGPT}, its reverse-order baseline"))
+register(Method("reverse-keep-last", reverse_keep_last, "ours"))

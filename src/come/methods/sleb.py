@@ -7,8 +7,8 @@ Differs from the authors' code: a trial at layer i re-runs only layers i+1.. fro
 
 from __future__ import annotations
 
-from come.methods import register
 from come.methods.base import PruneContext
+from come.methods.registry import Method, register
 
 
 def removal_nll(ctx: PruneContext, n_batches: int | None = None, windows=None) -> list[float]:
@@ -25,7 +25,6 @@ def drop_layer(ctx: PruneContext, l: int, scores: dict) -> None:
     ctx.calib.run(l)  # boundaries up to l are unchanged
 
 
-@register("sleb")
 def sleb(ctx: PruneContext) -> None:
     ctx.calib.run(0)
     n = ctx.loss_batches
@@ -33,3 +32,7 @@ def sleb(ctx: PruneContext) -> None:
         nll = removal_nll(ctx, n)
         l = min(range(len(nll)), key=lambda i: (nll[i], i))
         drop_layer(ctx, l, {"removal_nll": nll})
+
+
+register(Method("sleb", sleb, "SLEB: Streamlining LLMs through Redundancy Verification and Elimination of "
+                "Transformer Blocks (ICML 2024)"))

@@ -8,14 +8,12 @@ from __future__ import annotations
 
 from come.errors import ComeError
 from come.merge import weighted_layer  # noqa: F401  (the merge itself; the `wsum` plan op is in come.ops)
-from come.methods import register
 from come.methods.base import PruneContext
-from come.methods.come import candidates, limit_merges
+from come.methods.come import NO_REMERGE, PAPER, candidates, refit_windows
+from come.methods.registry import Method, register
 from come.scores import bi_ratio, pair_scores
 
 
-@register("wsum", uses=("pair_tokens", "ratio_power", "remerge"))
-@limit_merges
 def wsum(ctx: PruneContext) -> None:
     """Progressive: merge argmin SBI (no re-merge unless --remerge) by the BI-ratio weighted sum."""
     cfg = ctx.config
@@ -33,3 +31,7 @@ def wsum(ctx: PruneContext) -> None:
         ctx.apply({"op": "wsum", "layer": l, "ratio": list(ratio), "sources": sources,
                    "scores": {"pair_angular": sbi, "bi": bi, "candidates": cands}})
         ctx.calib.run(l)
+
+
+register(Method("wsum", wsum, f"{PAPER}, its weighted-sum ablation", reads=("pair_tokens", "ratio_power", "remerge"),
+                limit=NO_REMERGE, min_calib_samples=refit_windows))

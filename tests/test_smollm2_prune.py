@@ -5,6 +5,7 @@ import random
 
 import pytest
 import torch
+from conftest import same_weights
 from transformers import AutoModelForCausalLM
 
 from come import CalibConfig, PruneConfig, apply_plan, prune
@@ -58,5 +59,4 @@ def test_plan_replays_bit_for_bit_on_the_real_model(pruned):
     res, out = pruned
     fresh, _, _ = load_model("smollm2-135m", "float32", "cpu")
     apply_plan(fresh, Plan.load(out / PLAN_FILE))
-    a, b = fresh.state_dict(), res.model.state_dict()
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert same_weights(fresh, res.model)

@@ -1,4 +1,4 @@
-"""The math of merging decoder layers: the concatenation merge of two adjacent layers (METHOD.md §3), the
+"""The math of merging decoder layers: the concatenation merge of two adjacent layers (docs/method.md §3), the
 weighted sum of two layers, LaCo's RDSC merge of several, and putting a merged layer in place of its sources.
 
 The concatenation runs the selected KV groups (with their query heads) and MLP channels of both layers side

@@ -1,4 +1,4 @@
-"""Scores of METHOD.md §2: block influence (collected in capture), pair angular score, channel sensitivity."""
+"""Scores of docs/method.md §2: block influence (collected in capture), pair angular score, channel sensitivity."""
 
 from __future__ import annotations
 

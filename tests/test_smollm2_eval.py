@@ -19,7 +19,7 @@ def test_wiki_passages_perplexity(smollm2):
     model, tok = smollm2
     r = perplexity(model, tok, "wiki-passages", seq_len=512, max_windows=40, batch_size=8, progress=False)
     assert r["windows"] == 40 and r["tokens_scored"] == 40 * 511 and r["bos"] is False
-    assert 21.3 < r["ppl"] < 22.0, r["ppl"]  # measured 21.63 (auto loaded float32); ASSETS: ~21.7 bf16
+    assert 21.3 < r["ppl"] < 22.0, r["ppl"]  # measured 21.63 (auto loaded float32); docs/data.md: ~21.7 bf16
 
 
 def test_zero_shot_above_chance(smollm2):

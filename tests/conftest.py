@@ -69,6 +69,44 @@ EVAL_TEXT = (
 ) * 3
 
 
+def prune_config(path, text, *, samples: int = 4, seq_len: int = 32, batch_size: int = 2, seed: int = 0, **kw):
+    """The PruneConfig the tiny-model tests prune with: `samples` windows of `seq_len` tokens of `text` (seeded by
+    `seed`), on the CPU, no progress bars; `kw` are further PruneConfig fields."""
+    from come import PruneConfig
+    from come.config import CalibConfig
+
+    calib = CalibConfig(data=str(text), samples=samples, seq_len=seq_len, batch_size=batch_size, seed=seed)
+    return PruneConfig(model=str(path), calib=calib, progress=False, device="cpu", **kw)
+
+
+def same_weights(m1, m2) -> bool:
+    """The two modules hold the same tensors under the same names, bit for bit."""
+    s1, s2 = m1.state_dict(), m2.state_dict()
+    return s1.keys() == s2.keys() and all(torch.equal(s1[k], s2[k]) for k in s1)
+
+
+def replay(res, base, *, tensors: bool = True, dtype: str = "float32"):
+    """`res.plan` read back from its JSON applied to `base`: a model folder (loaded afresh in `dtype` on the CPU)
+    or a model (changed in place). With `tensors`, the plan carries the weights its steps computed (re-fits), as
+    its saved folder does; without, the JSON alone must do. Returns the model."""
+    import json
+
+    from come.models import load_model
+    from come.plan import Plan, apply_plan
+
+    model = load_model(str(base), dtype, "cpu")[0] if isinstance(base, (str, os.PathLike)) else base
+    plan = Plan.load_dict(json.loads(res.plan.to_json()))
+    if tensors:
+        plan.tensors = dict(res.plan.tensors)
+    apply_plan(model, plan)
+    return model
+
+
+def replays_bit_for_bit(res, base, **kw) -> bool:
+    """`replay` of `res.plan` on `base` gives `res.model`'s weights exactly."""
+    return same_weights(replay(res, base, **kw), res.model)
+
+
 @pytest.fixture
 def tiny_dir(tmp_path):
     """A saved tiny Llama folder with tokenizer, and a calibration text file."""

@@ -3,11 +3,10 @@ runs every layer as the model does, exact merge properties per family, every met
 `come prune` / `come apply` end to end."""
 
 import copy
-import json
 
 import pytest
 import torch
-from conftest import SAMPLE_TEXT, TINY, tiny_model, tiny_tokenizer
+from conftest import SAMPLE_TEXT, TINY, prune_config, replays_bit_for_bit, same_weights, tiny_model, tiny_tokenizer
 from transformers import (
     AutoModelForCausalLM,
     Gemma2Config,
@@ -19,15 +18,13 @@ from transformers import (
     Qwen2Config,
 )
 
-from come import PruneConfig, apply_plan, prune
+from come import prune
 from come.capture import Calibration
 from come.cli import main
-from come.config import CalibConfig
 from come.errors import ComeError
 from come.merge import concat_layers, replace_pair
 from come.methods import METHODS
 from come.models import check_supported, get_adapter, load_model
-from come.plan import Plan
 
 ALTERNATING = ["sliding_attention", "full_attention"] * 8
 SLIDING = dict(sliding_window=8)  # shorter than the test windows, so a sliding layer's mask really differs
@@ -117,11 +114,6 @@ def generates_as_full_forward(model) -> bool:
         out = model.generate(ids, max_new_tokens=6, do_sample=False, use_cache=True)
         logits = model(out[:, :-1], use_cache=False).logits
     return out.shape == (1, 18) and torch.equal(logits[0, 11:].argmax(-1), out[0, 12:])
-
-
-def same_weights(m1, m2):
-    s1, s2 = m1.state_dict(), m2.state_dict()
-    return s1.keys() == s2.keys() and all(torch.equal(s1[k], s2[k]) for k in s1)
 
 
 # --- the architecture check ---
@@ -372,30 +364,22 @@ def originals(family_dirs):
     return {family: load_model(str(path), "float32", "cpu")[0] for family, path in family_dirs[0].items()}
 
 
-def cfg(path, text, **kw):
-    calib = CalibConfig(data=str(text), samples=4, seq_len=32, batch_size=2, seed=0)
-    return PruneConfig(model=str(path), calib=calib, progress=False, device="cpu", **kw)
-
-
 @pytest.mark.parametrize("method", sorted(set(METHODS) - {"come", "come-plus"}))  # those two: through the CLI below
 @pytest.mark.parametrize("family", NEW_FAMILIES)
 def test_every_method_reaches_two_layers_less_and_replays(family_dirs, originals, family, method):
     dirs, text = family_dirs
     opts = {"T": 0.0} if method == "laco" else {}  # random layers: LaCo's merged states sit far from the original
-    res = prune(cfg(dirs[family], text, method=method, target_layers=6, method_options=opts, grid=4))
+    res = prune(prune_config(dirs[family], text, method=method, target_layers=6, method_options=opts, grid=4))
     assert res.model.config.num_hidden_layers == 6 == len(res.model.model.layers)
     fresh = copy.deepcopy(originals[family])
-    replay = Plan.load_dict(json.loads(res.plan.to_json()))  # the plan as data, with the tensors it computed
-    replay.tensors = dict(res.plan.tensors)
-    apply_plan(fresh, replay)
-    assert same_weights(fresh, res.model)
+    assert replays_bit_for_bit(res, fresh)  # the plan as data, with the tensors it computed
     assert getattr(fresh.config, "layer_types", None) == getattr(res.model.config, "layer_types", None)
 
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_save_from_pretrained_identical_logits_and_cached_generation(family_dirs, family, tmp_path):
     dirs, text = family_dirs
-    res = prune(cfg(dirs[family], text, method="come", target_layers=5, remerge=True))
+    res = prune(prune_config(dirs[family], text, method="come", target_layers=5, remerge=True))
     out = res.save(tmp_path / "out")
     back = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
     assert back.config.num_hidden_layers == 5
@@ -429,10 +413,9 @@ def test_existing_families_drop_merge_replay_generate(family, method, tmp_path):
     tiny_tokenizer().save_pretrained(path)
     text = tmp_path / "calib.txt"
     text.write_text(SAMPLE_TEXT * 40)
-    res = prune(cfg(path, text, method=method, target_layers=4))
+    res = prune(prune_config(path, text, method=method, target_layers=4))
     assert res.model.config.num_hidden_layers == 4
     assert {st["op"] for st in res.plan.steps} == {"drop" if method == "sleb" else "merge"}
     fresh, _, _ = load_model(str(path), "float32", "cpu")
-    apply_plan(fresh, Plan.load_dict(json.loads(res.plan.to_json())))
-    assert same_weights(fresh, res.model)
+    assert replays_bit_for_bit(res, fresh, tensors=False)  # the JSON alone
     assert generates_as_full_forward(fresh)

@@ -1,4 +1,4 @@
-"""The formulas of METHOD.md §2-4 pinned on small hand-computed cases (not the code compared with itself).
+"""The formulas of docs/method.md §2-4 pinned on small hand-computed cases (not the code compared with itself).
 
 Every test here fails on a deliberately wrong variant of the formula it names: `experiments/formula_mutations.py`
 applies each variant to a copy of the source tree and runs the matching test.
@@ -8,11 +8,10 @@ import math
 
 import pytest
 import torch
-from conftest import tiny_model
+from conftest import prune_config, tiny_model
 
-from come import PruneConfig, prune
+from come import prune
 from come.capture import Calibration, LayerStats, block_influence
-from come.config import CalibConfig
 from come.data import calibration_windows
 from come.merge import concat_layers
 from come.models import get_adapter, load_model
@@ -227,9 +226,7 @@ def test_come_plan_steps_follow_their_recorded_scores(tiny_dir):
     BI_l+1) of the recorded BIs and budgets split by it; the first step's scores are those of the dense model's
     hidden states (hs[l] vs hs[l+2] on the last token)."""
     path, text = tiny_dir
-    calib = CalibConfig(data=str(text), samples=4, seq_len=32, batch_size=2, seed=0)
-    res = prune(PruneConfig(model=str(path), calib=calib, progress=False, device="cpu", method="come",
-                            target_layers=3))
+    res = prune(prune_config(path, text, method="come", target_layers=3))
     steps = [s for s in res.plan.steps if s["op"] == "merge"]
     assert len(steps) == 3
     geo = get_adapter(res.model).geometry()

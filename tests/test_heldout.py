@@ -4,19 +4,15 @@ import math
 
 import pytest
 import torch
+from conftest import prune_config
 
-from come import PruneConfig, apply_plan, prune
+from come import apply_plan, prune
 from come.cli import main
 from come.compare import CompareConfig, compare
 from come.config import CalibConfig
 from come.errors import ComeError
 from come.models import load_model
 from come.reconstruct import held_out_windows
-
-
-def cfg(path, text, samples=8, **kw):
-    calib = CalibConfig(data=str(text), samples=samples, seq_len=32, batch_size=4, seed=0)
-    return PruneConfig(model=str(path), calib=calib, progress=False, device="cpu", **kw)
 
 
 def test_come_plus_scores_its_choices_on_held_out_windows(tiny_dir, monkeypatch):
@@ -33,7 +29,7 @@ def test_come_plus_scores_its_choices_on_held_out_windows(tiny_dir, monkeypatch)
 
     monkeypatch.setattr(Calibration, "forward_from", spy)
     path, text = tiny_dir
-    res = prune(cfg(path, text, method="come-plus", target_layers=4))
+    res = prune(prune_config(path, text, samples=8, batch_size=4, method="come-plus", target_layers=4))
     held = held_out_windows(8).tolist()
     assert masks and all(m == held for m in masks)
     merges = [s for s in res.plan.steps if s["op"] == "merge"]
@@ -61,7 +57,7 @@ def test_come_plus_with_two_windows_is_refused_before_loading(tiny_dir, tmp_path
     prune_mod = importlib.import_module("come.prune")  # the module (come.prune is also the function's name)
     monkeypatch.setattr(prune_mod, "load_model", lambda *a, **k: pytest.fail("weights loaded"))
     with pytest.raises(ComeError, match="come-plus needs at least 4 calibration windows"):
-        cfg(path, text, samples=2, method="come-plus", target_layers=4).validate()
+        prune_config(path, text, samples=2, batch_size=4, method="come-plus", target_layers=4).validate()
     code = main(["prune", str(path), "--method", "come-plus", "--target-layers", "4", "--calib-data", str(text),
                  "--calib-samples", "2", "--calib-seq-len", "32", "--device", "cpu", "--out", str(tmp_path / "o")])
     err = capsys.readouterr().err.strip().splitlines()

@@ -1,35 +1,22 @@
 """Baseline methods on tiny random models: depth, bit-for-bit replay, reload, and exact method properties."""
 
 import copy
-import json
 
 import pytest
 import torch
-from conftest import SAMPLE_TEXT, tiny_model, tiny_tokenizer
+from conftest import SAMPLE_TEXT, prune_config, replays_bit_for_bit, same_weights, tiny_model, tiny_tokenizer
 from transformers import AutoModelForCausalLM
 
-from come import PruneConfig, apply_plan, prune
+from come import PruneConfig, prune
 from come.capture import Calibration
-from come.config import CalibConfig
 from come.data import calibration_windows
 from come.errors import ComeError
 from come.methods.laco import rdsc_layer
 from come.methods.wsum import weighted_layer
 from come.models import get_adapter, load_model
-from come.plan import Plan
 
 BASELINES = ["reverse", "reverse-keep-last", "magnitude", "magnitude+", "taylor", "taylor+", "shortgpt", "angular",
              "sleb", "laco", "mka", "wsum"]
-
-
-def cfg(path, text, **kw):
-    calib = CalibConfig(data=str(text), samples=4, seq_len=32, batch_size=2, seed=0)
-    return PruneConfig(model=str(path), calib=calib, progress=False, device="cpu", **kw)
-
-
-def same_weights(m1, m2):
-    s1, s2 = m1.state_dict(), m2.state_dict()
-    return s1.keys() == s2.keys() and all(torch.equal(s1[k], s2[k]) for k in s1)
 
 
 @pytest.fixture
@@ -47,12 +34,10 @@ def tiny8_dir(tmp_path):
 def test_method_depth_replay_reload(tiny8_dir, tmp_path, method):
     path, text = tiny8_dir
     opts = {"T": 0.3} if method == "laco" else {}  # random layers: merged states sit at cos 0.4-0.6
-    res = prune(cfg(path, text, method=method, target_layers=6, method_options=opts))
+    res = prune(prune_config(path, text, method=method, target_layers=6, method_options=opts))
     assert res.model.config.num_hidden_layers == 6 == len(res.model.model.layers) == len(res.plan.tree)
     assert sorted(i for block in res.plan.tree for i in block) == list(range(8))
-    fresh, _, _ = load_model(str(path), "float32", "cpu")
-    apply_plan(fresh, Plan.load_dict(json.loads(res.plan.to_json())))
-    assert same_weights(fresh, res.model)
+    assert replays_bit_for_bit(res, path, tensors=False)  # the JSON alone replays a baseline's plan
     out = res.save(tmp_path / "out")
     reloaded = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
     ids = torch.randint(0, 512, (1, 10))
@@ -73,7 +58,7 @@ def test_shortgpt_drops_exactly_the_lowest_bi_layers(tiny_dir):
     calib.run(0)
     bi = torch.tensor([s.bi for s in calib.stats])
     lowest = sorted(torch.argsort(bi)[:3].tolist())
-    res = prune(cfg(path, text, method="shortgpt", target_layers=3))
+    res = prune(prune_config(path, text, method="shortgpt", target_layers=3))
     dropped = sorted(st["sources"][0] for st in res.plan.steps)
     assert dropped == lowest
     kept = [i for i in range(6) if i not in lowest]
@@ -94,7 +79,7 @@ def test_sleb_first_choice_equals_brute_force(tiny_dir):
         c.run(0)
         nll.append(c.final_nll())
     best = min(range(6), key=lambda i: nll[i])
-    res = prune(cfg(path, text, method="sleb", target_layers=5))
+    res = prune(prune_config(path, text, method="sleb", target_layers=5))
     step = res.plan.steps[0]
     assert step["layer"] == best
     assert step["scores"]["removal_nll"] == pytest.approx(nll, rel=1e-5)
@@ -122,25 +107,25 @@ def test_wsum_ratio_one_zero_is_the_first_layer():
 def test_plus_variants_keep_first_four_and_last_two(tiny_dir):
     path, text = tiny_dir
     with pytest.raises(ComeError, match="needs 1 removals, but keeping the first 4 and last 2 layers at most 0"):
-        prune(cfg(path, text, method="magnitude+", target_layers=5))
+        prune(prune_config(path, text, method="magnitude+", target_layers=5))
 
 
 def test_wsum_without_remerge_is_refused_beyond_half(tiny_dir):
     path, text = tiny_dir
     with pytest.raises(ComeError, match="remerge"):
-        prune(cfg(path, text, method="wsum", target_layers=2))
+        prune(prune_config(path, text, method="wsum", target_layers=2))
 
 
 def test_laco_says_why_it_cannot_reach_the_target(tiny8_dir):
     path, text = tiny8_dir  # at T = 0.65 no merge of random layers passes (measured cos 0.38-0.60)
     with pytest.raises(ComeError, match=r"laco stopped at 8 layers: .* above T = 0.65 "
                        r"\(the best merge left reached 0\.\d{3}, at layer \d\).*--option T="):
-        prune(cfg(path, text, method="laco", target_layers=6))
+        prune(prune_config(path, text, method="laco", target_layers=6))
 
 
 def test_laco_options_shape_the_merge(tiny8_dir):
     path, text = tiny8_dir
-    res = prune(cfg(path, text, method="laco", target_layers=6, method_options={"T": "0.3", "C": "2"}))
+    res = prune(prune_config(path, text, method="laco", target_layers=6, method_options={"T": "0.3", "C": "2"}))
     assert res.plan.settings["method_options"] == {"C": 2, "I": 2, "T": 0.3, "L": 1}  # typed, defaults filled
     spans = [st["span"] for st in res.plan.steps]
     assert spans == [2, 2]  # C = 2: pairs (the default C = 4 takes 3 layers at once here)

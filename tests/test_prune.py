@@ -1,34 +1,14 @@
-"""End-to-end pruning on tiny random models: plans, replay, save/reload, determinism."""
-
-import json
+"""End-to-end pruning on tiny random models: plans, replay, save/reload, determinism (the plan file itself:
+test_plan.py)."""
 
 import pytest
 import torch
+from conftest import SAMPLE_TEXT, prune_config, replays_bit_for_bit, same_weights, tiny_model, tiny_tokenizer
 from transformers import AutoModelForCausalLM
 
-from come import PruneConfig, apply_plan, prune
-from come.config import CalibConfig
+from come import prune
 from come.models import load_model
-from come.plan import PLAN_FILE, Plan
-
-
-def cfg(path, text, **kw):
-    calib = CalibConfig(data=str(text), samples=4, seq_len=32, batch_size=2, seed=kw.pop("seed", 0))
-    return PruneConfig(model=str(path), calib=calib, progress=False, device="cpu", **kw)
-
-
-def same_weights(m1, m2):
-    s1, s2 = m1.state_dict(), m2.state_dict()
-    return s1.keys() == s2.keys() and all(torch.equal(s1[k], s2[k]) for k in s1)
-
-
-def replays_bit_for_bit(res, path) -> bool:
-    """The plan (through its JSON and tensors) applied to a fresh load of `path` gives `res.model` exactly."""
-    fresh, _, _ = load_model(str(path), "float32", "cpu")
-    replay = Plan.load_dict(json.loads(res.plan.to_json()))
-    replay.tensors = dict(res.plan.tensors)
-    apply_plan(fresh, replay)
-    return same_weights(fresh, res.model)
+from come.plan import PLAN_FILE
 
 
 @pytest.mark.parametrize("method,extra", [("come", {}), ("come", {"norm": "fold", "pair_score": "loss"}),
@@ -37,7 +17,7 @@ def replays_bit_for_bit(res, path) -> bool:
                                           ("come", {"reconstruct": True, "refit_target": "dense"})])
 def test_prune_replays_bit_for_bit(tiny_dir, method, extra):
     path, text = tiny_dir
-    res = prune(cfg(path, text, method=method, target_layers=4, **extra))
+    res = prune(prune_config(path, text, method=method, target_layers=4, **extra))
     assert res.model.config.num_hidden_layers == 4 == len(res.model.model.layers)
     assert [st["op"] for st in res.plan.steps if st["op"] != "refit"] == ["merge", "merge"]
     assert sorted(i for block in res.plan.tree for i in block) == list(range(6))
@@ -45,28 +25,18 @@ def test_prune_replays_bit_for_bit(tiny_dir, method, extra):
     assert replays_bit_for_bit(res, path)
 
 
-def test_refit_plan_tensors_keep_the_model_dtype_and_replay_exactly(tiny_dir):
-    path, text = tiny_dir
-    res = prune(cfg(path, text, method="come-plus", target_layers=4, dtype="bfloat16"))
-    assert res.plan.tensors and all(t.dtype == torch.bfloat16 and t.device.type == "cpu"
-                                    for t in res.plan.tensors.values())
-    fresh, _, _ = load_model(str(path), "bfloat16", "cpu")
-    apply_plan(fresh, res.plan)
-    assert same_weights(fresh, res.model)
-
-
 def test_same_seed_same_plan_other_seed_other_windows(tiny_dir):
     path, text = tiny_dir
-    p1 = prune(cfg(path, text, target_layers=4)).plan
-    p2 = prune(cfg(path, text, target_layers=4)).plan
-    p3 = prune(cfg(path, text, target_layers=4, seed=1)).plan
+    p1 = prune(prune_config(path, text, target_layers=4)).plan
+    p2 = prune(prune_config(path, text, target_layers=4)).plan
+    p3 = prune(prune_config(path, text, target_layers=4, seed=1)).plan
     assert p1.steps == p2.steps and p1.tree == p2.tree
     assert p1.steps[0]["scores"]["bi"] != p3.steps[0]["scores"]["bi"]
 
 
 def test_save_and_from_pretrained_give_identical_logits(tiny_dir, tmp_path):
     path, text = tiny_dir
-    res = prune(cfg(path, text, target_layers=3, remerge=True))
+    res = prune(prune_config(path, text, target_layers=3, remerge=True))
     out = res.save(tmp_path / "out")
     assert (out / "model.safetensors").exists() and (out / PLAN_FILE).exists() and (out / "come_summary.md").exists()
     reloaded = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
@@ -86,25 +56,13 @@ def test_sparsity_resolves_to_whole_layers(tiny_dir):
 
     per_layer = get_adapter(model).params_per_layer()
     s = 2.4 * per_layer / count_params(model)  # 2.4 layers' worth rounds to 2
-    res = prune(cfg(path, text, sparsity=s))
+    res = prune(prune_config(path, text, sparsity=s))
     assert res.model.config.num_hidden_layers == 4
-
-
-def test_plan_prefix_replays_the_shallower_depth(tiny_dir):
-    path, text = tiny_dir
-    deep = prune(cfg(path, text, method="come-plus", target_layers=4)).plan
-    shallow = prune(cfg(path, text, method="come-plus", target_layers=5))
-    cut = deep.prefix(5)
-    assert cut.tree == shallow.plan.tree
-    assert [st["op"] for st in cut.steps] == [st["op"] for st in shallow.plan.steps]
-    fresh, _, _ = load_model(str(path), "float32", "cpu")
-    apply_plan(fresh, cut)
-    assert same_weights(fresh, shallow.model)
 
 
 def test_drop_candidates_take_the_lower_calibration_nll_and_replay(tiny_dir):
     path, text = tiny_dir
-    res = prune(cfg(path, text, method="come-plus", target_layers=2, drop_candidates=True))  # beyond L/2 merges
+    res = prune(prune_config(path, text, method="come-plus", target_layers=2, drop_candidates=True))  # past L/2 merges
     assert res.model.config.num_hidden_layers == 2
     moves = [st for st in res.plan.steps if st["op"] != "refit"]
     for st in moves:
@@ -121,15 +79,13 @@ def test_drop_candidates_take_the_lower_calibration_nll_and_replay(tiny_dir):
 
 
 def test_saved_in_the_checkpoint_dtype_unless_told(tmp_path):
-    from conftest import SAMPLE_TEXT, tiny_model, tiny_tokenizer
-
     src = tmp_path / "bf16"  # a bfloat16 checkpoint with tied embeddings, computed in float32 here
     m = tiny_model("llama", tie_word_embeddings=True).to(torch.bfloat16)
     m.save_pretrained(src)
     tiny_tokenizer().save_pretrained(src)
     text = tmp_path / "calib.txt"
     text.write_text(SAMPLE_TEXT * 40)
-    res = prune(cfg(src, text, target_layers=4, dtype="float32"))
+    res = prune(prune_config(src, text, target_layers=4, dtype="float32"))
     assert res.model.dtype == torch.float32 and res.plan.stats["save_dtype"] == "bfloat16"
     out = res.save(tmp_path / "out")
     assert res.model.dtype == torch.float32  # the in-memory result is untouched
@@ -145,7 +101,7 @@ def test_saved_in_the_checkpoint_dtype_unless_told(tmp_path):
 
 def test_each_step_is_reported_when_progress_is_on(tiny_dir, capsys):
     path, text = tiny_dir
-    c = cfg(path, text, method="sleb", target_layers=4)
+    c = prune_config(path, text, method="sleb", target_layers=4)
     c.progress = True
     res = prune(c)
     lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("[sleb] step")]

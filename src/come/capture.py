@@ -183,9 +183,11 @@ class Calibration:
 
     @torch.no_grad()
     def run_layer(
-        self, layer: nn.Module, inputs: Sequence[torch.Tensor], collect: bool = False
+        self, layer: nn.Module, inputs: Sequence[torch.Tensor], collect: bool = False,
+        kwargs: Sequence[dict] | None = None,
     ) -> tuple[list[torch.Tensor], LayerStats | None]:
-        """Run one layer over all batches; with `collect`, hook its o_proj/down_proj inputs for statistics."""
+        """Run one layer over all batches; with `collect`, hook its o_proj/down_proj inputs for statistics.
+        `kwargs`: per batch, the layer's keyword arguments (default: those of the calibration batches)."""
         a = self.adapter
         acc = {"mlp": None, "attn": None}
         handles = []
@@ -206,7 +208,7 @@ class Calibration:
         outs, bi, tokens = [], 0.0, 0
         try:
             with on_device(layer, self.device):
-                for h, kw in zip(inputs, self.kwargs_for(layer)):
+                for h, kw in zip(inputs, self.kwargs_for(layer) if kwargs is None else kwargs):
                     h_dev = h.to(self.device)
                     out = _first(layer(h_dev, **kw))
                     if collect:
@@ -224,26 +226,46 @@ class Calibration:
     def forward_from(self, start: int, layers: Sequence[nn.Module], n_batches: int | None = None,
                      windows: torch.Tensor | None = None) -> float:
         """Mean next-token NLL when `layers` replace the stack from boundary `start` on (a trial, cache untouched);
-        over the windows selected by the boolean mask `windows` (default: all)."""
+        over the windows selected by the boolean mask `windows` (default: all). Only the selected windows run
+        through the layers: a window's states do not depend on the others in its batch (bit for bit)."""
         states = self.hidden[start][:n_batches]
+        ids = self.batches[:n_batches]
+        kwargs = None
+        if windows is not None:
+            keep = windows.split([b.shape[0] for b in self.batches])
+            picked = [b for b in range(len(states)) if keep[b].any()]
+            states = [states[b][keep[b].to(states[b].device)] for b in picked]
+            ids = [ids[b][keep[b]] for b in picked]
+            kwargs = {}
+            for layer in layers:  # per attention type, the kwargs of the kept windows of each kept batch
+                t = self.adapter.layer_type(layer)
+                if t not in kwargs:
+                    per_batch = self.type_kwargs[t]
+                    kwargs[t] = [select_windows(per_batch[b], keep[b]) for b in picked]
         for layer in layers:
-            states, _ = self.run_layer(layer, states)
-        return self.nll(states, n_batches, windows)
+            kw = None if kwargs is None else kwargs[self.adapter.layer_type(layer)]
+            states, _ = self.run_layer(layer, states, kwargs=kw)
+        return self._nll(states, ids)
 
     @torch.no_grad()
     def nll(self, final_states: Sequence[torch.Tensor], n_batches: int | None = None,
             windows: torch.Tensor | None = None) -> float:
         """Mean next-token NLL (float32) of the final norm + LM head on the last-layer states; only the windows
         whose entry of the boolean mask `windows` (one per calibration window) is True, when given."""
+        ids = self.batches[:n_batches]
+        states = list(final_states)
+        if windows is not None:
+            keep = windows.split([b.shape[0] for b in self.batches])
+            picked = [b for b in range(len(ids)) if keep[b].any()]
+            states = [states[b][keep[b].to(states[b].device)] for b in picked]
+            ids = [ids[b][keep[b]] for b in picked]
+        return self._nll(states, ids)
+
+    def _nll(self, final_states: Sequence[torch.Tensor], batches: Sequence[torch.Tensor]) -> float:
         a = self.adapter
         total, count = 0.0, 0
-        keep = windows.split([b.shape[0] for b in self.batches]) if windows is not None else None
         with _all_on_device([a.final_norm(), a.lm_head()], self.device):
-            for b, (h, ids) in enumerate(zip(final_states, self.batches[:n_batches])):
-                if keep is not None:
-                    if not keep[b].any():
-                        continue
-                    h, ids = h[keep[b].to(h.device)], ids[keep[b]]
+            for h, ids in zip(final_states, batches):
                 for hb, ib in zip(h.split(2), ids.split(2)):  # 2 windows at a time bounds the logits' memory
                     logits = a.logits(hb.to(self.device)).float()
                     labels = ib.to(self.device)
@@ -256,6 +278,21 @@ class Calibration:
 
     def final_nll(self) -> float:
         return self.nll(self.hidden[-1])
+
+
+def select_windows(kwargs: dict, keep: torch.Tensor) -> dict:
+    """A layer's keyword arguments for the windows `keep` (a boolean mask over its batch) of a batch: tensors
+    with one row per window (e.g. a per-window attention mask) are cut; shared ones (RoPE, positions) are kept."""
+    n = keep.shape[0]
+
+    def cut(v):
+        if torch.is_tensor(v):
+            return v[keep.to(v.device)] if n > 1 and v.dim() > 0 and v.shape[0] == n else v
+        if isinstance(v, tuple):
+            return tuple(cut(x) for x in v)
+        return v
+
+    return {k: cut(v) for k, v in kwargs.items()}
 
 
 @contextmanager

@@ -12,6 +12,7 @@ import tempfile
 from pathlib import Path
 
 from come.errors import ComeError
+from come.extras import require
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 MODEL_ALIASES = {"smollm2-135m": "smollm2-135m-instruct", "smollm2-135m-instruct": "smollm2-135m-instruct"}
@@ -50,8 +51,6 @@ def smollm2_dir() -> Path:
 
 
 def _convert_gguf(gguf: Path, out: Path) -> None:
-    from come.extras import require
-
     require("gguf", "assets", "converting the bundled SmolLM2 (a GGUF file)")
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer

@@ -6,12 +6,17 @@ Nothing here writes an absolute local path: a local model or data file is named 
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
 import yaml
 
+from come.assets import MODEL_ALIASES, SMOLLM2_HUB_ID, SMOLLM2_LICENSE
 from come.errors import ComeError
+from come.eval.report import table
+from come.io import write_text_atomic
+from come.names import display_name, is_local
 
 CARD_FILE = "README.md"
 MARKER = "<!-- written by come: `come eval` of this folder adds its evaluation table below -->"
@@ -29,29 +34,9 @@ BIBTEX = """@inproceedings{come2025,
 WHAT = {"merge": "merged", "drop": "dropped", "rdsc": "merged (RDSC)", "wsum": "merged (weighted sum)"}
 
 
-def is_local(name: str) -> bool:
-    """Whether `name` names a local file or folder rather than a hub id (ORG/NAME) or an alias."""
-    if name.startswith(("/", "~", ".")) or "\\" in name or name.count("/") > 1:
-        return True
-    return Path(name).expanduser().exists()
-
-
-def display_name(name: str | None) -> str | None:
-    """What we write for a model or data source: a local path becomes its last component, a hub id or an alias
-    stays as it is."""
-    if name is None:
-        return None
-    name = str(name)
-    if is_local(name):
-        return Path(name).expanduser().name or name
-    return name
-
-
 def hub_id(name: str | None) -> str | None:
     """The Hub repository of a base model when it is known: a hub id, a bundled alias, or a folder inside the
     Hugging Face cache (`models--ORG--NAME/snapshots/...`)."""
-    from come.assets import MODEL_ALIASES, SMOLLM2_HUB_ID
-
     if not name:
         return None
     if name in MODEL_ALIASES:
@@ -81,8 +66,6 @@ def front_matter(text: str) -> dict:
 def base_license(name: str | None) -> str | None:
     """The base model's license from its own card (a local folder, the Hub cache, or the Hub when online) or its
     config; None when unknown."""
-    from come.assets import MODEL_ALIASES, SMOLLM2_LICENSE
-
     if not name:
         return None
     if name in MODEL_ALIASES:
@@ -93,8 +76,6 @@ def base_license(name: str | None) -> str | None:
         card = folder / CARD_FILE
         config = folder / "config.json"
         if config.is_file():
-            import json
-
             try:
                 lic = json.loads(config.read_text()).get("license")
             except (OSError, ValueError):
@@ -184,7 +165,7 @@ def card_text(plan, kind: str = "prune", recipe: dict | None = None, command: st
     lines += _settings_lines(plan)
     lines += extra or []
     lines += ["", "## Reproduce", ""]
-    from come.recipe import command_line
+    from come.recipe import command_line  # recipe reads every command's config, and those commands write cards
 
     prune_command = command_line(scrubbed(recipe)) if recipe else None
     commands = {"prune": [command or prune_command], "apply": [command],
@@ -248,9 +229,6 @@ def write_card(folder: str | Path, plan, kind: str = "prune", recipe: dict | Non
 
 def add_eval(folder: str | Path, result: dict, where: str | None = None) -> Path | None:
     """Put `come eval`'s table into `folder`'s card (when the card is ours); returns the card or None."""
-    from come.eval.report import table
-    from come.io import write_text_atomic
-
     path = Path(folder) / CARD_FILE
     if not path.is_file():
         return None

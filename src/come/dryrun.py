@@ -15,7 +15,10 @@ import torch
 from come import placement
 from come.config import PruneConfig
 from come.errors import ComeError
-from come.placement import gib
+from come.models import count_params, get_adapter, load_config, meta_model, parse_device, parse_dtype
+from come.names import display_name
+from come.placement import gib, resolve_device
+from come.prune import check_reachable, decide_placement, resolve_target
 
 RUNTIME = 2**30  # CPU memory of Python, torch and transformers themselves, roughly
 UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "m": 10**6, "mb": 10**6, "g": 10**9, "gb": 10**9,
@@ -75,10 +78,6 @@ class DryRun:
 
 def dry_run(cfg: PruneConfig, gpu_memory: str | None = None) -> DryRun:
     """The plan of a `come prune` run with `cfg`, from the model's config alone."""
-    from come.card import display_name
-    from come.models import count_params, get_adapter, load_config, meta_model, parse_device, parse_dtype
-    from come.prune import check_reachable, decide_placement, resolve_device, resolve_target
-
     cfg.validate()
     config = load_config(cfg.model)[0]
     skeleton = get_adapter(meta_model(config))

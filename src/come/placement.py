@@ -74,6 +74,13 @@ def decide(compute: str, offload: str, store_device: str | None, weight_bytes: i
                      f"do not fit ({need}, {gib(free_bytes)} free)")
 
 
+def resolve_device(device: str) -> str:
+    """`auto`: cuda when available, else cpu; any other device as it is."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
 def free_memory(device: str) -> int | None:
     """Free bytes of a CUDA device (None for any other)."""
     if device.startswith("cuda") and torch.cuda.is_available():
@@ -98,6 +105,19 @@ def spread_needed(need: int, free_bytes: int | None) -> bool:
     return free_bytes is not None and need > HEADROOM * free_bytes
 
 
+def move_model(model, device, name: str = "the model") -> None:
+    """model.to(device); running out of device memory is a one-line error that says what to do."""
+    try:
+        model.to(device)
+    except torch.OutOfMemoryError:
+        model.to("cpu")
+        raise ComeError(
+            f"{name} ({gib(model_bytes(model))} of weights) "
+            f"does not fit on {device}: `come prune` streams it with --offload always; for evaluation use a machine "
+            "with more GPU memory or several GPUs (come eval spreads it over all of them), or --device cpu"
+        ) from None
+
+
 def place_for_inference(model, device: str) -> str:
     """Put `model` (loaded in CPU memory) on `device` when it fits in HEADROOM of its free memory; else let
     Accelerate spread its layers over every visible GPU (and CPU memory for what is left), as
@@ -108,8 +128,6 @@ def place_for_inference(model, device: str) -> str:
         return str(here)
     need = model_bytes(model)
     if not spread_needed(need, free_memory(device)):
-        from come.models import move_model
-
         move_model(model, device)
         return str(next(model.parameters()).device)
     from accelerate.utils import get_max_memory

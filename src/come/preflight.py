@@ -6,7 +6,13 @@ error in seconds, not after a model has loaded (or, for `come eval`, after it ha
 
 from __future__ import annotations
 
+from come.data import NAMED_SOURCES, load_text
 from come.errors import ComeError
+from come.eval.evaluation import baseline_result_file
+from come.models import get_adapter, load_config, meta_model, parse_device, parse_dtype, save_dtype_for
+from come.placement import resolve_device
+from come.plan_check import check_base_model, geometry_of, validate_plan
+from come.prune import resolve_target
 
 HUB_SOURCES = ("wikitext2", "wikitext-2", "c4")  # named text sources that come from the hub (datasets caches them)
 
@@ -14,8 +20,6 @@ HUB_SOURCES = ("wikitext2", "wikitext-2", "c4")  # named text sources that come 
 def check_text_source(source: str, flag: str) -> None:
     """A local text file must exist and hold text (`{"text": 5}` in a JSONL is refused here, not in a traceback
     after the model has loaded), a hub source must be reachable; the bundled sources are read when used."""
-    from come.data import NAMED_SOURCES, load_text
-
     if source in NAMED_SOURCES and source not in HUB_SOURCES:
         return
     try:
@@ -36,9 +40,6 @@ def prune(cfg) -> dict:
     """`come prune`'s checks before any weights load: the model's config, the window length against its
     context, the calibration file. Returns `check_output_dir`'s keyword arguments: the inputs --out must not
     replace and the size of the result (its parameters in the save dtype)."""
-    from come.models import get_adapter, load_config, meta_model, save_dtype_for
-    from come.prune import resolve_target
-
     config, path = load_config(cfg.model)
     check_text_source(cfg.calib.data, "--calib-data")
     check_context(config, cfg.calib.seq_len, "--calib-seq-len")
@@ -53,9 +54,6 @@ def apply(plan, plan_path, name: str, dtype: str, device: str, save_dtype: str, 
     """`come apply`'s checks before any weights load: `name` is the plan's base model (shape always,
     fingerprint unless `force`) and the plan fits it (schema, budgets, sidecar tensors, tree). Returns
     `check_output_dir`'s keyword arguments."""
-    from come.models import get_adapter, load_config, meta_model, parse_dtype, save_dtype_for
-    from come.plan_check import check_base_model, geometry_of, validate_plan
-
     config, path = load_config(name)
     check_base_model(plan, config, path, force)
     compute = parse_dtype(dtype, config, device)
@@ -68,10 +66,6 @@ def apply(plan, plan_path, name: str, dtype: str, device: str, save_dtype: str, 
 def evaluation(cfg) -> None:
     """`come eval`'s checks before any weights load: the device, the model's config (and the baseline's, unless
     it is an earlier eval.json), the perplexity window length against both contexts."""
-    from come.eval.evaluation import baseline_result_file
-    from come.models import load_config, parse_device
-    from come.prune import resolve_device
-
     parse_device(resolve_device(cfg.device))  # a GPU that is not there
     names = [cfg.model] + ([cfg.baseline] if cfg.baseline and baseline_result_file(cfg.baseline) is None else [])
     for name in names:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import yaml
 
+from come.config import CalibConfig, PruneConfig
 from come.errors import ComeError
 
 COMMANDS = ("prune", "compare", "distill")
@@ -26,9 +27,8 @@ POSITIONAL = {"prune": "model", "compare": "model"}
 
 
 def config_class(command: str):
+    # CompareConfig and DistillConfig live in modules that import this one (they write recipes and cards)
     if command == "prune":
-        from come.config import PruneConfig
-
         return PruneConfig
     if command == "compare":
         from come.compare import CompareConfig
@@ -45,8 +45,6 @@ def _fields(command: str) -> dict[str, dataclasses.Field]:
 
 def valid_keys(command: str) -> list[str]:
     """Every key a recipe of `command` may hold (calib's as calib.KEY)."""
-    from come.config import CalibConfig
-
     keys = []
     for name in _fields(command):
         if name == "calib":
@@ -96,8 +94,6 @@ def flatten(data: dict) -> dict:
 
 
 def _annotation(command: str, key: str) -> str:
-    from come.config import CalibConfig
-
     if key.startswith("calib."):
         return {f.name: f.type for f in dataclasses.fields(CalibConfig)}[key[len("calib."):]]
     if key in ("out", "command"):
@@ -173,8 +169,6 @@ def command_line(recipe: dict, out: str = "OUT") -> str:
     defaults = {f.name: f.default if f.default is not dataclasses.MISSING else
                 (f.default_factory() if f.default_factory is not dataclasses.MISSING else None)
                 for f in dataclasses.fields(cls)}
-    from come.config import CalibConfig
-
     calib_defaults = dataclasses.asdict(CalibConfig())
     flat = flatten({k: v for k, v in recipe.items() if k != "command"})
     words = ["come", command]
@@ -202,7 +196,7 @@ def command_line(recipe: dict, out: str = "OUT") -> str:
 
 
 def _changed_options(method: str, options: dict) -> dict:
-    from come.methods import get_method
+    from come.methods import get_method  # loads torch: only when a recipe's method options are written out
 
     try:
         declared = get_method(method).options

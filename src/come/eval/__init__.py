@@ -1,11 +1,46 @@
-"""Evaluation: perplexity, zero-shot accuracy (lm-evaluation-harness) and speed, with a dense baseline."""
+"""Evaluation: perplexity, zero-shot accuracy (lm-evaluation-harness) and speed, with a dense baseline.
 
-from come.eval.evaluation import EvalConfig, evaluate, save
-from come.eval.harness import TASKS
-from come.eval.ppl import perplexity
-from come.eval.report import averages, retained, table
-from come.eval.speed import measure_speed
+The names below load their module on first use (PEP 562): importing one submodule (say `come.eval.stats`)
+loads neither torch nor the others.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
+# public name -> the module that defines it
+_LAZY = {
+    "TASKS": "come.eval.harness",
+    "EvalConfig": "come.eval.evaluation",
+    "averages": "come.eval.report",
+    "evaluate": "come.eval.evaluation",
+    "measure_speed": "come.eval.speed",
+    "perplexity": "come.eval.ppl",
+    "retained": "come.eval.report",
+    "save": "come.eval.evaluation",
+    "table": "come.eval.report",
+}
 
 __all__ = [
     "TASKS", "EvalConfig", "averages", "evaluate", "measure_speed", "perplexity", "retained", "save", "table",
 ]
+
+if TYPE_CHECKING:
+    from come.eval.evaluation import EvalConfig, evaluate, save
+    from come.eval.harness import TASKS
+    from come.eval.ppl import perplexity
+    from come.eval.report import averages, retained, table
+    from come.eval.speed import measure_speed
+
+
+def __getattr__(name: str):
+    if name not in _LAZY:
+        raise AttributeError(f"module 'come.eval' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_LAZY[name]), name)
+    globals()[name] = value  # later lookups skip __getattr__
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})

@@ -8,11 +8,17 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from come import __version__ as come_version
+from come import models
+from come.data import check_separate
 from come.errors import ComeError
 from come.eval import report, stats
 from come.eval.harness import offline_default, parse_tasks, run_tasks
 from come.eval.ppl import check_seq_len, expand_sources, perplexity
 from come.eval.speed import measure_speed, model_size
+from come.io import write_output_dir
+from come.names import display_name
+from come.placement import place_for_inference, resolve_device
 
 RESULT_FILE, REPORT_FILE = "eval.json", "eval.md"
 
@@ -64,14 +70,9 @@ class EvalConfig:
 
 def evaluate_model(name: str, cfg: EvalConfig) -> dict:
     """Every requested number for one model."""
-    from come.card import display_name
-    from come.models import load_model
-    from come.placement import place_for_inference
-    from come.prune import resolve_device
-
     t0 = time.perf_counter()
     device = resolve_device(cfg.device)
-    model, tok, path = load_model(name, cfg.dtype, device, weights_device="cpu")
+    model, tok, path = models.load_model(name, cfg.dtype, device, weights_device="cpu")
     where = place_for_inference(model, device)  # one GPU if it fits, else every GPU (accelerate)
     if cfg.ppl:
         check_seq_len(model, cfg.ppl_seq_len)
@@ -103,14 +104,11 @@ def evaluate_model(name: str, cfg: EvalConfig) -> dict:
 
 def evaluate(cfg: EvalConfig) -> dict:
     """Evaluate `cfg.model` (and `cfg.baseline` the same way); the result dict that eval.json holds."""
-    from come import __version__ as come_version
-    from come.models import resolve_model
-
     cfg.validate()
     _check_not_calibration_text(cfg)
     reused = reused_baseline(cfg) if cfg.baseline else None  # a bad baseline fails before the model's long run
     for name in filter(None, (cfg.model, None if reused else cfg.baseline)):
-        resolve_model(name)
+        models.resolve_model(name)
     result: dict = {"come_version": come_version, "settings": settings(cfg), "config": asdict(cfg)}
     result["model"] = evaluate_model(cfg.model, cfg)
     if reused is not None:
@@ -128,8 +126,6 @@ def evaluate(cfg: EvalConfig) -> dict:
 
 def _check_not_calibration_text(cfg: EvalConfig) -> None:
     """Refuse perplexity on the very file a `come prune` output folder was calibrated on (its plan says which)."""
-    from come.data import check_separate
-
     plan_file = Path(cfg.model).expanduser() / "come_plan.json"
     try:
         calib = json.loads(plan_file.read_text())["settings"]["calib"]["data"]
@@ -190,8 +186,6 @@ def settings(cfg: EvalConfig) -> dict:
 
 def save(result: dict, out: str | Path, overwrite: bool = False) -> Path:
     """Write eval.json and eval.md into `out` (atomically)."""
-    from come.io import write_output_dir
-
     def write(folder: Path) -> None:
         (folder / RESULT_FILE).write_text(json.dumps(result, indent=2) + "\n")
         (folder / REPORT_FILE).write_text(report.markdown(result))

@@ -9,11 +9,10 @@ import os
 from pathlib import Path
 
 from come.errors import ComeError
-from come.eval.stats import mean_se
+from come.eval.stats import NORM_TASKS, mean_se, metric_for  # noqa: F401  (NORM_TASKS: importable here too)
+from come.extras import require
 
 TASKS = ("boolq", "piqa", "hellaswag", "winogrande", "arc_easy", "arc_challenge", "openbookqa")
-# The second averaging convention: acc_norm where length normalisation is customary, acc elsewhere.
-NORM_TASKS = ("hellaswag", "arc_challenge", "openbookqa")
 TASKS_DIR = Path(__file__).parent / "tasks"
 OFFLINE_SUFFIX = "_olmoeval"
 
@@ -28,8 +27,6 @@ def parse_tasks(spec: str | list[str] | None, offline: bool | None = None) -> li
     names = [n.strip() for n in names if n.strip()]
     if not names:
         return []
-    from come.extras import require
-
     require("lm_eval", "eval", "zero-shot evaluation (--tasks)")
     if names == ["all"]:
         return list(TASKS)
@@ -67,10 +64,6 @@ def offline_default() -> bool:
     """Offline task data when the hub is switched off."""
     flags = (os.environ.get(v, "").lower() for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
     return any(f in ("1", "true", "yes") for f in flags)
-
-
-def metric_for(task: str) -> str:
-    return "acc_norm" if task in NORM_TASKS else "acc"
 
 
 def run_tasks(model, tokenizer, tasks: list[str], limit: int | None = None, batch_size: int = 8,

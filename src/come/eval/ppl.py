@@ -11,6 +11,7 @@ from tqdm.auto import tqdm
 from come.corpora import OOD, OOD_DOMAINS
 from come.data import NAMED_SOURCES, load_text, split_windows, tokenize
 from come.errors import ComeError
+from come.eval.report import ood_geomean  # noqa: F401  (importable here too)
 
 
 def expand_sources(spec: str | list[str]) -> list[str]:
@@ -22,13 +23,6 @@ def expand_sources(spec: str | list[str]) -> list[str]:
             if src not in out:
                 out.append(src)
     return out
-
-
-def ood_geomean(ppl_by_source: dict[str, dict]) -> float | None:
-    """Geometric mean of the perplexities of the held-out (`ood`) domains, when all of them were measured."""
-    if not all(d in ppl_by_source for d in OOD_DOMAINS):
-        return None
-    return math.exp(sum(math.log(ppl_by_source[d]["ppl"]) for d in OOD_DOMAINS) / len(OOD_DOMAINS))
 
 
 def check_seq_len(model, seq_len: int) -> None:

@@ -2,10 +2,20 @@
 
 from __future__ import annotations
 
-from come.card import display_name
+import math
+
+from come.corpora import OOD_DOMAINS
 from come.eval import stats
-from come.eval.harness import metric_for
-from come.eval.ppl import ood_geomean
+from come.eval.stats import metric_for
+from come.names import display_name
+
+
+def ood_geomean(ppl_by_source: dict[str, dict]) -> float | None:
+    """Geometric mean of the perplexities of the held-out (`ood`) domains, when all of them were measured."""
+    if not all(d in ppl_by_source for d in OOD_DOMAINS):
+        return None
+    return math.exp(sum(math.log(ppl_by_source[d]["ppl"]) for d in OOD_DOMAINS) / len(OOD_DOMAINS))
+
 
 AVERAGES = {
     "acc": "mean acc over the tasks",

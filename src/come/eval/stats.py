@@ -16,11 +16,18 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+# The second averaging convention ("mixed"): acc_norm where length normalisation is customary, acc elsewhere.
+NORM_TASKS = ("hellaswag", "arc_challenge", "openbookqa")
 LEVEL = 0.95
 NOISE_SE = 2.0
 MARK = "≈"
 LEGEND = (f"{MARK} = within noise: |diff| <= {NOISE_SE:g} SE (accuracy, paired over the same items), or the "
           f"{LEVEL:.0%} interval of the perplexity ratio contains 1 (paired over the same windows)")
+
+
+def metric_for(task: str) -> str:
+    """The metric a task counts with in the mixed average."""
+    return "acc_norm" if task in NORM_TASKS else "acc"
 
 
 def mean_se(values: Sequence[float]) -> tuple[float, float | None]:
@@ -95,8 +102,6 @@ def average_difference(entries: list[dict]) -> dict:
 def task_differences(model_tasks: dict, base_tasks: dict) -> dict:
     """Paired differences for every task/metric both have per-item results for, and for both averages
     ("avg/acc", "avg/mixed"), keyed as `report.flat_metrics` keys them."""
-    from come.eval.harness import metric_for
-
     out: dict[str, dict] = {}
     common = [t for t in model_tasks if t in base_tasks]
     for task in common:

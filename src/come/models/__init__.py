@@ -18,6 +18,7 @@ from come.models import olmo2 as _olmo2  # noqa: F401
 from come.models import phi3 as _phi3  # noqa: F401
 from come.models.base import AttnGeometry, ModelAdapter
 from come.models.registry import ADAPTERS, check_supported, get_adapter
+from come.placement import move_model
 
 __all__ = [
     "ADAPTERS",
@@ -29,6 +30,7 @@ __all__ = [
     "load_config",
     "load_model",
     "meta_model",
+    "move_model",
     "parse_dtype",
     "resolve_model",
 ]
@@ -340,21 +342,6 @@ def _tensor_digest(sl) -> bytes:
 
 def _as_bytes(t: torch.Tensor) -> bytes:
     return t.contiguous().view(-1).view(torch.uint8).numpy().tobytes()
-
-
-def move_model(model, device, name: str = "the model") -> None:
-    """model.to(device); running out of device memory is a one-line error that says what to do."""
-    try:
-        model.to(device)
-    except torch.OutOfMemoryError:
-        from come.placement import gib, model_bytes
-
-        model.to("cpu")
-        raise ComeError(
-            f"{name} ({gib(model_bytes(model))} of weights) "
-            f"does not fit on {device}: `come prune` streams it with --offload always; for evaluation use a machine "
-            "with more GPU memory or several GPUs (come eval spreads it over all of them), or --device cpu"
-        ) from None
 
 
 def count_params(model) -> int:

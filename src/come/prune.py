@@ -148,8 +148,14 @@ def decide_placement(cfg: PruneConfig, config, skeleton, device: str, dtype: tor
     return place
 
 
-def prune(config: PruneConfig | None = None, **kwargs) -> PruneResult:
-    """Compress `config.model` to the target depth with `config.method`; see PruneConfig for the options."""
+def prune(config: PruneConfig | None = None, checkpoint: str | Path | None = None, resume: bool = False,
+          **kwargs) -> PruneResult:
+    """Compress `config.model` to the target depth with `config.method`; see PruneConfig for the options.
+
+    checkpoint: a folder where the plan so far is written (atomically) after every step. With `resume`, a plan
+    found there (of the same model and settings) is replayed first and the method goes on from it: a run that
+    was killed ends with exactly the plan an uninterrupted run makes. Methods that decide from the unpruned
+    model (one-shot rankings, LaCo) start over instead."""
     cfg = config if config is not None else PruneConfig(**kwargs)
     cfg.validate()
     method = get_method(cfg.method)
@@ -173,6 +179,12 @@ def prune(config: PruneConfig | None = None, **kwargs) -> PruneResult:
     torch.manual_seed(c.seed)
     calib = Calibration(model, adapter, ids, c.batch_size, device, place.cache, cfg.progress)
     ctx = PruneContext(model, adapter, calib, target, cfg)
+    if checkpoint is not None:
+        from come import resume as resume_mod
+
+        if resume:
+            resume_mod.continue_from(ctx, checkpoint, base, cfg, method)
+        ctx.on_step = resume_mod.writer(checkpoint, base, cfg, c.seed)
     method.run(ctx)
     del calib, ctx.calib
     wall = time.perf_counter() - t0

@@ -22,18 +22,23 @@ class PruneContext:
     steps: list[dict] = field(default_factory=list)
     tensors: dict = field(default_factory=dict)  # weights computed by steps (saved with the plan)
     started: float = field(default_factory=time.perf_counter)
+    on_step: object = None  # called with the context after every step (e.g. to write a checkpoint)
 
     def __post_init__(self) -> None:
         if not self.tree:
             self.tree = [[i] for i in range(self.adapter.num_layers)]
 
-    def apply(self, step: dict, tensors: dict | None = None) -> None:
-        """Apply a step to the model (the same code as replay), record it, and update the merge tree."""
+    def apply(self, step: dict, tensors: dict | None = None, more_follows: bool = False) -> None:
+        """Apply a step to the model (the same code as replay), record it, and update the merge tree.
+        `more_follows`: the step is not a whole decision yet (a merge whose re-fit comes next), so no checkpoint
+        is written after it."""
         step["tree_before"] = [list(b) for b in self.tree]
         self.tensors.update(tensors or {})
         apply_step(self.adapter, step, self.tensors)
         update_tree(self.tree, step)
         self.steps.append(step)
+        if self.on_step is not None and not more_follows:
+            self.on_step(self)
         if getattr(self.config, "progress", False):  # a step of SLEB or come-p can take minutes: say each one
             print(f"[{self.config.method}] step {len(self.steps)}: {step['op']} at layer {step.get('layer')} -> "
                   f"{self.num_layers} layers ({time.perf_counter() - self.started:.0f} s)", file=sys.stderr,

@@ -159,7 +159,7 @@ def progressive_merge(ctx: PruneContext, ratios: str = "bi", reconstruct: bool =
             continue
         step["scores"] = scores
         step["sources"] = [list(ctx.tree[l]), list(ctx.tree[l + 1])]
-        ctx.apply(step)
+        ctx.apply(step, more_follows=bool(weights))  # a checkpoint holds the merge with its re-fit
         if weights:
             keys = {name: f"step{len(ctx.steps)}.{name}" for name in weights}
             refit = {"op": "refit", "layer": l, "tensors": keys, "report": report}
@@ -203,7 +203,16 @@ def come_plus(ctx: PruneContext) -> None:
     progressive_merge(ctx, "plus", reconstruct=True, held_out=True)
 
 
-register(Method("come", come, PAPER, reads=come_reads, limit=NO_REMERGE, min_calib_samples=refit_windows))
-register(Method("come-p", come_p, PAPER, reads=come_reads, limit=NO_REMERGE, min_calib_samples=refit_windows))
+def resumable(cfg) -> bool:
+    """Each step decides from the current model's calibration cache alone, unless a re-fit targets the dense
+    model's states (`--refit-target dense`), which a replayed model no longer has."""
+    refits = cfg.reconstruct or cfg.method == "come-plus"
+    return not (refits and cfg.refit_target == "dense")
+
+
+register(Method("come", come, PAPER, reads=come_reads, limit=NO_REMERGE, min_calib_samples=refit_windows,
+                resumable=resumable))
+register(Method("come-p", come_p, PAPER, reads=come_reads, limit=NO_REMERGE, min_calib_samples=refit_windows,
+                resumable=resumable))
 register(Method("come-plus", come_plus, "ours", reads=come_reads, limit=NO_REMERGE,
-                min_calib_samples=refit_windows))
+                min_calib_samples=refit_windows, resumable=resumable))

@@ -66,6 +66,17 @@ def one_window(cfg=None) -> int:
     return 1
 
 
+def never(cfg=None) -> bool:
+    """Not resumable: the method decides from the unpruned model (a ranking, a pointer, a dense cache), so a
+    killed run starts over."""
+    return False
+
+
+def always(cfg=None) -> bool:
+    """Resumable whatever the settings."""
+    return True
+
+
 @dataclass(frozen=True, eq=False)
 class Method:
     """One pruning method.
@@ -77,7 +88,8 @@ class Method:
     prefix_consistent: every prefix of its plan is the method at that shallower depth (`--sweep` replays them).
     limit: the most layers it can remove. needs_whole_model: it back-propagates through the whole model, which
     must then be on the compute device (no streamed weights). min_calib_samples(cfg): the calibration windows it
-    needs.
+    needs. resumable(cfg): a run killed after some steps may go on from their replay (its next decision depends
+    only on the model as those steps left it and on the calibration windows), giving the uninterrupted plan.
     """
 
     name: str
@@ -89,6 +101,7 @@ class Method:
     limit: Limit = NO_LIMIT
     needs_whole_model: bool = False
     min_calib_samples: Callable[[object], int] = one_window
+    resumable: Callable[[object], bool] = never
 
     def __post_init__(self) -> None:
         if not self.name or not callable(self.run) or not self.paper:

@@ -8,7 +8,7 @@ Differs from the authors' code: a trial at layer i re-runs only layers i+1.. fro
 from __future__ import annotations
 
 from come.methods.base import PruneContext
-from come.methods.registry import Method, register
+from come.methods.registry import Method, always, register
 
 
 def removal_nll(ctx: PruneContext, n_batches: int | None = None, windows=None) -> list[float]:
@@ -35,4 +35,4 @@ def sleb(ctx: PruneContext) -> None:
 
 
 register(Method("sleb", sleb, "SLEB: Streamlining LLMs through Redundancy Verification and Elimination of "
-                "Transformer Blocks (ICML 2024)"))
+                "Transformer Blocks (ICML 2024)", resumable=always))

@@ -1,0 +1,93 @@
+"""A prune killed with SIGKILL mid-run goes on from its checkpoint and ends with the uninterrupted plan and weights."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+from conftest import prune_config, same_weights
+
+from come import prune
+from come.errors import ComeError
+from come.plan import PLAN_FILE
+from come.resume import checkpoint_for, load
+
+ROOT = Path(__file__).resolve().parent
+
+KILLED_RUN = textwrap.dedent("""
+    import json, os, signal, sys
+    sys.path.insert(0, {tests!r})
+    from conftest import prune_config
+    import come.resume as resume
+    from come import prune
+
+    kill_after = {kill_after}
+    make_writer = resume.writer
+
+    def writer(*args, **kwargs):  # the product's checkpoint writer, then a SIGKILL after the k-th checkpoint
+        write = make_writer(*args, **kwargs)
+        def on_step(ctx):
+            write(ctx)
+            if len(ctx.steps) >= kill_after:
+                os.kill(os.getpid(), signal.SIGKILL)
+        return on_step
+
+    resume.writer = writer
+    prune(prune_config({path!r}, {text!r}, **json.loads({fields!r})), checkpoint={ck!r})
+""")
+
+
+def decisions(plan) -> dict:
+    data = json.loads(plan.to_json())
+    return {k: data[k] for k in ("method", "steps", "tree")}
+
+
+@pytest.mark.parametrize("fields,kill_after", [
+    ({"method": "come-plus", "target_layers": 3}, 3),  # merge + re-fit, merge + re-fit: killed after 2 merges
+    ({"method": "sleb", "target_layers": 3}, 2),
+    ({"method": "come", "target_layers": 3, "drop_candidates": True, "pair_score": "loss"}, 1),
+])
+def test_sigkilled_prune_resumes_to_the_uninterrupted_plan(tiny_dir, tmp_path, fields, kill_after):
+    path, text = tiny_dir
+    ck = tmp_path / "ck"
+    script = KILLED_RUN.format(tests=str(ROOT), kill_after=kill_after, path=str(path), text=str(text),
+                               fields=json.dumps(fields), ck=str(ck))
+    env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
+    proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+    partial = load(ck)
+    assert partial is not None and 0 < len(partial.steps) < 10
+    assert partial.steps[-1]["op"] != "merge" or fields["method"] != "come-plus"  # a merge is kept with its re-fit
+
+    resumed = prune(prune_config(path, text, **fields), checkpoint=ck, resume=True)
+    whole = prune(prune_config(path, text, **fields))
+    assert resumed.plan.steps[: len(partial.steps)] == partial.steps
+    assert decisions(resumed.plan) == decisions(whole.plan)
+    assert same_weights(resumed.model, whole.model)
+
+
+def test_resume_refuses_a_checkpoint_of_other_settings(tiny_dir, tmp_path):
+    path, text = tiny_dir
+    ck = tmp_path / "ck"
+    prune(prune_config(path, text, method="sleb", target_layers=4), checkpoint=ck)
+    assert (ck / PLAN_FILE).exists()
+    with pytest.raises(ComeError, match="target_layers=4, not 3"):
+        prune(prune_config(path, text, method="sleb", target_layers=3), checkpoint=ck, resume=True)
+
+
+def test_a_one_shot_method_starts_over(tiny_dir, tmp_path, caplog):
+    path, text = tiny_dir
+    ck = tmp_path / "ck"
+    first = prune(prune_config(path, text, method="shortgpt", target_layers=4), checkpoint=ck)
+    with caplog.at_level("WARNING", logger="come.resume"):
+        again = prune(prune_config(path, text, method="shortgpt", target_layers=4), checkpoint=ck, resume=True)
+    assert "starting over" in caplog.text
+    assert decisions(again.plan) == decisions(first.plan)
+
+
+def test_checkpoint_is_a_hidden_sibling_of_the_output(tmp_path):
+    assert checkpoint_for(tmp_path / "out") == tmp_path / ".out.resume"

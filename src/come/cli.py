@@ -13,9 +13,15 @@ from come.errors import ComeError
 
 
 def add_common_model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--dtype", default="auto",
-                   help="auto (float32 on CPU, else the checkpoint dtype), float32, bfloat16, float16")
-    p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:N")
+    """--dtype and --device (as `come prune` has them) and --trust-remote-code."""
+    from come.cliargs import add_config_args
+    from come.config import PruneConfig
+
+    add_config_args(p, PruneConfig, only=("dtype", "device"))
+    add_trust_remote_code_arg(p)
+
+
+def add_trust_remote_code_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--trust-remote-code", action="store_true",
                    help="load a model folder that ships its own Python code (auto_map), RUNNING that code; "
                    "without it such folders are refused")
@@ -23,17 +29,17 @@ def add_common_model_args(p: argparse.ArgumentParser) -> None:
 
 def add_target_args(p: argparse.ArgumentParser) -> None:
     """The model and how deep it must become (prune, compare); both may come from --config instead."""
-    p.add_argument("model", nargs="?", default=None,
-                   help="HF model folder, hub id, or alias (smollm2-135m); or `model:` in --config")
-    t = p.add_mutually_exclusive_group()
-    t.add_argument("--target-layers", type=int, help="number of decoder layers to keep")
-    t.add_argument("--sparsity", type=float, help="fraction of ALL parameters to remove, rounded to whole layers")
+    from come.cliargs import add_config_args
+    from come.config import PruneConfig
+
+    add_config_args(p, PruneConfig, only=("model", "target_layers", "sparsity"))
 
 
 def add_loss_samples_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--loss-samples", type=int, default=None,
-                   help="windows used for loss trials (sleb, laco, come-p, --pair-score loss, --drop-candidates), "
-                   "rounded up to whole batches (default: all)")
+    from come.cliargs import add_config_args
+    from come.config import PruneConfig
+
+    add_config_args(p, PruneConfig, only=("loss_samples",))
 
 
 def add_output_args(p: argparse.ArgumentParser, required: bool = True) -> None:
@@ -78,92 +84,44 @@ def print_recipe(cfg, out: str | None) -> int:
     return 0
 
 
-def add_placement_args(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("memory")
-    g.add_argument("--offload", default="auto", choices=["auto", "always", "never"],
-                   help="keep the weights in CPU memory and stream one layer at a time to the GPU (auto: when the "
-                   "weights do not fit in 80%% of its free memory; this is how a 70B model prunes on one GPU)")
-    g.add_argument("--store-device", default=None,
-                   help="where the cached hidden states live (default: the GPU if they fit beside the weights, "
-                   "else cpu)")
-
-
 def add_calib_args(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("calibration")
-    g.add_argument("--calib-data", default="mix",
-                   help="mix (bundled mixture of six real domains, the default), one of its domains, wiki-passages "
-                   "(contaminates BoolQ), wikitext2, c4, or a .txt/.jsonl/.parquet/datasets folder")
-    g.add_argument("--calib-samples", type=int, default=32, help="number of windows")
-    g.add_argument("--calib-seq-len", type=int, default=2048, help="tokens per window")
-    g.add_argument("--batch-size", type=int, default=8)
-    g.add_argument("--seed", type=int, default=0)
+    """The calibration flags (--calib-*), from CalibConfig's fields."""
+    from come.cliargs import add_config_args
+    from come.config import CalibConfig
+
+    add_config_args(p, CalibConfig)
 
 
 def calib_config(args):
+    """The CalibConfig of the flags `add_calib_args` added."""
+    from come.cliargs import config_from_args
     from come.config import CalibConfig
 
-    return CalibConfig(args.calib_data, args.calib_samples, args.calib_seq_len, args.batch_size, args.seed)
+    return config_from_args(CalibConfig, args)
 
 
 def add_prune_parser(sub) -> None:
+    from come.cliargs import add_config_args
+    from come.config import PruneConfig
+
     p = sub.add_parser("prune", help="compress a model by merging (or dropping) layers; writes an HF folder + plan")
-    add_target_args(p)
-    p.add_argument("--method", default="come", help=f"one of {', '.join(method_names())}; docs/methods.md")
-    p.add_argument("--norm", default="mean", choices=["mean", "fold"], help="norm handling of a merged layer")
-    p.add_argument("--pair-score", default="angular", choices=["angular", "loss"], help="how the pair is chosen")
-    p.add_argument("--pair-tokens", default="last", choices=["last", "all"], help="tokens of the angular score")
-    p.add_argument("--remerge", action="store_true", help="allow merging layers that are already merges")
-    p.add_argument("--grid", type=int, default=20, help="CoMe-P ratio grid size g")
-    p.add_argument("--reconstruct", action="store_true",
-                   help="come/come-p: ridge re-fit of each merged layer's o_proj/down_proj (always on in come-plus)")
-    p.add_argument("--refit-target", default="pair", choices=["pair", "dense"],
-                   help="come-plus: re-fit to the current pair's output or to the dense model's")
-    p.add_argument("--refit-prior", default="merged", choices=["merged", "zero"],
-                   help="re-fit: the ridge pulls toward the merged layer's own weights (default) or toward zero")
-    p.add_argument("--save-dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
-                   help="dtype of the saved weights (auto: the original checkpoint's, whatever --dtype computed in)")
-    p.add_argument("--option", action="append", metavar="KEY=VALUE",
-                   help="a method option, repeatable (laco: C=4, I=2, T=0.65, L=1; docs/methods.md)")
-    p.add_argument("--drop-candidates", action="store_true",
-                   help="come family: each step, SLEB's best single-layer drop competes with the merge by "
-                   "calibration NLL")
-    add_loss_samples_arg(p)
-    add_calib_args(p)
-    add_common_model_args(p)
-    add_placement_args(p)
+    add_config_args(p, PruneConfig)  # every setting, from PruneConfig's fields (calibration, memory included)
+    add_trust_remote_code_arg(p)
     add_dry_run_args(p)
     add_output_args(p, required=False)
     add_recipe_args(p)
     p.set_defaults(func=cmd_prune)
 
 
-def method_names() -> list[str]:
-    from come.methods import METHODS
-
-    return sorted(METHODS)
-
-
 def cmd_prune(args) -> int:
     from come import preflight
+    from come.cliargs import config_from_args
     from come.config import PruneConfig
     from come.io import check_output_dir
-    from come.methods import parse_option_args
     from come.prune import prune, summary_text
 
     require(args, "model")
-    cfg = PruneConfig(
-        model=args.model, target_layers=args.target_layers, sparsity=args.sparsity, method=args.method,
-        norm=args.norm, pair_score=args.pair_score, pair_tokens=args.pair_tokens, remerge=args.remerge,
-        grid=args.grid, loss_samples=args.loss_samples, refit_target=args.refit_target, reconstruct=args.reconstruct,
-        refit_prior=args.refit_prior, ratio_power=getattr(args, "ratio_power", 1.0),
-        drop_candidates=args.drop_candidates, method_options=parse_option_args(args.option),
-        save_dtype=args.save_dtype,
-        calib=calib_config(args),
-        dtype=args.dtype,
-        device=args.device,
-        offload=args.offload,
-        store_device=args.store_device,
-    )
+    cfg = config_from_args(PruneConfig, args)
     cfg.validate()
     if args.print_config:
         return print_recipe(cfg, args.out)
@@ -181,7 +139,39 @@ def cmd_prune(args) -> int:
     return 0
 
 
+def add_compare_parser(sub) -> None:
+    from come.compare.cli_args import add_compare_args
+
+    p = sub.add_parser("compare", help="prune with several methods on the same calibration and compare them")
+    add_target_args(p)
+    add_compare_args(p)
+    add_loss_samples_arg(p)
+    add_calib_args(p)
+    add_common_model_args(p)
+    add_output_args(p, required=False)
+    add_dry_run_args(p)
+    add_recipe_args(p)
+    p.set_defaults(func=cmd_compare)
+
+
+def cmd_compare(args) -> int:
+    from come.compare.cli_args import config_from_args, dry_run_text, run_and_print
+
+    require(args, "model")
+    cfg = config_from_args(args, calib_config(args))
+    if args.print_config:
+        return print_recipe(cfg.validate(), args.out)
+    if args.dry_run:
+        print(dry_run_text(cfg, args.gpu_memory))
+        return 0
+    require(args, "out")
+    return run_and_print(cfg)
+
+
 def add_apply_parser(sub) -> None:
+    from come.cliargs import add_config_args
+    from come.config import PruneConfig
+
     p = sub.add_parser("apply", help="replay a plan on the original model and save the result")
     p.add_argument("plan", help="a come_plan.json or a folder that holds one")
     p.add_argument("--model", default=None, help="the original model (default: the one the plan names)")
@@ -189,8 +179,7 @@ def add_apply_parser(sub) -> None:
                    help="replay a progressive plan only until the model has N layers (every depth on the way "
                    "to the plan's target comes from the same run)")
     add_common_model_args(p)
-    p.add_argument("--save-dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
-                   help="dtype of the saved weights (auto: the original checkpoint's)")
+    add_config_args(p, PruneConfig, only=("save_dtype",))
     p.add_argument("--force", action="store_true",
                    help="apply the plan to a model of its shape whose config or weights differ from the ones it was "
                    "made from (a model of another shape is always refused)")
@@ -273,6 +262,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     add_prune_parser(sub)
     add_apply_parser(sub)
+    add_compare_parser(sub)
     for module in SUBCOMMAND_MODULES:
         if importlib.util.find_spec(module) is not None:
             importlib.import_module(module).add_parser(sub)
@@ -285,19 +275,25 @@ def build_parser() -> argparse.ArgumentParser:
 def with_recipe(parser: argparse.ArgumentParser, argv: list[str] | None, args: argparse.Namespace):
     """`args` parsed again with the --config recipe as the subcommand's defaults (flags given still win)."""
     from come import recipe
+    from come.cliargs import quiet_aliases
 
     flat = recipe.load(args.config, args.command)
     recipe.apply(args.command, flat, parser.come_commands[args.command], args)
-    return parser.parse_args(argv)
+    with quiet_aliases():  # the first parse printed them
+        return parser.parse_args(argv)
 
 
 # Further subcommands live beside their code; each module exposes add_parser(subparsers).
-SUBCOMMAND_MODULES = ["come.eval.cli", "come.compare", "come.distillation.cli"]
+SUBCOMMAND_MODULES = ["come.eval.cli", "come.distillation.cli"]
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except ComeError as e:  # a value outside a flag's choices: one line, like every other bad input
+        print(f"come: error: {e}", file=sys.stderr)
+        return 2
     if not args.verbose:
         logging.getLogger("transformers").setLevel(logging.ERROR)
         os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")

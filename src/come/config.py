@@ -2,18 +2,45 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
+from come.cliargs import arg, check_choices
 from come.errors import ComeError, MethodRefusal
+
+# Every field with a `help` is also a flag of `come prune` (come.cliargs): the field is the one place of the flag's
+# default, type, choices and help text. Calibration flags are --calib-*.
+CALIBRATION = "calibration"
+MEMORY = "memory"
+SAVE_DTYPES = ["auto", "float32", "bfloat16", "float16"]
+
+
+def _method_help() -> str:
+    from come.methods import METHODS
+
+    return f"one of {', '.join(sorted(METHODS))}; docs/methods.md"
+
+
+def _option_dict(items: list[str] | None) -> dict:
+    from come.methods import parse_option_args
+
+    return parse_option_args(items)
+
+
+def _option_words(options: dict) -> list[str]:
+    return [f"{k}={v}" for k, v in options.items()]
 
 
 @dataclass
 class CalibConfig:
-    data: str = "mix"  # the bundled calibration mixture (come.corpora); never the evaluation text
-    samples: int = 32
-    seq_len: int = 2048
-    batch_size: int = 8
-    seed: int = 0
+    data: str = arg("mix", flag="--calib-data", group=CALIBRATION,  # the bundled mixture (come.corpora)
+                    help="mix (bundled mixture of six real domains, the default), one of its domains, "
+                    "wiki-passages (contaminates BoolQ), wikitext2, c4, or a .txt/.jsonl/.parquet/datasets folder")
+    samples: int = arg(32, flag="--calib-samples", group=CALIBRATION, help="number of windows")
+    seq_len: int = arg(2048, flag="--calib-seq-len", group=CALIBRATION, help="tokens per window")
+    batch_size: int = arg(8, flag="--calib-batch-size", aliases=["--batch-size"], group=CALIBRATION,
+                          help="calibration windows per forward pass")
+    seed: int = arg(0, flag="--calib-seed", aliases=["--seed"], group=CALIBRATION,
+                    help="seed of the choice of windows")
 
     @classmethod
     def coerce(cls, value: CalibConfig | dict | None) -> CalibConfig:
@@ -28,7 +55,7 @@ class CalibConfig:
         if self.seq_len < 2:
             raise ComeError(f"--calib-seq-len must be >= 2, got {self.seq_len}")
         if self.batch_size < 1:
-            raise ComeError(f"--batch-size must be >= 1, got {self.batch_size}")
+            raise ComeError(f"--calib-batch-size must be >= 1, got {self.batch_size}")
         from come.data import check_separate
 
         check_separate(self.data, (), "--calib-data", "")  # a held-out evaluation domain is refused here
@@ -38,37 +65,50 @@ class CalibConfig:
 class PruneConfig:
     """What `come.prune` does. Give exactly one of `target_layers` and `sparsity`."""
 
-    model: str
-    target_layers: int | None = None
-    sparsity: float | None = None
-    method: str = "come"
-    norm: str = "mean"  # mean (authors' code) | fold (ours)
-    pair_score: str = "angular"  # angular (paper) | loss (calibration NLL of each candidate merge)
-    pair_tokens: str = "last"  # last | all: tokens the angular pair score is summed over
-    remerge: bool = False  # allow merging a layer that is already a merge
-    ratio_power: float = 1.0  # p in r_i = BI_i^p / sum BI^p
-    grid: int = 20  # CoMe-P ratio grid {0, 1/g, ..., 1}
-    loss_samples: int | None = None  # windows used for loss trials (pair choice by loss, CoMe-P); None = all
-    reconstruct: bool = False  # come/come-p: ridge re-fit of each merged layer (always on in come-plus)
-    refit_target: str = "pair"  # come-plus: fit the current pair's output (pair) or the dense model's (dense)
-    refit_prior: str = "merged"  # the re-fit's ridge pulls toward the merged weights (merged) or toward zero
-    method_options: dict = field(default_factory=dict)  # the method's --option KEY=VALUE settings
-    drop_candidates: bool = False  # come family: SLEB's best single-layer drop competes with the merge each step
-    calib: CalibConfig | None = None
-    dtype: str = "auto"
-    save_dtype: str = "auto"  # dtype of the saved weights; auto = the original checkpoint's
-    device: str = "auto"
-    offload: str = "auto"  # auto | always | never: weights in CPU memory, streamed a layer at a time
-    store_device: str | None = None  # where cached hidden states live (default: placement.decide)
-    progress: bool = True
+    model: str = arg(positional=True, nargs="?",
+                     help="HF model folder, hub id, or alias (smollm2-135m); or `model:` in --config")
+    target_layers: int | None = arg(None, exclusive="target", help="number of decoder layers to keep")
+    sparsity: float | None = arg(None, exclusive="target",
+                                 help="fraction of ALL parameters to remove, rounded to whole layers")
+    method: str = arg("come", help=_method_help)
+    norm: str = arg("mean", choices=["mean", "fold"],  # mean (authors' code) | fold (ours)
+                    help="norm handling of a merged layer")
+    pair_score: str = arg("angular", choices=["angular", "loss"],  # loss: calibration NLL of each candidate merge
+                          help="how the pair is chosen")
+    pair_tokens: str = arg("last", choices=["last", "all"], help="tokens of the angular score")
+    remerge: bool = arg(False, help="allow merging layers that are already merges")
+    ratio_power: float = arg(1.0, help="p of the merge ratio r_i = BI_i^p / sum BI^p (1: the paper's)")
+    grid: int = arg(20, help="CoMe-P ratio grid size g (ratios 0, 1/g, ..., 1)")
+    loss_samples: int | None = arg(None, help="windows used for loss trials (sleb, laco, come-p, --pair-score "
+                                   "loss, --drop-candidates), rounded up to whole batches (default: all)")
+    reconstruct: bool = arg(False, help="come/come-p: ridge re-fit of each merged layer's o_proj/down_proj (always "
+                            "on in come-plus)")
+    refit_target: str = arg("pair", choices=["pair", "dense"],
+                            help="come-plus: re-fit to the current pair's output or to the dense model's")
+    refit_prior: str = arg("merged", choices=["merged", "zero"],
+                           help="re-fit: the ridge pulls toward the merged layer's own weights or toward zero")
+    method_options: dict = arg(default_factory=dict, flag="--option", repeat=True, metavar="KEY=VALUE",
+                               parse=_option_dict, format=_option_words,
+                               help="a method option, repeatable (laco: C=4, I=2, T=0.65, L=1; docs/methods.md)")
+    drop_candidates: bool = arg(False, help="come family: each step, SLEB's best single-layer drop competes with "
+                                "the merge by calibration NLL")
+    calib: CalibConfig | None = arg(None, nested=True)
+    dtype: str = arg("auto", help="auto (float32 on CPU, else the checkpoint dtype), float32, bfloat16, float16")
+    save_dtype: str = arg("auto", choices=SAVE_DTYPES, help="dtype of the saved weights (auto: the original "
+                          "checkpoint's, whatever --dtype computed in)")
+    device: str = arg("auto", help="auto (cuda if available), cpu, cuda, cuda:N")
+    offload: str = arg("auto", choices=["auto", "always", "never"], group=MEMORY,
+                       help="keep the weights in CPU memory and stream one layer at a time to the GPU (auto: when "
+                       "the weights do not fit in 80%% of its free memory; this is how a 70B model prunes on one GPU)")
+    store_device: str | None = arg(None, group=MEMORY, help="where the cached hidden states live (default: the GPU "
+                                   "if they fit beside the weights, else cpu)")
+    progress: bool = True  # the Python API's progress bars; not a flag
 
     def __post_init__(self) -> None:
         self.calib = CalibConfig.coerce(self.calib)
 
     def validate(self) -> None:
-        from come.merge import NORM_MODES
         from come.methods import get_method, method_options
-        from come.reconstruct import PRIORS
 
         method = get_method(self.method)
         self.method_options = method_options(self.method, self.method_options)
@@ -76,24 +116,11 @@ class PruneConfig:
             raise ComeError("give exactly one of --target-layers and --sparsity")
         if self.sparsity is not None and not 0 < self.sparsity < 1:
             raise ComeError(f"--sparsity must be in (0, 1), got {self.sparsity}")
-        if self.norm not in NORM_MODES:
-            raise ComeError(f"--norm must be one of {', '.join(NORM_MODES)}, got {self.norm!r}")
-        if self.pair_score not in ("angular", "loss"):
-            raise ComeError(f"--pair-score must be angular or loss, got {self.pair_score!r}")
-        if self.pair_tokens not in ("last", "all"):
-            raise ComeError(f"--pair-tokens must be last or all, got {self.pair_tokens!r}")
-        if self.refit_target not in ("pair", "dense"):
-            raise ComeError(f"--refit-target must be pair or dense, got {self.refit_target!r}")
-        if self.refit_prior not in PRIORS:
-            raise ComeError(f"--refit-prior must be one of {', '.join(PRIORS)}, got {self.refit_prior!r}")
+        check_choices(self, skip=("save_dtype",))  # --norm, --pair-score, --pair-tokens, --refit-*, --offload
+        from come.models import parse_device, parse_dtype
+
         if self.save_dtype != "auto":
-            from come.models import parse_dtype
-
-            parse_dtype(self.save_dtype)
-        from come.models import parse_device
-        from come.placement import check_offload
-
-        check_offload(self.offload)
+            parse_dtype(self.save_dtype)  # the flag's names, and through the API also bf16, fp16, fp32
         if self.store_device is not None:
             parse_device(self.store_device, "--store-device")
         if self.grid < 1:

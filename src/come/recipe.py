@@ -14,6 +14,7 @@ from pathlib import Path
 
 import yaml
 
+from come import cliargs
 from come.config import CalibConfig, PruneConfig
 from come.errors import ComeError
 
@@ -21,8 +22,6 @@ COMMANDS = ("prune", "compare", "distill")
 RUN_ONLY = ("progress", "overwrite", "resume", "stop_after")  # how a run goes, not what it makes: never in a recipe
 EXCLUSIVE = {"prune": ("target_layers", "sparsity"), "compare": ("target_layers", "sparsity"),
              "distill": ("tokens", "steps")}
-CALIB_DESTS = {"data": "calib_data", "samples": "calib_samples", "seq_len": "calib_seq_len",
-               "batch_size": "batch_size", "seed": "seed"}
 POSITIONAL = {"prune": "model", "compare": "model"}
 
 
@@ -113,14 +112,25 @@ def _check_type(command: str, key: str, value, path) -> None:
         raise ComeError(f"--config {path}: {key} must be {ann.replace('None', 'null')}, got {value!r}")
 
 
+def flag_of(command: str, key: str) -> cliargs.Flag | None:
+    """The flag of recipe key `key` when its config field declares one (come.cliargs), else None."""
+    if key.startswith("calib."):
+        return cliargs.find(CalibConfig, key[len("calib."):])
+    if key in ("out", "command"):
+        return None
+    return cliargs.find(config_class(command), key)
+
+
 def to_dests(command: str, flat: dict) -> dict:
     """Recipe keys -> the command line's argument names (what `set_defaults` takes)."""
     out = {}
     for key, value in flat.items():
         if key == "command":
             continue
-        if key.startswith("calib."):
-            out[CALIB_DESTS[key[len("calib."):]]] = value
+        spec = flag_of(command, key)
+        if spec is not None:
+            out.update(spec.dests(value))
+        # settings of commands whose configs declare no flags yet: the names their parsers use
         elif key in ("method_options", "options"):
             out["option"] = [f"{k}={v}" for k, v in (value or {}).items()]
         elif key == "evals":
@@ -183,6 +193,10 @@ def command_line(recipe: dict, out: str = "OUT") -> str:
             continue
         if key == "method_options":
             value = _changed_options(recipe.get("method", "come"), value)
+        spec = flag_of(command, key)
+        if spec is not None:
+            words += spec.words(value)
+            continue
         for dest, v in to_dests(command, {key: value}).items():
             flag = "--" + dest.replace("_", "-")
             if isinstance(v, bool):

@@ -38,6 +38,9 @@ def prune_args(path, text, out, *extra):
     (["--target-layers", 4, "--method", "laco", "--option", "T=high"], "option T='high' of laco must be a float"),
     (["--target-layers", 4, "--method", "laco", "--option", "T"], "must look like KEY=VALUE"),
     (["--target-layers", 4, "--option", "T=0.5"], "method come has no option 'T': its options are none"),
+    (["--target-layers", 4, "--norm", "max"], "--norm must be one of mean, fold, got 'max'"),
+    (["--target-layers", 4, "--calib-batch-size", 0], "--calib-batch-size must be >= 1, got 0"),
+    (["--target-layers", 4, "--batch-size", 0], "--calib-batch-size must be >= 1, got 0"),  # the older name
 ])
 def test_bad_prune_input(run, tiny_dir, tmp_path, extra, needle):
     path, text = tiny_dir

@@ -130,11 +130,11 @@ def _field_default(f: dataclasses.Field):
 
 
 def _strip_optional(tp):
-    """(the type without None, whether None was allowed); a union of several types reads as str."""
+    """The type without None (X | None -> X); a union of several other types reads as str."""
     if typing.get_origin(tp) in (typing.Union, types.UnionType):
         rest = [a for a in typing.get_args(tp) if a is not type(None)]
-        return (rest[0] if len(rest) == 1 else str), len(rest) < len(typing.get_args(tp))
-    return tp, False
+        return rest[0] if len(rest) == 1 else str
+    return tp
 
 
 def _comma_list(item_type: Callable) -> Callable[[str], list]:
@@ -148,13 +148,12 @@ def _comma_list(item_type: Callable) -> Callable[[str], list]:
 @functools.cache
 def flags(cls: type, prefix: str = "") -> tuple[Flag, ...]:
     """The flags of config dataclass `cls`, in field order (fields without a `help` are not flags)."""
-    hints = typing.get_type_hints(cls)
+    fields = [f for f in dataclasses.fields(cls) if "help" in f.metadata or f.metadata.get("nested")]
+    hints = typing.get_type_hints(cls) if fields else {}
     out = []
-    for f in dataclasses.fields(cls):
+    for f in fields:
         meta = f.metadata
-        if "help" not in meta and not meta.get("nested"):
-            continue
-        tp, _ = _strip_optional(hints[f.name])
+        tp = _strip_optional(hints[f.name])
         default = _field_default(f)
         if meta.get("nested"):
             out.append(Flag(f.name, f.name, None, "nested", None, default, config=tp))
@@ -194,12 +193,13 @@ def flag_name(cls: type, name: str, prefix: str = "") -> str:
     return spec.shown if spec is not None else "--" + name.replace("_", "-")
 
 
-def check_choice(spec: Flag, value) -> None:
-    if spec.choices is None or value is None:
+def check_choice(flag: str, choices: tuple | None, value) -> None:
+    """A one-line ComeError when `value` (or an item of a list) is not one of `choices` (None: anything goes)."""
+    if choices is None or value is None:
         return
     for v in value if isinstance(value, list) else [value]:
-        if v not in spec.choices:
-            raise ComeError(f"{spec.shown} must be one of {', '.join(map(str, spec.choices))}, got {v!r}")
+        if v not in choices:
+            raise ComeError(f"{flag} must be one of {', '.join(map(str, choices))}, got {v!r}")
 
 
 def check_choices(cfg, skip: Iterable[str] = ()) -> None:
@@ -207,7 +207,7 @@ def check_choices(cfg, skip: Iterable[str] = ()) -> None:
     command line: the Python API, a recipe); `skip`: fields the caller checks itself."""
     for spec in flags(type(cfg)):
         if spec.kind != "nested" and spec.name not in skip:
-            check_choice(spec, getattr(cfg, spec.name))
+            check_choice(spec.shown, spec.choices, getattr(cfg, spec.name))
 
 
 class ConfigAction(argparse.Action):
@@ -224,11 +224,9 @@ class ConfigAction(argparse.Action):
         if self.new_flag is not None and not _quiet_aliases:
             print(f"{parser.prog}: warning: {option_string} is deprecated and goes in the next release: use "
                   f"{self.new_flag}", file=sys.stderr)
-        name = self.new_flag or (self.option_strings[0] if self.option_strings else self.dest.upper())
-        if self.allowed is not None and values is not None and values is not self.default:
-            for v in values if isinstance(values, list) else [values]:
-                if v not in self.allowed:
-                    raise ComeError(f"{name} must be one of {', '.join(map(str, self.allowed))}, got {v!r}")
+        if values is not self.default:  # a positional argument left out gets its default
+            name = self.new_flag or (self.option_strings[0] if self.option_strings else self.dest.upper())
+            check_choice(name, self.allowed, values)
         if self.kind == "switch":
             values = True
         elif self.kind == "append":
@@ -280,6 +278,7 @@ def add_config_args(parser, cls: type, *, only: Iterable[str] | None = None, exc
             where.add_argument(spec.dest, nargs=spec.nargs, default=spec.default, help=_help_text(spec), **common)
             continue
         default = {"switch": False, "append": spec.raw(spec.default) or None}.get(spec.kind, spec.default)
+        default = copy.deepcopy(default)  # a list default is not shared between parses
         where.add_argument(spec.flag, dest=spec.dest, default=default, help=_help_text(spec), **common)
         for alias in spec.aliases:
             where.add_argument(alias, dest=spec.dest, default=argparse.SUPPRESS, help=argparse.SUPPRESS,

@@ -11,7 +11,7 @@ import pytest
 
 from come import recipe
 from come.cli import build_parser, calib_config, main
-from come.cliargs import add_config_args, arg, check_choices, config_from_args, flags
+from come.cliargs import add_config_args, arg, check_choices, config_from_args, flags, like
 from come.config import CalibConfig, PruneConfig
 from come.errors import ComeError
 
@@ -210,6 +210,23 @@ def test_toy_types_switches_and_lists(capsys):
     with pytest.raises(ComeError, match="--mode must be one of a, b, got 'c'"):
         toy("--old-mode", "c")  # named by its new flag
     assert "modes" in [g.title for g in p._action_groups]
+
+
+@dataclasses.dataclass
+class Other:
+    target_layers: int | None = like(PruneConfig, "target_layers", exclusive=None)
+    dtype: str = like(PruneConfig, "dtype")
+    depths: list[int] = arg(default_factory=list, type=str, help="raw", parse=lambda s: sorted(map(int, s.split(","))))
+
+
+def test_like_shares_a_flag_and_type_leaves_the_words_to_parse():
+    p = argparse.ArgumentParser()
+    add_config_args(p, Other)
+    args = p.parse_args(["--target-layers", "3", "--depths", "5,4,6"])
+    assert config_from_args(Other, args) == Other(3, "auto", [4, 5, 6])
+    mine, theirs = (" ".join(x.format_help().split()) for x in (p, subparser("prune")))
+    dtype_help = "--dtype DTYPE auto (float32 on CPU, else the checkpoint dtype), float32, bfloat16, float16"
+    assert dtype_help in mine and dtype_help in theirs
 
 
 def test_toy_only_exclude_and_prefix():

@@ -18,6 +18,8 @@ Metadata keys of a field (all optional but `help`):
   positional  a positional argument (with `nargs`, e.g. "?" when a recipe may give it instead)
   metavar     the value's name in --help
   repeat      the flag may be given several times; its values are collected in a list
+  type        what argparse converts each word with, instead of the one the field's type gives (e.g. str, to
+              leave a comma list to `parse`)
   parse       a function of the parsed value (a string, a list of strings) to the field's value
   format      its inverse: the field's value to what the command line gives (recipes, printed command lines)
   nested      on a field whose type is a config dataclass: that class's flags stand for the field
@@ -174,6 +176,7 @@ def flags(cls: type, prefix: str = "") -> tuple[Flag, ...]:
             kind = "append"  # each word one item
         elif typing.get_origin(tp) is list:
             converter = _comma_list(item)
+        converter = meta.get("type", converter)
         out.append(Flag(
             name=f.name, dest=dest, flag=flag, kind=kind, type=converter, default=default, help=meta["help"],
             aliases=tuple(meta.get("aliases", ())), choices=tuple(meta["choices"]) if "choices" in meta else None,
@@ -302,3 +305,10 @@ def config_from_args(cls: type, args: argparse.Namespace, *, prefix: str = "", *
 def arg(default=dataclasses.MISSING, *, default_factory=dataclasses.MISSING, **metadata) -> dataclasses.Field:
     """A config field with its flag's metadata: `field(default=..., metadata={...})` in short."""
     return dataclasses.field(default=default, default_factory=default_factory, metadata=metadata)
+
+
+def like(cls: type, name: str, **changes) -> dataclasses.Field:
+    """A field with the default and flag metadata of field `name` of `cls` (`changes`: metadata to replace), so
+    that configs sharing a setting (--dtype, --target-layers, ...) declare its flag once."""
+    f = next(f for f in dataclasses.fields(cls) if f.name == name)
+    return dataclasses.field(default=f.default, default_factory=f.default_factory, metadata={**f.metadata, **changes})

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
-import sys
+import logging
 import time
 from dataclasses import dataclass, field
+
+from tqdm.auto import tqdm
 
 from come.capture import Calibration
 from come.models import ModelAdapter
 from come.plan import apply_step, update_tree
+
+log = logging.getLogger("come.prune")
 
 
 @dataclass
@@ -23,10 +27,17 @@ class PruneContext:
     tensors: dict = field(default_factory=dict)  # weights computed by steps (saved with the plan)
     started: float = field(default_factory=time.perf_counter)
     on_step: object = None  # called with the context after every step (e.g. to write a checkpoint)
+    bar: object = None  # the progress bar of layers removed (with --progress)
 
     def __post_init__(self) -> None:
         if not self.tree:
             self.tree = [[i] for i in range(self.adapter.num_layers)]
+
+    def trials(self, items, what: str):
+        """`items` with a progress bar of their own (a step's trials can take minutes), when progress is on."""
+        items = list(items)
+        show = getattr(self.config, "progress", False) and len(items) > 1
+        return tqdm(items, desc=f"  {what}", unit="trial", leave=False, disable=not show)
 
     def apply(self, step: dict, tensors: dict | None = None, more_follows: bool = False) -> None:
         """Apply a step to the model (the same code as replay), record it, and update the merge tree.
@@ -39,10 +50,16 @@ class PruneContext:
         self.steps.append(step)
         if self.on_step is not None and not more_follows:
             self.on_step(self)
-        if getattr(self.config, "progress", False):  # a step of SLEB or come-p can take minutes: say each one
-            print(f"[{self.config.method}] step {len(self.steps)}: {step['op']} at layer {step.get('layer')} -> "
-                  f"{self.num_layers} layers ({time.perf_counter() - self.started:.0f} s)", file=sys.stderr,
-                  flush=True)
+        log.info("%s step %d: %s at layer %s -> %d layers (%.0f s)", self.config.method, len(self.steps),
+                 step["op"], step.get("layer"), self.num_layers, time.perf_counter() - self.started)
+        if getattr(self.config, "progress", False):  # a step of SLEB or come-p can take minutes: show each one
+            if self.bar is None:
+                self.bar = tqdm(total=len(step["tree_before"]) - self.target_layers, desc=self.config.method,
+                                unit="layer")
+            self.bar.update(len(step["tree_before"]) - self.num_layers)
+            self.bar.set_postfix_str(f"step {len(self.steps)}: {step['op']} at {step.get('layer')}")
+            if self.num_layers <= self.target_layers:
+                self.bar.close()
 
     def option(self, key: str):
         """The value of the method's option `key` (its default unless --option set it)."""

@@ -131,7 +131,8 @@ def progressive_merge(ctx: PruneContext, ratios: str = "bi", reconstruct: bool =
             return attention_updates(ctx.calib, ctx.adapter, i), out
 
         if pair_score == "loss":
-            loss = {i: trial(ctx, merge_step(ctx, i, ratio_of[i]), targets_of(i), windows=windows)[1] for i in cands}
+            loss = {i: trial(ctx, merge_step(ctx, i, ratio_of[i]), targets_of(i), windows=windows)[1]
+                    for i in ctx.trials(cands, f"pairs at {ctx.num_layers} layers")}
             l = min(cands, key=lambda i: (loss[i], i))
             scores["pair_loss"] = {str(k): v for k, v in loss.items()}
         else:
@@ -147,7 +148,7 @@ def progressive_merge(ctx: PruneContext, ratios: str = "bi", reconstruct: bool =
             grid = sorted({0.0, ratio[0], 1.0})
         scored = len(grid) > 1 or drops
         trials = {r: trial(ctx, merge_step(ctx, l, (r, 1 - r)), targets, score=scored, windows=windows)
-                  for r in grid}
+                  for r in ctx.trials(grid, f"ratios of pair {l}")}
         if len(grid) > 1:
             scores["ratio_grid_nll"] = {f"{r:.4f}": t[1] for r, t in trials.items()}
         best = min(grid, key=lambda r: (trials[r][1] or 0.0, abs(r - ratio[0])))

@@ -16,7 +16,8 @@ def removal_nll(ctx: PruneContext, n_batches: int | None = None, windows=None) -
     the boolean mask `windows` when given (all batches are then run)."""
     layers = list(ctx.adapter.layers)
     n = None if windows is not None else n_batches
-    return [ctx.calib.forward_from(i, layers[i + 1 :], n, windows) for i in range(len(layers))]
+    trials = ctx.trials(range(len(layers)), f"removals at {len(layers)} layers")
+    return [ctx.calib.forward_from(i, layers[i + 1 :], n, windows) for i in trials]
 
 
 def drop_layer(ctx: PruneContext, l: int, scores: dict) -> None:

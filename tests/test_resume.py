@@ -91,3 +91,35 @@ def test_a_one_shot_method_starts_over(tiny_dir, tmp_path, caplog):
 
 def test_checkpoint_is_a_hidden_sibling_of_the_output(tmp_path):
     assert checkpoint_for(tmp_path / "out") == tmp_path / ".out.resume"
+
+
+def test_cli_resumes_from_the_checkpoint_beside_out_and_removes_it(tiny_dir, tmp_path, capsys):
+    from come.cli import main
+
+    path, text = tiny_dir
+    out = tmp_path / "out"
+    args = ["prune", str(path), "--calib-data", str(text), "--calib-samples", "4", "--calib-seq-len", "32",
+            "--calib-batch-size", "2", "--device", "cpu", "--method", "sleb", "--target-layers", "3", "--out",
+            str(out)]
+    # the checkpoint a killed `come prune --out out` leaves: one step of the same settings
+    ck = checkpoint_for(out)
+    from come.cli import build_parser
+    from come.cliargs import config_from_args
+
+    cfg = config_from_args(__import__("come.config").config.PruneConfig, build_parser().parse_args(args))
+    first = prune(cfg, checkpoint=ck)
+    partial = json.loads((ck / PLAN_FILE).read_text())
+    partial["steps"], partial["tree"] = partial["steps"][:1], []
+    (ck / PLAN_FILE).write_text(json.dumps(partial))
+    capsys.readouterr()
+    assert main([*args, "--resume"]) == 0
+    cap = capsys.readouterr()
+    assert "resumed sleb from 1 steps at 5 layers" in cap.err
+    assert "wrote" in cap.out and "Merge tree" not in cap.out  # one line, not the whole summary
+    assert not ck.exists()
+    from come.plan import Plan
+
+    assert decisions(Plan.load(out)) == decisions(first.plan)
+    assert main(["--quiet", *args, "--overwrite"]) == 0  # --quiet: no bars, no step messages
+    err = capsys.readouterr().err
+    assert "sleb:" not in err and "calibration" not in err and "sleb step" not in err

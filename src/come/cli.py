@@ -109,6 +109,11 @@ def add_prune_parser(sub) -> None:
     add_trust_remote_code_arg(p)
     add_dry_run_args(p)
     add_output_args(p, required=False)
+    g = p.add_argument_group("run")
+    g.add_argument("--resume", action="store_true",
+                   help="go on from the checkpoint a killed run left beside --out (.NAME.resume): the same plan as "
+                   "an uninterrupted run")
+    g.add_argument("--summary", action="store_true", help="print the whole summary (merge tree, steps) to stdout")
     add_recipe_args(p)
     p.set_defaults(func=cmd_prune)
 
@@ -118,7 +123,7 @@ def cmd_prune(args) -> int:
     from come.cliargs import config_from_args
     from come.config import PruneConfig
     from come.io import check_output_dir
-    from come.prune import prune, summary_text
+    from come.prune import SUMMARY_FILE, prune, summary_text
 
     require(args, "model")
     cfg = config_from_args(PruneConfig, args)
@@ -132,10 +137,22 @@ def cmd_prune(args) -> int:
         return 0
     require(args, "out")
     check_output_dir(args.out, args.overwrite, **preflight.prune(cfg))  # fail before the expensive part
-    result = prune(cfg)
+    from come import resume
+
+    cfg.progress = cfg.progress and not args.quiet
+    checkpoint = resume.checkpoint_for(args.out)
+    if checkpoint.exists() and not args.resume:
+        logging.getLogger("come").warning("a checkpoint of an interrupted run is in %s: starting over (pass "
+                                          "--resume to go on from it)", checkpoint)
+        resume.remove(checkpoint)
+    result = prune(cfg, checkpoint=checkpoint, resume=args.resume)
     out = result.save(args.out, args.overwrite)
-    print(summary_text(result.plan))
-    print(f"wrote {out}")
+    resume.remove(checkpoint)  # the output is complete: nothing to go on from
+    if args.summary:
+        print(summary_text(result.plan))
+    s = result.plan.stats
+    print(f"wrote {out}: {s['layers_before']} -> {s['layers_after']} layers, {s['params_after']:,} parameters "
+          f"({s['wall_time_s']:.0f} s); summary in {out / SUMMARY_FILE}")
     return 0
 
 
@@ -258,6 +275,8 @@ def version() -> str:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="come", description="Compress LLMs by merging their layers (CoMe).")
     parser.add_argument("-v", "--verbose", action="store_true", help="show library logs and full tracebacks")
+    parser.add_argument("-q", "--quiet", action="store_true",
+                        help="no progress bars or step messages: only results, warnings and errors")
     parser.add_argument("--version", action="version", version=f"%(prog)s {version()}")
     sub = parser.add_subparsers(dest="command", required=True)
     add_prune_parser(sub)
@@ -287,6 +306,18 @@ def with_recipe(parser: argparse.ArgumentParser, argv: list[str] | None, args: a
 SUBCOMMAND_MODULES = ["come.eval.cli", "come.distillation.cli"]
 
 
+def setup_logging(quiet: bool) -> None:
+    """The library's messages (logger `come`) to stderr, one line each; --quiet keeps warnings only."""
+    log = logging.getLogger("come")
+    if not any(getattr(h, "_come", False) for h in log.handlers):
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        handler._come = True
+        log.addHandler(handler)
+        log.propagate = False
+    log.setLevel(logging.WARNING if quiet else logging.INFO)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     try:
@@ -297,6 +328,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.verbose:
         logging.getLogger("transformers").setLevel(logging.ERROR)
         os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    setup_logging(args.quiet)
     from come.io import Terminated, handle_sigterm
     from come.models import allow_remote_code
 

@@ -1,34 +1,64 @@
 """Ablation of come-plus on the out-of-domain suite: which of its parts generalise beyond the calibration text.
 
-Every variant prunes SmolLM2-135M to the deepest cut once (shallower depths are plan prefixes; progressive
-methods) and is scored on the wiki-passages evaluation part and on each held-out domain of the `ood` suite (the
-same evaluation as `come compare`), with the ood geometric mean. Resumable: finished variants are kept in the
-JSON file and skipped. Run it alone (two torch jobs on 2 cores slow each other down by more than 2x).
+One `come compare` over variants (a method with settings, and calibration text, of its own): every variant prunes
+SmolLM2-135M to the deepest cut once (shallower depths are plan prefixes; progressive methods) and is scored on
+the wiki-passages evaluation part and on each held-out domain of the `ood` suite, with the ood geometric mean.
+The compare folder sits beside the JSON file (`runs/ablation-ood.compare/`) and is resumed by the next call;
+variants the JSON file already holds are kept as they are and not run again. Run it alone (two torch jobs on 2
+cores slow each other down by more than 2x).
 
     HF_HUB_OFFLINE=1 .venv/bin/python experiments/come_plus_ablation.py --out runs/ablation-ood.json
+
+The JSON file: {variant: {"prune_wall_s": s, "depths": {"24": scores, "20": scores}}}, scores as
+`come.compare.evaluate_model` gives them (layers, params, ppl, ppl_by_source, ppl_ood_gmean, eval_wall_s).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import time
 from pathlib import Path
 
-from come import CalibConfig, PruneConfig, apply_plan, prune
-from come.compare import CompareConfig, evaluate_model, fmt_ppl
+from come import CalibConfig
+from come.compare import CompareConfig, Variant, compare, fmt_ppl
 from come.corpora import OOD_DOMAINS
-from come.models import load_model
+from come.runstore import RunFolder
 
-VARIANTS = {  # name: (calibration text, PruneConfig settings)
-    "come-plus (held-out decisions), mix": ("mix", dict(method="come-plus")),
-    "come-plus (held-out decisions), wiki-passages": ("wiki-passages", dict(method="come-plus")),
-    "come-plus, prior zero, mix": ("mix", dict(method="come-plus", refit_prior="zero")),
-    "come-plus + drop candidates, mix": ("mix", dict(method="come-plus", drop_candidates=True)),
-    "come + re-fit (no ratio choice), mix": ("mix", dict(method="come", reconstruct=True)),
-    "come, mix": ("mix", dict(method="come")),
-}
+VARIANTS = [
+    Variant("come-plus (held-out decisions), mix", "come-plus", calib_data="mix"),
+    Variant("come-plus (held-out decisions), wiki-passages", "come-plus", calib_data="wiki-passages"),
+    Variant("come-plus, prior zero, mix", "come-plus", {"refit_prior": "zero"}, calib_data="mix"),
+    Variant("come-plus + drop candidates, mix", "come-plus", {"drop_candidates": True}, calib_data="mix"),
+    Variant("come + re-fit (no ratio choice), mix", "come", {"reconstruct": True}, calib_data="mix"),
+    Variant("come, mix", "come", calib_data="mix"),
+]
 SOURCES = ["wiki-passages", *OOD_DOMAINS]
+SCORES = ("layers", "params", "ppl", "ppl_by_source", "ppl_ood_gmean", "eval_wall_s")  # of a row, as evaluated
+
+
+def config(args, variants: list[Variant], folder: Path, depths: list[int]) -> CompareConfig:
+    return CompareConfig(
+        model=args.model, methods=variants, target_layers=depths[-1], depths=depths[:-1],
+        calib=CalibConfig("mix", args.calib_samples, args.calib_seq_len, 8, 0), evals=["ppl"],
+        ppl_data=",".join(SOURCES), ppl_seq_len=512, ppl_max_windows=args.ppl_windows, out=str(folder),
+        save_models=False, resume=folder.exists() or RunFolder(folder).partial.exists(), device="cpu",
+        dtype="float32", progress=False,
+    )
+
+
+def as_entry(row: dict) -> dict:
+    """A compare row as an entry of the JSON file: its scores at every depth."""
+    if "error" in row:
+        return {"error": row["error"]}
+    points = [{k: row[k] for k in SCORES if k in row}, *row.get("sweep", [])]
+    return {"prune_wall_s": round(row["prune_wall_s"], 1),
+            "depths": {str(p["layers"]): p for p in sorted(points, key=lambda p: -p["layers"])}}
+
+
+def earlier_names(folder: Path) -> set[str]:
+    """The variants an earlier call's compare folder holds (resuming without them would drop them)."""
+    store = RunFolder(folder)
+    return {r["row"]["method"] for f in store.earlier() for r in store.records(f, "rows")}
 
 
 def main() -> None:
@@ -42,36 +72,27 @@ def main() -> None:
     ap.add_argument("--out", default="runs/ablation-ood.json")
     args = ap.parse_args()
     depths = sorted((int(d) for d in args.depths.split(",")), reverse=True)
-    names = list(VARIANTS) if args.variants == "all" else [n for n in VARIANTS if n in args.variants.split(";")]
-    ev = CompareConfig(model=args.model, evals=["ppl"], tasks=[], ppl_data=",".join(SOURCES), ppl_seq_len=512,
-                       ppl_max_windows=args.ppl_windows, device="cpu", progress=False)
+    wanted = [v.name for v in VARIANTS if args.variants == "all" or v.name in args.variants.split(";")]
     out = Path(args.out)
+    folder = out.with_suffix(".compare")
     results = json.loads(out.read_text()) if out.exists() else {}
-    for name in names:
-        if name in results:
-            continue
-        data, settings = VARIANTS[name]
-        calib = CalibConfig(data, args.calib_samples, args.calib_seq_len, 8, 0)
-        cfg = PruneConfig(model=args.model, target_layers=depths[-1], calib=calib, device="cpu", dtype="float32",
-                          progress=False, **settings)
-        t0 = time.perf_counter()
-        res = prune(cfg)
-        row = {"prune_wall_s": round(time.perf_counter() - t0, 1), "depths": {}}
-        for d in depths:
-            model, tok, _ = load_model(args.model, "float32", "cpu")
-            apply_plan(model, res.plan.prefix(d))
-            row["depths"][str(d)] = evaluate_model(model, tok, ev)
-        results[name] = row
+    todo = [n for n in wanted if n not in results]
+    if todo:
+        keep = earlier_names(folder)
+        result = compare(config(args, [v for v in VARIANTS if v.name in todo or v.name in keep], folder, depths))
+        for row in result["rows"][1:]:
+            results.setdefault(row["method"], as_entry(row))
+            print(row["method"], {d: round(p["ppl_ood_gmean"], 1) for d, p in
+                                  results[row["method"]].get("depths", {}).items()}, flush=True)
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(results, indent=1))
-        print(name, {d: round(p["ppl_ood_gmean"], 1) for d, p in row["depths"].items()}, flush=True)
     print(f"\n{args.model}, calibration {args.calib_samples} x {args.calib_seq_len} tokens, perplexity on "
           f"{args.ppl_windows} windows x 512 tokens of each text\n")
     head = ["variant", "layers", *SOURCES, "ood geo. mean", "prune s (to the deepest)"]
     print("| " + " | ".join(head) + " |\n|---|" + "---:|" * (len(head) - 1))
     for d in depths:
         for name, row in results.items():
-            p = row["depths"].get(str(d))
+            p = row.get("depths", {}).get(str(d))
             if p is None:
                 continue
             cells = [fmt_ppl(p["ppl_by_source"][s]["ppl"]) for s in SOURCES] + [f"**{fmt_ppl(p['ppl_ood_gmean'])}**"]

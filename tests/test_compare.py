@@ -5,7 +5,7 @@ import json
 import pytest
 
 from come.cli import main
-from come.compare import CompareConfig, compare, parse_methods
+from come.compare import CompareConfig, Variant, compare, parse_methods
 from come.config import CalibConfig
 from come.errors import ComeError
 from come.methods import METHODS
@@ -15,7 +15,7 @@ def args(path, text, out, *extra):
     return [str(path), "--target-layers", "4", "--eval", "ppl", "--ppl-data", str(text.with_name("eval.txt")),
             "--ppl-seq-len", "32",
             "--ppl-max-windows", "4", "--calib-data", str(text), "--calib-samples", "4", "--calib-seq-len", "32",
-            "--batch-size", "2", "--device", "cpu", "--out", str(out), *extra]
+            "--device", "cpu", "--out", str(out), *extra]
 
 
 def test_compare_end_to_end_with_ppl(tiny_dir, tmp_path, capsys):
@@ -159,7 +159,7 @@ def test_interrupted_compare_resumes_without_repruning(tiny_dir, tmp_path, monke
               ppl_seq_len=32, ppl_max_windows=4, calib=calib, device="cpu", progress=False)
     fresh = compare(CompareConfig(out=str(tmp_path / "fresh"), **kw))
     out, partial = tmp_path / "cmp", tmp_path / "cmp.partial"
-    module = sys.modules["come.compare"]  # `come.compare` is also the API function
+    module = sys.modules["come.compare.run"]  # where the rows are evaluated
     real_eval, seen = module.evaluate_model, []
 
     def stop_at_third(*a):  # dense, shortgpt, then Ctrl-C while sleb is evaluated
@@ -244,3 +244,54 @@ def test_resume_refuses_to_lose_earlier_rows_or_foreign_folders(tiny_dir, tmp_pa
     assert main(["compare", *args(path, text, foreign, "--methods", "shortgpt", "--resume")]) == 2
     assert "not a `come compare` folder" in capsys.readouterr().err
     assert (foreign / "notes.txt").read_text() == "keep"
+
+
+def test_variants_are_rows_with_their_own_settings_and_resume_by_them(tiny_dir, tmp_path, monkeypatch):
+    from come import PruneConfig, prune
+
+    path, text = tiny_dir
+    other = tmp_path / "other-calib.txt"
+    other.write_text(text.read_text()[::-1])  # other calibration text: other windows
+    calib = CalibConfig(data=str(text), samples=4, seq_len=32, batch_size=2)
+    fold = Variant("come, fold", "come", {"norm": "fold"})
+    elsewhere = Variant("come on other text", "come", calib_data=str(other))
+    kw = dict(model=str(path), target_layers=4, evals="ppl", ppl_data=str(text.with_name("eval.txt")),
+              ppl_seq_len=32, ppl_max_windows=4, calib=calib, device="cpu", progress=False, save_models=False)
+    out = tmp_path / "cmp"
+    result = compare(CompareConfig(methods=["come", fold, elsewhere], out=str(out), **kw))
+    rows = {r["method"]: r for r in result["rows"]}
+    assert list(rows) == ["dense", "come", "come, fold", "come on other text"]
+    plans = {m: json.loads((out / "methods" / m / "come_plan.json").read_text()) for m in list(rows)[1:]}
+    assert plans["come, fold"]["settings"]["norm"] == "fold" and plans["come"]["settings"]["norm"] == "mean"
+    # each variant is exactly `come prune` with its settings
+    for name, extra in (("come, fold", {"norm": "fold"}), ("come on other text", {})):
+        c = CalibConfig(data=str(other), samples=4, seq_len=32, batch_size=2) if name == "come on other text" \
+            else calib
+        alone = prune(PruneConfig(model=str(path), target_layers=4, method="come", calib=c, device="cpu",
+                                  progress=False, **extra))
+        assert plans[name]["steps"] == json.loads(json.dumps(alone.plan.steps)), name
+    assert plans["come"]["steps"] != plans["come, fold"]["steps"] != plans["come on other text"]["steps"]
+    assert "- variants: come, fold = come, norm fold" in (out / "compare.md").read_text()
+
+    prunes = _count_prunes(monkeypatch)
+    again = compare(CompareConfig(methods=["come", fold, elsewhere], out=str(out), resume=True, **kw))
+    assert prunes == [] and [r.get("reused") for r in again["rows"]] == ["row"] * 4
+    changed = Variant("come, fold", "come", {"norm": "fold", "remerge": True})
+    compare(CompareConfig(methods=["come", changed, elsewhere], out=str(out), resume=True, **kw))
+    assert prunes == ["come"]  # only the variant whose settings changed is pruned again
+    assert json.loads((out / "methods" / "come, fold" / "come_plan.json").read_text())["settings"]["remerge"]
+
+
+@pytest.mark.parametrize("methods,message", [
+    ([Variant("x", "come", {"model": "other"})], "model cannot be set per variant"),
+    ([Variant("x", "come", {"nrm": "fold"})], "nrm cannot be set per variant; its settings may be .*norm"),
+    ([Variant("x", "nope")], "unknown method 'nope'"),
+    (["come", Variant("come", "come", {"norm": "fold"})], "compared twice: come"),
+    ([Variant("a/b", "come")], "variant name 'a/b' must be"),
+    ([{"name": "dense", "method": "come"}], "variant name 'dense' must be"),
+])
+def test_bad_variants_are_refused_before_any_work(tiny_dir, tmp_path, methods, message):
+    path, _ = tiny_dir
+    with pytest.raises(ComeError, match=message):
+        compare(CompareConfig(model=str(path), methods=methods, target_layers=4, out=str(tmp_path / "cmp")))
+    assert not (tmp_path / "cmp").exists() and not (tmp_path / "cmp.partial").exists()

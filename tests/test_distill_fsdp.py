@@ -35,18 +35,19 @@ def read_back(cfg: DistillConfig, to: Path | None = None):
     reads it, then gathered: (model state, optimizer state) on rank 0."""
     from come.distillation import sharding
     from come.distillation.global_ import trainable_groups
-    from come.distillation.train import _Dist, _Trainer
+    from come.distillation.processes import Processes
+    from come.distillation.train import Run
     from come.models import get_adapter
 
-    d = _Dist(cfg.device, group=True)
+    d = Processes(cfg.device, group=True)
     try:
-        t = _Trainer(cfg, d)
+        t = Run(cfg, d)
         t.load()
         params = [p for g in trainable_groups(get_adapter(t.student), t.corr, cfg.train) for p in g]
         for p in params:
             p.requires_grad_(True)
         opt = torch.optim.AdamW(params, lr=cfg.lr)
-        t.load_optimizer(opt)
+        t.checkpoints.load_optimizer(opt, t.student)
         state = sharding.gather(t.student), sharding.gather_optimizer(t.student, opt).get("state")
         if d.main and to is not None:
             torch.save(state, to)

@@ -33,7 +33,7 @@ def config_class(command: str):
         from come.compare import CompareConfig
 
         return CompareConfig
-    from come.distillation.train import DistillConfig
+    from come.distillation.config import DistillConfig
 
     return DistillConfig
 

@@ -90,7 +90,7 @@ def _dtype_bytes(dtype: torch.dtype) -> int:
 
 def estimate(config, tree: list[list[int]], cfg, world: int, dtype: torch.dtype, device: str) -> list[StageMemory]:
     """Memory per process of every stage of `cfg` (a DistillConfig) under DDP and FSDP with `world` processes."""
-    from come.distillation.train import STAGES
+    from come.distillation.config import STAGES
 
     s = Shapes.of(config)
     corr = correspondences(tree)

@@ -119,8 +119,8 @@ def measure(method: str, a: dict) -> dict:
     original_apply = mbase.PruneContext.apply
     t_start = [0.0]
 
-    def apply(self, step, tensors=None):
-        original_apply(self, step, tensors)
+    def apply(self, step, tensors=None, **kwargs):
+        original_apply(self, step, tensors, **kwargs)
         sync()
         timeline.append({"t": time.perf_counter() - t_start[0], "depth": self.num_layers, "op": step["op"],
                          "layer_forwards": counts["layer"], "head_forwards": counts["head"]})

@@ -22,8 +22,6 @@ def fresh(code: str) -> str:
     return done.stdout
 
 
-@pytest.mark.xfail(strict=False, reason="cycles left through prune, compare and distillation.train: recipe needs "
-                   "CompareConfig and DistillConfig, which live in modules that import recipe and card")
 def test_no_import_cycle():
     assert import_graph.cycles(import_graph.graph()) == []
 
@@ -60,6 +58,19 @@ def test_import_come_loads_neither_torch_nor_the_package():
 def test_import_come_cli_loads_no_torch():
     loaded = fresh("import sys, come.cli; print(' '.join(sorted(sys.modules)))").split()
     assert "come.cli" in loaded and "torch" not in loaded
+
+
+def test_come_help_loads_no_torch():
+    # the parser of every subcommand (what `come --help` and `come prune --help` build) without torch
+    loaded = fresh("import sys\nfrom come.cli import build_parser\nbuild_parser()\n"
+                   "print(' '.join(sorted(sys.modules)))").split()
+    assert "come.cli" in loaded and "torch" not in loaded
+
+
+def test_builtin_method_names_are_the_registered_ones():
+    from come.methods import BUILTIN_NAMES, METHODS
+
+    assert sorted(METHODS) == sorted(BUILTIN_NAMES)
 
 
 def test_the_public_names_load_on_use():

@@ -15,9 +15,9 @@ SAVE_DTYPES = ["auto", "float32", "bfloat16", "float16"]
 
 
 def _method_help() -> str:
-    from come.methods import METHODS
+    from come.methods import BUILTIN_NAMES  # the names alone: --help does not import the methods (and torch)
 
-    return f"one of {', '.join(sorted(METHODS))}; docs/methods.md"
+    return f"one of {', '.join(sorted(BUILTIN_NAMES))}; docs/methods.md"
 
 
 def _option_dict(items: list[str] | None) -> dict:

@@ -119,7 +119,44 @@ class Method:
 
 
 _REGISTRY: dict[str, Method] = {}
-METHODS: Mapping[str, Method] = MappingProxyType(_REGISTRY)  # name -> record, in registration order
+
+# The modules that register the built-in methods, and the names they register: the names are known without
+# importing the modules (and torch), so `come --help` stays light; tests check the two agree.
+BUILTIN_MODULES = ("angular", "come", "laco", "magnitude", "mka", "reverse", "shortgpt", "sleb", "wsum")
+BUILTIN_NAMES = ("angular", "come", "come-p", "come-plus", "laco", "magnitude", "magnitude+", "mka", "reverse",
+                 "reverse-keep-last", "shortgpt", "sleb", "taylor", "taylor+", "wsum")
+_loaded = False
+
+
+def load_builtins() -> None:
+    """Import the built-in method modules once (each registers its records)."""
+    global _loaded
+    if _loaded:
+        return
+    _loaded = True
+    import importlib
+
+    for module in BUILTIN_MODULES:
+        importlib.import_module(f"come.methods.{module}")
+
+
+class _Methods(Mapping):
+    """name -> record, in registration order; the built-in methods are loaded on first use."""
+
+    def __getitem__(self, name: str) -> Method:
+        load_builtins()
+        return _REGISTRY[name]
+
+    def __iter__(self):
+        load_builtins()
+        return iter(dict(_REGISTRY))
+
+    def __len__(self) -> int:
+        load_builtins()
+        return len(_REGISTRY)
+
+
+METHODS: Mapping[str, Method] = _Methods()
 
 
 def register(method: Method) -> Method:
@@ -132,6 +169,7 @@ def register(method: Method) -> Method:
 
 def get_method(name: str) -> Method:
     """The record of method `name`; an unknown name raises a ComeError listing the registered ones."""
+    load_builtins()
     if name not in _REGISTRY:
         raise ComeError(f"unknown method '{name}': registered methods are {', '.join(sorted(_REGISTRY))}")
     return _REGISTRY[name]

@@ -255,7 +255,8 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
     def _get_help_string(self, action):
         text = action.help or ""
-        if "default" in text or action.default in (None, False, argparse.SUPPRESS) or not action.option_strings:
+        empty = action.default in (None, False, argparse.SUPPRESS, "", [], {})
+        if "default" in text or empty or not action.option_strings:
             return text
         return super()._get_help_string(action)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import gc
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
 from come import __version__ as come_version
@@ -13,59 +13,15 @@ from come import models
 from come.data import check_separate
 from come.errors import ComeError
 from come.eval import report, stats
-from come.eval.harness import offline_default, parse_tasks, run_tasks
-from come.eval.ppl import check_seq_len, expand_sources, perplexity
+from come.eval.config import EvalConfig
+from come.eval.harness import run_tasks
+from come.eval.ppl import check_seq_len, perplexity
 from come.eval.speed import measure_speed, model_size
 from come.io import write_output_dir
 from come.names import display_name
 from come.placement import place_for_inference, resolve_device
 
 RESULT_FILE, REPORT_FILE = "eval.json", "eval.md"
-
-
-@dataclass
-class EvalConfig:
-    model: str
-    baseline: str | None = None
-    ppl: list[str] = field(default_factory=list)  # text sources; the evaluation part of named ones is scored
-    ppl_seq_len: int = 2048
-    ppl_max_windows: int | None = None
-    ppl_bos: bool = False
-    tasks: list[str] = field(default_factory=list)  # names from harness.TASKS, or ["all"]
-    limit: int | None = None
-    offline_tasks: bool | None = None  # None: offline when HF_HUB_OFFLINE / HF_DATASETS_OFFLINE is set
-    num_fewshot: int = 0
-    batch_size: int = 8
-    speed: bool = False
-    speed_batch: int = 1
-    speed_prompt_len: int = 128
-    speed_gen_len: int = 32
-    speed_repeats: int = 3
-    dtype: str = "auto"
-    device: str = "auto"
-    progress: bool = True
-    verbose: bool = False
-
-    def validate(self) -> EvalConfig:
-        if self.offline_tasks is None:
-            self.offline_tasks = offline_default()
-        self.tasks = parse_tasks(self.tasks, self.offline_tasks)  # an unavailable task fails before any model loads
-        if self.num_fewshot < 0:
-            raise ComeError(f"--num-fewshot {self.num_fewshot} must be at least 0")
-        self.ppl = expand_sources(self.ppl)  # `ood` = the held-out domains of the out-of-domain suite
-        if not (self.ppl or self.tasks or self.speed):
-            raise ComeError("nothing to evaluate: pass --ppl SOURCES, --tasks LIST|all and/or --speed")
-        if self.limit is not None and self.limit < 1:
-            raise ComeError(f"--limit {self.limit} must be at least 1 (or omitted for the full tasks)")
-        if self.batch_size < 1:
-            raise ComeError(f"--batch-size {self.batch_size} must be at least 1")
-        if self.ppl_seq_len < 2:
-            raise ComeError(f"--ppl-seq-len {self.ppl_seq_len} is too small: pass e.g. 128 or 2048")
-        if self.ppl_max_windows is not None and self.ppl_max_windows < 1:
-            raise ComeError(f"--ppl-max-windows {self.ppl_max_windows} must be at least 1")
-        if self.offline_tasks is None:
-            self.offline_tasks = offline_default()
-        return self
 
 
 def evaluate_model(name: str, cfg: EvalConfig) -> dict:

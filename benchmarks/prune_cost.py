@@ -32,23 +32,24 @@ DEFAULT_METHODS = "shortgpt,come,come-plus,come-p,sleb"
 def floor_forwards(method: str, steps: list[dict], depth0: int, n: int) -> int:
     """Layer forwards (per window) the method's algorithm cannot do without, reading its plan's steps.
 
-    Every method: one calibration pass (depth0 layers). Progressive methods (come family, sleb): after each
-    structural step, the suffix from the changed layer on is re-run once to refresh the cached states. SLEB, by
+    Every method: one calibration pass (depth0 layers). Progressive methods (come family, sleb, mka): after each
+    structural step but the last, the suffix from the changed layer on is re-run once to refresh the cached
+    states the next decision reads. SLEB, by
     its definition, also tries every remaining layer's removal each step (the suffix after it, from cached
     states). A weight-editing step (re-fit) needs no re-run of its own: it is part of its merge's re-run.
     """
     total = depth0 * n
     depth = depth0
-    if method in ("shortgpt", "angular", "mka", "magnitude", "taylor", "reverse", "reverse-keep-last"):
+    if method in ("shortgpt", "angular", "magnitude", "taylor", "reverse", "reverse-keep-last"):
         return total  # one-shot: the ranking needs one pass
-    for step in steps:
-        if step["op"] == "refit":
-            continue
+    structural = [st for st in steps if st["op"] != "refit"]
+    for k, step in enumerate(structural):
         span = step.get("span", 2) if step["op"] != "drop" else 1
         if method == "sleb":
             total += sum(depth - 1 - i for i in range(depth)) * n  # each candidate removal's suffix
         depth -= span - 1 if step["op"] != "drop" else 1
-        total += (depth - step["layer"]) * n  # refresh the suffix from the new layer on
+        if k < len(structural) - 1:  # the next decision reads the suffix from the new layer on: refresh it
+            total += (depth - step["layer"]) * n
     return total
 
 
@@ -61,7 +62,6 @@ def worker(method: str, args: dict, queue) -> None:
 
 def measure(method: str, a: dict) -> dict:
     import torch
-    from transformers import AutoConfig
 
     from come import CalibConfig, PruneConfig, prune
     from come.data import calibration_windows
@@ -181,7 +181,8 @@ def table(results: dict, depths: list[int]) -> str:
             row = r["depths"].get(str(d)) or r["depths"].get(d)
             if row:
                 lines.append(f"| {name} | {d} | {row['wall_s']:.0f} | {row['passes']:.1f} | "
-                             f"{row['forwards_over_floor']:.2f} | {row['head_passes']:.1f} | {r['peak_over_model']:.2f} |")
+                             f"{row['forwards_over_floor']:.2f} | {row['head_passes']:.1f} | "
+                             f"{r['peak_over_model']:.2f} |")
     dense = {k: v["dense_pass_s"] for k, v in results.items() if "dense_pass_s" in v}
     if dense:
         lines.append("")

@@ -181,6 +181,15 @@ class Calibration:
             self.hidden.append(out)
             self.stats.append(stats)
 
+    def refresh(self, start: int, needed: bool = True) -> None:
+        """After a step changed layer `start`: re-run the cache from it when another decision will read it;
+        after the last step nothing does, and the stale part is dropped instead (one suffix pass saved)."""
+        if needed:
+            self.run(start)
+        else:
+            del self.hidden[start + 1 :]
+            del self.stats[start:]
+
     @torch.no_grad()
     def run_layer(
         self, layer: nn.Module, inputs: Sequence[torch.Tensor], collect: bool = False,

@@ -165,7 +165,7 @@ def progressive_merge(ctx: PruneContext, ratios: str = "bi", reconstruct: bool =
             keys = {name: f"step{len(ctx.steps)}.{name}" for name in weights}
             refit = {"op": "refit", "layer": l, "tensors": keys, "report": report}
             ctx.apply(refit, {keys[name]: w for name, w in weights.items()})
-        ctx.calib.run(l)
+        ctx.calib.refresh(l, ctx.num_layers > ctx.target_layers)
 
 
 def no_remerge_limit(num_layers: int, cfg) -> int:

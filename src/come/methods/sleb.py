@@ -23,7 +23,7 @@ def removal_nll(ctx: PruneContext, n_batches: int | None = None, windows=None) -
 def drop_layer(ctx: PruneContext, l: int, scores: dict) -> None:
     """Drop current layer `l` (a plan step) and re-run the calibration cache from it."""
     ctx.apply({"op": "drop", "layer": l, "sources": list(ctx.tree[l]), "scores": scores})
-    ctx.calib.run(l)  # boundaries up to l are unchanged
+    ctx.calib.refresh(l, ctx.num_layers > ctx.target_layers)  # boundaries up to l are unchanged
 
 
 def sleb(ctx: PruneContext) -> None:

@@ -139,7 +139,7 @@ def measure(method: str, a: dict) -> dict:
     mbase.PruneContext.__post_init__ = post_init
     calib_cfg = CalibConfig(a["calib_data"], a["samples"], a["seq_len"], a["batch_size"], 0)
     cfg = PruneConfig(model=a["model"], target_layers=min(depths), method=method, calib=calib_cfg, device=a["device"],
-                      dtype=a["dtype"], progress=False)
+                      dtype=a["dtype"], offload=a["offload"], progress=False)
     t_start[0] = time.perf_counter()
     res = prune(cfg)
     sync()
@@ -202,6 +202,8 @@ def main() -> int:
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--device", default="auto")
     ap.add_argument("--dtype", default="float32")
+    ap.add_argument("--offload", default="auto", choices=["auto", "always", "never"],
+                    help="come prune's --offload (always: weights stay in CPU memory, streamed per layer)")
     ap.add_argument("--threads", type=int, default=0, help="torch threads per process (0: torch's default)")
     ap.add_argument("--dense-repeats", type=int, default=3, help="dense passes timed; the fastest is the unit")
     ap.add_argument("--out", default="runs/prune_cost.json")
@@ -212,6 +214,7 @@ def main() -> int:
     results = json.loads(out.read_text()) if out.exists() and not args.rerun else {}
     a = {"model": args.model, "depths": depths, "calib_data": args.calib_data, "samples": args.calib_samples,
          "seq_len": args.calib_seq_len, "batch_size": args.batch_size, "device": args.device, "dtype": args.dtype,
+         "offload": args.offload,
          "threads": args.threads, "dense_repeats": args.dense_repeats}
     ctx = mp.get_context("spawn")
     for method in args.methods.split(","):

@@ -160,11 +160,7 @@ def add_compare_parser(sub) -> None:
     from come.compare.cli_args import add_compare_args
 
     p = sub.add_parser("compare", help="prune with several methods on the same calibration and compare them")
-    add_target_args(p)
-    add_compare_args(p)
-    add_loss_samples_arg(p)
-    add_calib_args(p)
-    add_common_model_args(p)
+    add_compare_args(p)  # every setting, from CompareConfig's fields
     add_output_args(p, required=False)
     add_dry_run_args(p)
     add_recipe_args(p)
@@ -172,10 +168,12 @@ def add_compare_parser(sub) -> None:
 
 
 def cmd_compare(args) -> int:
-    from come.compare.cli_args import config_from_args, dry_run_text, run_and_print
+    from come.cliargs import config_from_args
+    from come.compare.cli_args import dry_run_text, run_and_print
+    from come.compare.config import CompareConfig
 
     require(args, "model")
-    cfg = config_from_args(args, calib_config(args))
+    cfg = config_from_args(CompareConfig, args)
     if args.print_config:
         return print_recipe(cfg.validate(), args.out)
     if args.dry_run:

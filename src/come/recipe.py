@@ -20,9 +20,6 @@ from come.errors import ComeError
 
 COMMANDS = ("prune", "compare", "distill")
 RUN_ONLY = ("progress", "overwrite", "resume", "stop_after")  # how a run goes, not what it makes: never in a recipe
-EXCLUSIVE = {"prune": ("target_layers", "sparsity"), "compare": ("target_layers", "sparsity"),
-             "distill": ("tokens", "steps")}
-POSITIONAL = {"prune": "model", "compare": "model"}
 
 
 def config_class(command: str):
@@ -112,47 +109,45 @@ def _check_type(command: str, key: str, value, path) -> None:
         raise ComeError(f"--config {path}: {key} must be {ann.replace('None', 'null')}, got {value!r}")
 
 
-def flag_of(command: str, key: str) -> cliargs.Flag | None:
-    """The flag of recipe key `key` when its config field declares one (come.cliargs), else None."""
+# `out` of a command whose config has no such field (prune): the --out of come.cli's add_output_args
+OUT_FLAG = cliargs.Flag("out", "out", "--out", "store", str, None)
+
+
+def flag_of(command: str, key: str) -> cliargs.Flag:
+    """The flag of recipe key `key`: its config field's (come.cliargs; every recipe key has one)."""
     if key.startswith("calib."):
-        return cliargs.find(CalibConfig, key[len("calib."):])
-    if key in ("out", "command"):
-        return None
-    return cliargs.find(config_class(command), key)
+        spec = cliargs.find(CalibConfig, key[len("calib."):])
+    else:
+        spec = cliargs.find(config_class(command), key)
+        if spec is None and key == "out":
+            spec = OUT_FLAG
+    if spec is None:
+        raise ComeError(f"recipe key {key} of `come {command}` has no flag")  # a config field without metadata
+    return spec
 
 
 def to_dests(command: str, flat: dict) -> dict:
     """Recipe keys -> the command line's argument names (what `set_defaults` takes)."""
     out = {}
     for key, value in flat.items():
-        if key == "command":
-            continue
-        spec = flag_of(command, key)
-        if spec is not None:
-            out.update(spec.dests(value))
-        # settings of commands whose configs declare no flags yet: the names their parsers use
-        elif key in ("method_options", "options"):
-            out["option"] = [f"{k}={v}" for k, v in (value or {}).items()]
-        elif key == "evals":
-            out["eval"] = ",".join(value) if isinstance(value, list) else value
-        elif isinstance(value, list):  # the command line takes a comma list (methods, tasks, depths)
-            out[key] = ",".join(str(v) for v in value)
-        elif key == "save_models":
-            out["no_save_models"] = not value
-        else:
-            out[key] = value
+        if key != "command":
+            out.update(flag_of(command, key).dests(value))
     return out
 
 
 def apply(command: str, flat: dict, parser, given) -> None:
     """Make the recipe `flat` the defaults of `parser` (the subcommand's), so flags given on the command line
-    win; of an exclusive pair (e.g. target_layers / sparsity) the file's is dropped when a flag gives either.
-    `given`: the namespace parsed without the recipe."""
+    win; of an exclusive group (e.g. target_layers / sparsity) the file's settings are dropped when a flag gives
+    one of them. `given`: the namespace parsed without the recipe."""
     dests = to_dests(command, flat)
-    pair = EXCLUSIVE.get(command, ())
-    if any(getattr(given, k, None) is not None for k in pair):
-        for k in pair:
-            dests.pop(k, None)
+    groups: dict[str, list[cliargs.Flag]] = {}
+    for spec in cliargs.flags(config_class(command)):
+        if spec.exclusive is not None:
+            groups.setdefault(spec.exclusive, []).append(spec)
+    for group in groups.values():
+        if any(getattr(given, spec.dest, None) is not None for spec in group):
+            for spec in group:
+                dests.pop(spec.dest, None)
     parser.set_defaults(**dests)
 
 
@@ -182,8 +177,9 @@ def command_line(recipe: dict, out: str = "OUT") -> str:
     calib_defaults = dataclasses.asdict(CalibConfig())
     flat = flatten({k: v for k, v in recipe.items() if k != "command"})
     words = ["come", command]
-    if command in POSITIONAL:
-        words.append(str(flat.pop(POSITIONAL[command])))
+    for spec in cliargs.flags(cls):
+        if spec.flag is None and spec.name in flat:  # a positional argument (the model) comes first
+            words += spec.words(flat.pop(spec.name))
     flat["out"] = out
     for key, value in flat.items():
         if key.startswith("calib."):
@@ -193,19 +189,7 @@ def command_line(recipe: dict, out: str = "OUT") -> str:
             continue
         if key == "method_options":
             value = _changed_options(recipe.get("method", "come"), value)
-        spec = flag_of(command, key)
-        if spec is not None:
-            words += spec.words(value)
-            continue
-        for dest, v in to_dests(command, {key: value}).items():
-            flag = "--" + dest.replace("_", "-")
-            if isinstance(v, bool):
-                words += [flag] if v else []
-            elif isinstance(v, list):
-                for item in v:
-                    words += [flag, str(item)]
-            else:
-                words += [flag, str(v)]
+        words += flag_of(command, key).words(value)
     return shlex.join(words)
 
 

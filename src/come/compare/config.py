@@ -6,8 +6,10 @@ import copy
 import dataclasses
 from dataclasses import dataclass, field
 
+from come.cliargs import arg, like
 from come.config import CalibConfig, PruneConfig
 from come.errors import ComeError, MethodRefusal
+from come.eval.config import EvalConfig
 
 EVALS = ("ppl", "tasks")
 # The paper's table order; methods registered later (e.g. new CoMe variants) follow in name order.
@@ -49,32 +51,75 @@ class Variant:
         return self
 
 
+def split(spec: list[str] | str) -> list[str]:
+    names = spec.split(",") if isinstance(spec, str) else list(spec)
+    return list(dict.fromkeys(n.strip() for n in names if n.strip()))
+
+
+def parse_depths(spec: list[int] | str) -> list[int]:
+    try:
+        return sorted({int(d) for d in split(spec)}, reverse=True)
+    except ValueError as e:
+        raise ComeError(f"--depths must be a comma list of layer counts (e.g. 24,22), got {spec!r}") from e
+
+
+def _comma_words(values: list) -> str:
+    return ",".join(str(v) for v in values)
+
+
+def _ppl_data_help() -> str:
+    from come.corpora import OOD_DOMAINS
+
+    return ("comma list of perplexity text sources (their evaluation parts); ood = the held-out domains "
+            f"{', '.join(OOD_DOMAINS)}, reported one by one and as a geometric mean")
+
+
+# Every field with a `help` is also a flag of `come compare` (come.cliargs); the settings it shares with
+# `come prune` (model, target, calibration, dtype, ...) have that command's flags.
+EVALUATION = "evaluation"
+
+
 @dataclass
 class CompareConfig:
     """What `come.compare` runs. Give exactly one of `target_layers` and `sparsity`. `methods`: "all", a comma
     list of method names, or a list of names and `Variant`s."""
 
-    model: str
-    methods: list[str | Variant] | str = "all"
-    target_layers: int | None = None
-    sparsity: float | None = None
-    evals: list[str] | str = field(default_factory=lambda: ["ppl"])
-    tasks: list[str] | str = "all"
-    limit: int | None = None
-    ppl_data: str = "wiki-passages,ood"  # comma list; `ood` = the held-out domains (come.corpora); first = "ppl"
-    ppl_seq_len: int = 2048
-    ppl_max_windows: int | None = None
-    out: str | None = None
-    save_models: bool = True
-    sweep: bool = False
-    depths: list[int] = field(default_factory=list)  # also score these depths (between dense and the target)
-    overwrite: bool = False
-    resume: bool = False  # continue OUT.partial or extend OUT, reusing plans (and rows) made under equal settings
-    calib: CalibConfig | None = None
-    loss_samples: int | None = None
-    options: dict = field(default_factory=dict)  # {"laco.T": 0.5}: a method's --option, by row name
-    dtype: str = "auto"
-    device: str = "auto"
+    model: str = like(PruneConfig, "model")
+    methods: list[str | Variant] | str = arg("all", help="all or a comma list of registered methods (`come prune "
+                                             "--help` lists them)")
+    target_layers: int | None = like(PruneConfig, "target_layers")
+    sparsity: float | None = like(PruneConfig, "sparsity")
+    evals: list[str] | str = arg(default_factory=lambda: ["ppl"], flag="--eval", group=EVALUATION,
+                                 help="ppl, tasks, or ppl,tasks")
+    tasks: list[str] | str = arg("all", group=EVALUATION, help="all or a comma list (with --eval tasks)")
+    limit: int | None = arg(None, group=EVALUATION, help="items per task (default: all)")
+    # the first source is the row's "ppl"
+    ppl_data: str = arg("wiki-passages,ood", group=EVALUATION, help=_ppl_data_help)
+    ppl_seq_len: int = like(EvalConfig, "ppl_seq_len", group=EVALUATION)
+    ppl_max_windows: int | None = like(EvalConfig, "ppl_max_windows", group=EVALUATION,
+                                       help="score only the first N windows of each source")
+    out: str | None = arg(None, help="output folder")  # its flag: come.cli's add_output_args
+    save_models: bool = arg(True, flag="--no-save-models", help="save each method's plan only, not its weights")
+    sweep: bool = arg(False, help="also score every depth between dense and the target")
+    # also score these depths (between dense and the target)
+    depths: list[int] = arg(default_factory=list, type=str, parse=parse_depths, format=_comma_words,
+                            help="also score these depths, a comma list (e.g. 24 with --target-layers 20): "
+                            "progressive methods replay a prefix of their plan, others prune again")
+    overwrite: bool = arg(False, help="replace what --out holds")  # its flag: come.cli's add_output_args
+    # continue OUT.partial or extend OUT, reusing plans (and rows) made under equal settings
+    resume: bool = arg(False, help="continue an interrupted run (OUT.partial) or extend a finished OUT, e.g. with "
+                       "--eval ppl,tasks or more --methods: plans made under the same pruning settings are "
+                       "replayed, rows made under the same evaluation settings too are kept")
+    calib: CalibConfig | None = arg(None, nested=True)
+    loss_samples: int | None = like(PruneConfig, "loss_samples")
+    # {"laco.T": 0.5}: a method's --option, by row name
+    options: dict = like(PruneConfig, "method_options", metavar="METHOD.KEY=VALUE",
+                         help="a method's option, e.g. laco.T=0.5 (repeatable; `come prune --help` lists them)")
+    dtype: str = like(PruneConfig, "dtype")
+    device: str = like(PruneConfig, "device")
+    # None: the calibration batch size (so the deprecated --batch-size, an alias of --calib-batch-size, sets both)
+    eval_batch_size: int | None = arg(None, group=EVALUATION, help="windows / requests per forward pass when "
+                                      "scoring (default: --calib-batch-size)")
     progress: bool = True
 
     def __post_init__(self) -> None:
@@ -93,6 +138,8 @@ class CompareConfig:
             raise ComeError(f"--limit {self.limit} must be at least 1 (or omitted for the full tasks)")
         if self.ppl_max_windows is not None and self.ppl_max_windows < 1:
             raise ComeError(f"--ppl-max-windows {self.ppl_max_windows} must be at least 1")
+        if self.eval_batch_size is not None and self.eval_batch_size < 1:
+            raise ComeError(f"--eval-batch-size {self.eval_batch_size} must be at least 1")
         if "ppl" in self.evals:
             from come.eval.ppl import expand_sources
 
@@ -120,6 +167,11 @@ class CompareConfig:
                 self.refused[name] = str(e)
         return self
 
+    @property
+    def eval_batch(self) -> int:
+        """Windows / requests per forward pass when scoring: `eval_batch_size`, else the calibration batch size."""
+        return self.eval_batch_size if self.eval_batch_size is not None else self.calib.batch_size
+
     def variants(self) -> list[Variant]:
         """Every row but the dense one, in order (a plain method name as the variant of that name)."""
         return [Variant.coerce(m) for m in ([] if isinstance(self.methods, str) else self.methods)]
@@ -146,18 +198,6 @@ class CompareConfig:
 
     def prune_configs(self) -> list[PruneConfig]:
         return [self.prune_config(n) for n in self.names()]
-
-
-def split(spec: list[str] | str) -> list[str]:
-    names = spec.split(",") if isinstance(spec, str) else list(spec)
-    return list(dict.fromkeys(n.strip() for n in names if n.strip()))
-
-
-def parse_depths(spec: str) -> list[int]:
-    try:
-        return sorted({int(d) for d in split(spec)}, reverse=True)
-    except ValueError as e:
-        raise ComeError(f"--depths must be a comma list of layer counts (e.g. 24,22), got {spec!r}") from e
 
 
 def parse_methods(spec: list[str] | str) -> list[str]:

@@ -25,7 +25,7 @@ def evaluate_model(model, tokenizer, cfg: CompareConfig) -> dict:
     if "ppl" in cfg.evals:
         sources = expand_sources(cfg.ppl_data)
         by_source = {src: perplexity(model, tokenizer, src, cfg.ppl_seq_len, cfg.ppl_max_windows,
-                                     cfg.calib.batch_size, progress=cfg.progress) for src in sources}
+                                     cfg.eval_batch, progress=cfg.progress) for src in sources}
         out["ppl"] = by_source[sources[0]]
         if len(sources) > 1:
             out["ppl_by_source"] = by_source
@@ -33,7 +33,7 @@ def evaluate_model(model, tokenizer, cfg: CompareConfig) -> dict:
         if gmean is not None:
             out["ppl_ood_gmean"] = gmean
     if cfg.tasks:
-        h = run_tasks(model, tokenizer, cfg.tasks, cfg.limit, cfg.calib.batch_size)
+        h = run_tasks(model, tokenizer, cfg.tasks, cfg.limit, cfg.eval_batch)
         out["tasks"] = h["tasks"]
         out["averages"] = averages(h["tasks"])
         out["lm_eval_version"] = h.get("lm_eval_version")

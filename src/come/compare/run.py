@@ -163,7 +163,7 @@ def _prune_key(settings: dict, name: str) -> dict:
 
 def _eval_key(settings: dict) -> dict:
     key = {k: settings.get(k) for k in EVAL_KEYS}
-    key["batch_size"] = (settings.get("calib") or {}).get("batch_size")
+    key["batch_size"] = settings.get("eval_batch_size") or (settings.get("calib") or {}).get("batch_size")
     return key
 
 

@@ -9,6 +9,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from come.cliargs import arg, check_choices, flag_name, like
+from come.config import PruneConfig
 from come.errors import ComeError
 
 if TYPE_CHECKING:
@@ -16,7 +18,7 @@ if TYPE_CHECKING:
 
 STAGES = {"layerwise": ["layerwise"], "global": ["global"], "both": ["layerwise", "global"], "lora": ["lora"]}
 STRATEGIES = ("ddp", "fsdp")
-SAVE_DTYPES = ("auto", "float32", "bfloat16", "float16")
+TRAINABLE = ("merged", "all", "norms", "lora")  # what the global stage trains
 SUMMARY_JSON, SUMMARY_MD, LOG_FILE = "distill_summary.json", "distill_summary.md", "distill_log.jsonl"
 # settings that may change between an interrupted run and its --resume
 RESUME_FREE = ("resume", "overwrite", "progress", "checkpoint_every")
@@ -25,41 +27,53 @@ RESUME_FREE = ("resume", "overwrite", "progress", "checkpoint_every")
 @dataclass
 class DistillConfig:
     """What `come.distill` does. Budgets (`tokens` or `steps`) are per stage; a step is batch_size * grad_accum
-    windows of seq_len tokens, over all processes."""
+    windows of seq_len tokens, over all processes. Every field with a `help` is also a flag of `come distill`
+    (come.cliargs); the training text's settings are --train-*."""
 
-    student: str  # a folder written by `come prune` (HF model + come_plan.json)
-    out: str
-    teacher: str | None = None  # default: the model the plan names
-    stage: str = "both"  # layerwise | global | both | lora (the LM-loss LoRA baseline)
-    loss: str = ""  # weights, e.g. "mse=1,cos=0,kl=0.1,logits=1" (see LossWeights)
-    temperature: float = 1.0
-    train: str = "merged"  # global stage: merged | all | norms | lora
-    data: str = "mix"  # its calibration part (never the evaluation part)
-    tokens: int | None = None
-    steps: int | None = None
-    seq_len: int = 256
-    batch_size: int = 4
-    grad_accum: int = 1
-    lr: float = 1e-4  # full weights (layer-wise, global)
-    lora_lr: float = 1e-3  # LoRA adapters
-    warmup: float = 0.1  # fraction of the steps
-    min_lr_ratio: float = 0.1  # the cosine ends at lr * min_lr_ratio
-    weight_decay: float = 0.0
-    clip: float = 1.0  # max gradient norm per layer (0: off)
-    autocast: bool = False  # bf16 autocast (GPUs; slow on most CPUs)
-    lora_rank: int = 8
-    lora_alpha: float = 16.0
-    checkpoint_every: int = 0  # steps (0: no checkpoints)
-    resume: bool = False
-    overwrite: bool = False
-    ppl_windows: int = 0  # evaluation-part windows for perplexity before/after each stage (0: skip)
-    ppl_data: str = "wiki-passages"
-    ppl_seq_len: int = 256
-    strategy: str = "ddp"  # ddp (a full copy per process) | fsdp (teacher and student sharded over the processes)
-    dtype: str = "auto"
-    save_dtype: str = "auto"  # dtype of the saved weights; auto = the student checkpoint's
-    device: str = "auto"
-    seed: int = 0
+    student: str = arg(help="folder written by `come prune` (HF model + come_plan.json); required, here or in "
+                       "--config")
+    out: str = arg(help="output folder (must be empty or absent, unless --overwrite); or `out:` in --config")
+    teacher: str | None = arg(None, help="the original model (default: the one the plan names)")
+    stage: str = arg("both", choices=list(STAGES),
+                     help="layerwise (teacher-forced), global (hierarchical), both, or lora (LM-loss baseline)")
+    loss: str = arg("", help="loss weights, e.g. mse=1,cos=0,kl=0.1,logits=1 (mse/cos/kl at each correspondence "
+                    "point, logits = KL on final logits)")
+    temperature: float = arg(1.0, help="KL temperature")
+    train: str = arg("merged", choices=TRAINABLE, help="what the global stage trains")
+    # its calibration part (never the evaluation part)
+    data: str = arg("mix", flag="--train-data", aliases=["--data"], help="training text: mix (the bundled "
+                    "calibration mixture), wikitext2, c4, or a .txt/.jsonl/.parquet/datasets folder")
+    tokens: int | None = arg(None, exclusive="budget", help="training tokens per stage")  # one of tokens, steps
+    steps: int | None = arg(None, exclusive="budget", help="optimizer steps per stage")
+    seq_len: int = arg(256, flag="--train-seq-len", aliases=["--seq-len"], help="tokens per training window")
+    batch_size: int = arg(4, flag="--train-batch-size", aliases=["--batch-size"],
+                          help="training windows per micro-batch, over all processes")
+    grad_accum: int = arg(1, help="micro-batches per optimizer step")
+    lr: float = arg(1e-4, help="learning rate of full weights (layer-wise, global)")
+    lora_lr: float = arg(1e-3, help="learning rate of LoRA adapters")
+    warmup: float = arg(0.1, help="warm-up fraction of the steps")
+    min_lr_ratio: float = arg(0.1, help="the cosine schedule ends at lr x this")
+    weight_decay: float = arg(0.0, help="AdamW weight decay")
+    clip: float = arg(1.0, help="max gradient norm per layer (0: off)")
+    autocast: bool = arg(False, help="bf16 autocast (GPUs; slow on most CPUs)")
+    lora_rank: int = arg(8, help="rank of the LoRA adapters")
+    lora_alpha: float = arg(16.0, help="alpha of the LoRA adapters")
+    checkpoint_every: int = arg(0, help="checkpoint every N steps (0: never)")
+    resume: bool = arg(False, help="continue an interrupted run from its last checkpoint")
+    overwrite: bool = arg(False, help="replace what --out holds")
+    ppl_windows: int = arg(0, help="measure perplexity on N evaluation windows before and after each stage "
+                           "(0: skip)")
+    ppl_data: str = arg("wiki-passages", help="perplexity text source (its evaluation part)")
+    ppl_seq_len: int = arg(256, help="tokens per perplexity window")
+    strategy: str = arg("ddp", choices=STRATEGIES,
+                        help="several processes (torchrun): ddp keeps a full teacher and student on each; fsdp "
+                        "shards both over all processes (FSDP2), for students that do not fit one device")
+    dtype: str = like(PruneConfig, "dtype")
+    save_dtype: str = like(PruneConfig, "save_dtype", help="dtype of the saved weights (auto: the student "
+                           "checkpoint's)")
+    device: str = like(PruneConfig, "device")
+    seed: int = arg(0, flag="--train-seed", aliases=["--seed"],
+                    help="seed of the run (the order of the training windows, the LoRA adapters' start)")
     progress: bool = True
 
     def weights(self) -> LossWeights:
@@ -68,30 +82,21 @@ class DistillConfig:
         return LossWeights.parse(self.loss, self.temperature)
 
     def validate(self) -> DistillConfig:
-        if self.stage not in STAGES:
-            raise ComeError(f"--stage must be one of {', '.join(STAGES)}, got {self.stage!r}")
-        if self.strategy not in STRATEGIES:
-            raise ComeError(f"--strategy must be one of {', '.join(STRATEGIES)}, got {self.strategy!r}")
+        check_choices(self)  # --stage, --train, --strategy, --save-dtype
         if self.stage == "lora" or (self.train == "lora" and self.stage in ("global", "both")):
             from come.extras import require
 
             require("peft", "distill", "LoRA (--stage lora, --train lora)")
-        if self.save_dtype not in SAVE_DTYPES:
-            raise ComeError(f"--save-dtype must be one of {', '.join(SAVE_DTYPES)}, got {self.save_dtype!r}")
-        from come.distillation.global_ import TRAINABLE
-
-        if self.train not in TRAINABLE:
-            raise ComeError(f"--train must be one of {', '.join(TRAINABLE)}, got {self.train!r}")
         if (self.tokens is None) == (self.steps is None):
             raise ComeError("give exactly one of --tokens and --steps")
         from come.data import check_separate
 
-        check_separate(self.data, [self.ppl_data], "--data", "--ppl-data")
+        check_separate(self.data, [self.ppl_data], flag_name(DistillConfig, "data"), "--ppl-data")
         if self.seq_len < 2:
-            raise ComeError(f"--seq-len must be at least 2, got {self.seq_len}")
+            raise ComeError(f"{flag_name(DistillConfig, 'seq_len')} must be at least 2, got {self.seq_len}")
         for name in ("batch_size", "grad_accum", "lora_rank"):
             if getattr(self, name) < 1:
-                raise ComeError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+                raise ComeError(f"{flag_name(DistillConfig, name)} must be at least 1, got {getattr(self, name)}")
         if self.lr <= 0 or self.lora_lr <= 0:
             raise ComeError("--lr and --lora-lr must be > 0")
         if not 0 <= self.warmup < 1 or not 0 <= self.min_lr_ratio <= 1:

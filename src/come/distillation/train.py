@@ -87,9 +87,10 @@ class Run:
         per_step = cfg.batch_size * cfg.grad_accum
         if self.windows.shape[0] < per_step:
             raise ComeError(f"training data {cfg.data} has {self.windows.shape[0]} windows of {cfg.seq_len} tokens, "
-                            f"fewer than one step needs ({per_step}): pass more text or lower --batch-size/--seq-len")
+                            f"fewer than one step needs ({per_step}): pass more text or lower --train-batch-size/"
+                            "--train-seq-len")
         if (cfg.stage != "layerwise" or self.fsdp) and cfg.batch_size % self.d.world:
-            raise ComeError(f"--batch-size {cfg.batch_size} must be a multiple of the {self.d.world} processes")
+            raise ComeError(f"--train-batch-size {cfg.batch_size} must be a multiple of the {self.d.world} processes")
 
     def micro_batch(self, step: int, micro: int) -> torch.Tensor:
         """The windows of micro-batch `micro` of `step`: a fixed shuffle per epoch, so a resumed run sees the same."""

@@ -88,9 +88,9 @@ def two_processes(args, root: Path) -> dict | None:
         return None
     data = str(root / "text.txt") if args.random else "mix"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "come.cli",
-           "distill", "--student", str(root / "student"), "--strategy", "fsdp", "--stage", "both", "--data", data,
-           "--steps", str(args.steps), "--seq-len", "256", "--batch-size", "4", "--lr", "1e-4", "--device", "cuda",
-           "--out", str(root / "fsdp2")]
+           "distill", "--student", str(root / "student"), "--strategy", "fsdp", "--stage", "both", "--train-data", data,
+           "--steps", str(args.steps), "--train-seq-len", "256", "--train-batch-size", "4", "--lr", "1e-4",
+           "--device", "cuda", "--out", str(root / "fsdp2")]
     t = time.perf_counter()
     r = subprocess.run(cmd, capture_output=True, text=True)
     if r.returncode:

@@ -10,7 +10,7 @@ import shlex
 import pytest
 
 from come import recipe
-from come.cli import build_parser, calib_config, main
+from come.cli import build_parser, main
 from come.cliargs import add_config_args, arg, check_choices, config_from_args, flags, like
 from come.config import CalibConfig, PruneConfig
 from come.errors import ComeError
@@ -22,6 +22,10 @@ def parse(*argv):
 
 def prune_config(*argv) -> PruneConfig:
     return config_from_args(PruneConfig, parse("prune", *argv))
+
+
+def calib_config(args) -> CalibConfig:
+    return config_from_args(CalibConfig, args)
 
 
 def subparser(command: str) -> argparse.ArgumentParser:
@@ -236,3 +240,183 @@ def test_toy_only_exclude_and_prefix():
     p, _ = toy(exclude=("depths",))
     assert "--depths" not in p.format_help() and "--no-save" in p.format_help()
     assert "plain" not in p.format_help()
+
+
+# --- come eval, come compare, come distill: their configs from their flags -------------------------------------
+
+
+def eval_config(*argv):
+    from come.eval.cli import config_from_args as eval_from_args
+
+    return eval_from_args(parse("eval", *argv))
+
+
+def compare_config(*argv):
+    from come.compare import CompareConfig
+
+    return config_from_args(CompareConfig, parse("compare", *argv))
+
+
+def distill_config(*argv):
+    from come.distillation.config import DistillConfig
+
+    return config_from_args(DistillConfig, parse("distill", *argv))
+
+
+def test_every_subcommand_without_flags_gives_the_dataclass_defaults(capsys):
+    from come.compare import CompareConfig
+    from come.distillation.config import DistillConfig
+    from come.eval.config import EvalConfig
+
+    assert eval_config("m") == EvalConfig(model="m")
+    assert compare_config("m") == CompareConfig(model="m")
+    assert distill_config("--student", "s") == DistillConfig(student="s", out=None)
+    assert capsys.readouterr().err == ""
+
+
+def test_eval_flags_reach_their_fields():
+    from come.eval.config import EvalConfig
+
+    cfg = eval_config("m", "--baseline", "b", "--ppl", "wiki-passages,ood", "--ppl-seq-len", 128, "--ppl-max-windows",
+                      4, "--ppl-bos", "--tasks", "piqa,boolq", "--limit", 5, "--offline-tasks", "--num-fewshot", 2,
+                      "--eval-batch-size", 3, "--speed", "--speed-batch", 2, "--speed-prompt-len", 16,
+                      "--speed-gen-len", 4, "--speed-repeats", 1, "--dtype", "float32", "--device", "cpu")
+    assert cfg == EvalConfig(model="m", baseline="b", ppl=["wiki-passages", "ood"], ppl_seq_len=128,
+                             ppl_max_windows=4, ppl_bos=True, tasks=["piqa", "boolq"], limit=5, offline_tasks=True,
+                             num_fewshot=2, batch_size=3, speed=True, speed_batch=2, speed_prompt_len=16,
+                             speed_gen_len=4, speed_repeats=1, dtype="float32", device="cpu")
+    assert eval_config("m").offline_tasks is None  # left out: the environment decides
+    args = parse("-v", "eval", "m")
+    from come.eval.cli import config_from_args as eval_from_args
+
+    assert eval_from_args(args).verbose is True
+
+
+def test_eval_lists_accept_what_the_comma_strings_did(monkeypatch):
+    from come.eval.harness import parse_tasks
+    from come.eval.ppl import expand_sources
+
+    assert expand_sources([]) == expand_sources([""]) == []  # --ppl left out, before and now
+    assert parse_tasks(["piqa", "boolq"], offline=True) == parse_tasks("piqa,boolq", offline=True)
+    assert parse_tasks([], offline=True) == parse_tasks(None) == []
+
+
+@pytest.mark.parametrize("command,argv,alias,new,value,read", [
+    ("eval", ["m"], "--batch-size", "--eval-batch-size", 3, lambda c: c.batch_size),
+    ("compare", ["m"], "--batch-size", "--calib-batch-size", 3, lambda c: (c.calib.batch_size, c.eval_batch)),
+    ("compare", ["m"], "--seed", "--calib-seed", 3, lambda c: c.calib.seed),
+    ("distill", ["--student", "s"], "--data", "--train-data", "c4", lambda c: c.data),
+    ("distill", ["--student", "s"], "--seq-len", "--train-seq-len", 64, lambda c: c.seq_len),
+    ("distill", ["--student", "s"], "--batch-size", "--train-batch-size", 2, lambda c: c.batch_size),
+    ("distill", ["--student", "s"], "--seed", "--train-seed", 7, lambda c: c.seed),
+])
+def test_every_deprecated_alias_works_and_notes_the_new_flag(capsys, command, argv, alias, new, value, read):
+    build = {"eval": eval_config, "compare": compare_config, "distill": distill_config}[command]
+    old = build(*argv, alias, value)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"{alias} is deprecated" in err[0] and f"use {new}" in err[0], err
+    assert read(old) == read(build(*argv, new, value))
+    assert capsys.readouterr().err == ""  # the new flag: no note
+    assert read(old) != read(build(*argv))  # the value reached the field
+    expected = (value, value) if command == "compare" and alias == "--batch-size" else value
+    assert read(old) == expected
+
+
+def test_compare_batch_size_splits_into_calibration_and_scoring(capsys):
+    cfg = compare_config("m", "--calib-batch-size", 2, "--eval-batch-size", 5)
+    assert (cfg.calib.batch_size, cfg.eval_batch_size, cfg.eval_batch) == (2, 5, 5)
+    cfg = compare_config("m", "--calib-batch-size", 3)  # scoring follows the calibration batch when not given
+    assert (cfg.calib.batch_size, cfg.eval_batch_size, cfg.eval_batch) == (3, None, 3)
+    cfg = compare_config("m", "--batch-size", 4)  # the older flag: both, as before
+    assert (cfg.calib.batch_size, cfg.eval_batch) == (4, 4)
+    cfg = compare_config("m", "--batch-size", 4, "--eval-batch-size", 1)
+    assert (cfg.calib.batch_size, cfg.eval_batch) == (4, 1)
+    help_text = " ".join(subparser("compare").format_help().split())
+    assert "--eval-batch-size EVAL_BATCH_SIZE" in help_text and "(default: --calib-batch-size)" in help_text
+
+
+def test_compare_scores_with_the_eval_batch_size(monkeypatch):
+    from conftest import tiny_model
+
+    import come.eval
+    import come.eval.harness
+    from come.compare import CompareConfig
+    from come.compare.evaluate import evaluate_model
+    from come.compare.run import _eval_key
+
+    seen = []
+    monkeypatch.setattr(come.eval, "perplexity", lambda *a, **k: seen.append(("ppl", a[5])) or {"ppl": 1.0})
+    monkeypatch.setattr(come.eval.harness, "run_tasks", lambda *a, **k: seen.append(("tasks", a[4])) or {"tasks": {}})
+    cfg = CompareConfig(model="m", evals=["ppl", "tasks"], tasks=["piqa"], ppl_data="wiki-passages", device="cpu",
+                        calib=CalibConfig(batch_size=2), eval_batch_size=5, progress=False)
+    evaluate_model(tiny_model("llama"), None, cfg)
+    assert seen == [("ppl", 5), ("tasks", 5)]
+    assert _eval_key({"eval_batch_size": 5, "calib": {"batch_size": 2}})["batch_size"] == 5
+    assert _eval_key({"calib": {"batch_size": 2}})["batch_size"] == 2  # rows of earlier runs: as before
+
+
+def test_distill_choices_and_budget_come_from_the_fields(capsys):
+    from come.distillation.config import TRAINABLE
+    from come.distillation.global_ import TRAINABLE as TRAINED_BY_THE_GLOBAL_STAGE
+
+    assert TRAINABLE == TRAINED_BY_THE_GLOBAL_STAGE
+    assert main(["distill", "--student", "s", "--steps", "1", "--stage", "twice"]) == 2
+    assert capsys.readouterr().err.strip() == "come: error: --stage must be one of layerwise, global, both, lora, " \
+        "got 'twice'"
+    with pytest.raises(SystemExit):
+        parse("distill", "--student", "s", "--steps", 1, "--tokens", 4096)  # an exclusive pair
+    assert "--steps" in capsys.readouterr().err
+    cfg = distill_config("--student", "s", "--steps", 2, "--train", "norms", "--strategy", "fsdp")
+    assert (cfg.steps, cfg.train, cfg.strategy) == (2, "norms", "fsdp")
+
+
+def test_distill_validate_names_the_new_flags():
+    from come.distillation.config import DistillConfig
+
+    with pytest.raises(ComeError, match="--train-seq-len must be at least 2"):
+        DistillConfig(student="s", out="o", steps=1, seq_len=1).validate()
+    with pytest.raises(ComeError, match="--train-batch-size must be at least 1"):
+        DistillConfig(student="s", out="o", steps=1, batch_size=0).validate()
+    with pytest.raises(ComeError, match="--save-dtype must be one of auto, float32, bfloat16, float16"):
+        DistillConfig(student="s", out="o", steps=1, save_dtype="int8").validate()
+
+
+# --- recipes: every key through its flag ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("command", ["prune", "compare", "distill"])
+def test_every_recipe_key_has_a_flag_on_its_command(command):
+    accepted = {a.dest for a in subparser(command)._actions}
+    for key in recipe.valid_keys(command):
+        if key != "command":
+            spec = recipe.flag_of(command, key)
+            assert spec.dest in accepted, (command, key, spec.dest)
+
+
+def test_printed_compare_and_distill_lines_parse_back_to_the_same_config(capsys):
+    from come.compare import CompareConfig
+    from come.distillation.config import DistillConfig
+
+    cmp = CompareConfig(model="smollm2-135m", methods=["sleb", "laco"], target_layers=20, evals=["ppl", "tasks"],
+                        tasks=["piqa"], limit=5, ppl_data="wiki-passages", ppl_seq_len=128, ppl_max_windows=3,
+                        out="OUT", save_models=False, sweep=True, depths=[24, 22],
+                        calib=CalibConfig(samples=8, batch_size=2, seed=1), loss_samples=4,
+                        options={"laco.T": "0.5"}, dtype="float32", device="cpu", eval_batch_size=1)
+    dst = DistillConfig(student="runs/s", out="OUT", teacher="t", stage="global", loss="mse=1", steps=3,
+                        data="wikitext2", seq_len=64, batch_size=2, lr=3e-4, autocast=True, ppl_windows=2,
+                        strategy="fsdp", save_dtype="bfloat16", seed=5)
+    for cfg in (cmp.validate(), dst):
+        line = recipe.command_line(recipe.of(cfg), out="OUT")
+        args = build_parser().parse_args(shlex.split(line)[1:])
+        assert capsys.readouterr().err == ""  # canonical flags only: no deprecation note
+        again = config_from_args(type(cfg), args)
+        assert (again.validate() if isinstance(again, CompareConfig) else again) == cfg, line
+
+
+def test_a_flag_of_an_exclusive_group_drops_the_files_setting(tmp_path, capsys):
+    (tmp_path / "c.yaml").write_text("command: compare\nmodel: m\nsparsity: 0.25\nmethods: [sleb]\n"
+                                     "eval_batch_size: 3\ncalib: {batch_size: 2}\n")
+    assert main(["compare", "--config", str(tmp_path / "c.yaml"), "--target-layers", "4", "--print-config"]) == 0
+    got = recipe.yaml.safe_load(capsys.readouterr().out)
+    assert (got["target_layers"], got["sparsity"], got["methods"]) == (4, None, ["sleb"])
+    assert (got["eval_batch_size"], got["calib"]["batch_size"]) == (3, 2)

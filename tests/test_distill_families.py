@@ -139,8 +139,8 @@ def train_windows(student, text):
 
 
 def distill_args(teacher, student, text, out, *extra):
-    return ["distill", "--student", str(student), "--teacher", str(teacher), "--data", str(text), "--seq-len",
-            str(SEQ), "--steps", "2", "--device", "cpu", "--out", str(out), *extra]
+    return ["distill", "--student", str(student), "--teacher", str(teacher), "--train-data", str(text),
+            "--train-seq-len", str(SEQ), "--steps", "2", "--device", "cpu", "--out", str(out), *extra]
 
 
 def expected_layerwise_points(teacher_dir, student_dir, ids):
@@ -169,7 +169,7 @@ def test_come_distill_both_after_prune(pruned_pair, family, tmp_path, capsys):
     ids = train_windows(student, text)  # one micro-batch holds every window: its loss is the mean over all of them
     out = tmp_path / "out"
     assert main(distill_args(teacher, student, text, out, "--stage", "both", "--loss", "mse=1,kl=1",
-                             "--batch-size", str(len(ids)), "--lr", "1e-3")) == 0
+                             "--train-batch-size", str(len(ids)), "--lr", "1e-3")) == 0
     capsys.readouterr()
     log = [json.loads(line) for line in (out / "distill_log.jsonl").read_text().splitlines()]
     assert [r["stage"] for r in log] == ["layerwise"] * 2 + ["global"] * 2
@@ -192,7 +192,7 @@ def test_come_distill_lora_after_prune(pruned_pair, family, tmp_path, capsys):
     """The LoRA baseline moves every projection of every layer (merged into the saved weights) and nothing else."""
     teacher, student, text = pruned_pair(family)
     out = tmp_path / "out"
-    assert main(distill_args(teacher, student, text, out, "--stage", "lora", "--batch-size", "2",
+    assert main(distill_args(teacher, student, text, out, "--stage", "lora", "--train-batch-size", "2",
                              "--lora-lr", "1e-2")) == 0
     capsys.readouterr()
     before = AutoModelForCausalLM.from_pretrained(student, dtype=torch.float32)

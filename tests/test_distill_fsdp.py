@@ -175,9 +175,9 @@ def test_fsdp_bad_inputs(two, tmp_path):
         config(two, "x", strategy="zero3").validate()
     # the CLI says it in one line
     env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
-    args = ["--student", str(two / "student"), "--teacher", str(two / "teacher"), "--data", str(two / "train.txt"),
-            "--seq-len", "32", "--steps", "1", "--device", "cpu", "--strategy", "fsdp", "--loss", "kl=1",
-            "--out", str(tmp_path / "o")]
+    args = ["--student", str(two / "student"), "--teacher", str(two / "teacher"), "--train-data",
+            str(two / "train.txt"), "--train-seq-len", "32", "--steps", "1", "--device", "cpu", "--strategy", "fsdp",
+            "--loss", "kl=1", "--out", str(tmp_path / "o")]
     r = subprocess.run([sys.executable, "-m", "come.cli", "distill", *args], env=env, capture_output=True, text=True)
     assert r.returncode == 2 and r.stderr.strip().count("\n") == 0 and "logit-lens" in r.stderr
 

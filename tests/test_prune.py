@@ -108,7 +108,7 @@ def test_each_step_is_reported_when_progress_is_on(tiny_dir, capsys, caplog):
     err = capsys.readouterr().err
     assert len(res.plan.steps) == 2
     # a bar of layers removed (2 of 2) naming each step, and a bar of SLEB's trials at each depth
-    assert "sleb: 100%" in err and "2/2" in err
+    assert "prune sleb: 100%" in err and "2/2" in err
     assert f"step 2: drop at {res.plan.steps[1]['layer']}" in err
     assert "removals at 6 layers" in err and "removals at 5 layers" in err
     logged = [r.getMessage() for r in caplog.records if r.getMessage().startswith("sleb step")]

@@ -221,7 +221,9 @@ def test_a_save_that_fails_anyway_lands_in_a_named_fallback_folder(base, run, tm
     rescue = Path(err.split("saved in ")[1].split(" instead")[0])
     assert rescue.parent == tmp_path / "rescue" and (rescue / "come_plan.json").exists()
     assert len(load_file(rescue / "model.safetensors")) > 0
-    assert not out.exists() and [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+    # no temporary is left; the run's checkpoint (the whole plan) stays for `--resume`
+    assert not out.exists() and [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == [".out.resume"]
+    assert (tmp_path / ".out.resume" / "come_plan.json").exists()
 
 
 def test_output_folder_mode_follows_the_umask(base, tmp_path):
@@ -267,8 +269,8 @@ def test_sigkill_temporaries_are_removed_by_the_next_run(tmp_path):
 
 SIGTERM_DURING_SAVE = """
 import os, signal, sys
-import come
-module = sys.modules["come.prune"]
+import importlib
+module = importlib.import_module("come.prune")  # come's names load on first use
 real = module.save_model
 def save_then_term(*a, **k):
     real(*a, **k)
@@ -285,7 +287,8 @@ def test_sigterm_is_handled_like_sigint(base, tmp_path):
     argv = [str(a) for a in prune_argv(model, calib, tmp_path / "out")]
     r = subprocess.run([sys.executable, "-c", SIGTERM_DURING_SAVE, *argv], env=env, capture_output=True, text=True)
     assert r.returncode == 143 and "come: terminated" in r.stderr, r.stderr[-2000:]
-    assert "Traceback" not in r.stderr and list(tmp_path.iterdir()) == []
+    assert "Traceback" not in r.stderr and [p.name for p in tmp_path.iterdir()] == [".out.resume"]
+    assert "--resume" in r.stderr  # the plan so far stays beside --out, and the error says how to go on
 
 
 def test_compare_never_carries_stale_temporaries_and_refuses_out_dot(base, run, tmp_path, monkeypatch):

@@ -122,4 +122,4 @@ def test_cli_resumes_from_the_checkpoint_beside_out_and_removes_it(tiny_dir, tmp
     assert decisions(Plan.load(out)) == decisions(first.plan)
     assert main(["--quiet", *args, "--overwrite"]) == 0  # --quiet: no bars, no step messages
     err = capsys.readouterr().err
-    assert "sleb:" not in err and "calibration" not in err and "sleb step" not in err
+    assert "prune sleb" not in err and "calibration" not in err and "sleb step" not in err

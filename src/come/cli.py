@@ -92,6 +92,7 @@ def cmd_prune(args) -> int:
     from come.cliargs import config_from_args
     from come.config import PruneConfig
     from come.io import check_output_dir
+    from come.plan import PLAN_FILE
     from come.prune import SUMMARY_FILE, prune, summary_text
 
     require(args, "model")
@@ -114,8 +115,13 @@ def cmd_prune(args) -> int:
         logging.getLogger("come").warning("a checkpoint of an interrupted run is in %s: starting over (pass "
                                           "--resume to go on from it)", checkpoint)
         resume.remove(checkpoint)
-    result = prune(cfg, checkpoint=checkpoint, resume=args.resume)
-    out = result.save(args.out, args.overwrite)
+    try:
+        result = prune(cfg, checkpoint=checkpoint, resume=args.resume)
+        out = result.save(args.out, args.overwrite)
+    except BaseException:
+        if (checkpoint / PLAN_FILE).exists():
+            logging.getLogger("come").warning("the plan so far is in %s: add --resume to go on from it", checkpoint)
+        raise
     resume.remove(checkpoint)  # the output is complete: nothing to go on from
     if args.summary:
         print(summary_text(result.plan))

@@ -32,11 +32,11 @@ def checkpoint_for(out: str | Path) -> Path:
 def writer(folder: str | Path, base: dict, cfg, seed: int):
     """An `on_step` callback writing the context's plan so far into `folder` after each step."""
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
     settings = cfg.to_dict()
     saved: set[str] = set()
 
     def on_step(ctx) -> None:
+        folder.mkdir(parents=True, exist_ok=True)  # on the first step: a run that fails before leaves nothing
         new = {k: v for k, v in ctx.tensors.items() if k not in saved}
         if new:
             from safetensors.torch import save_file

@@ -54,7 +54,7 @@ class PruneContext:
                  step["op"], step.get("layer"), self.num_layers, time.perf_counter() - self.started)
         if getattr(self.config, "progress", False):  # a step of SLEB or come-p can take minutes: show each one
             if self.bar is None:
-                self.bar = tqdm(total=len(step["tree_before"]) - self.target_layers, desc=self.config.method,
+                self.bar = tqdm(total=len(step["tree_before"]) - self.target_layers, desc=f"prune {self.config.method}",
                                 unit="layer")
             self.bar.update(len(step["tree_before"]) - self.num_layers)
             self.bar.set_postfix_str(f"step {len(self.steps)}: {step['op']} at {step.get('layer')}")

@@ -96,7 +96,7 @@ def cmd_prune(args) -> int:
     from come.prune import SUMMARY_FILE, prune, summary_text
 
     require(args, "model")
-    cfg = config_from_args(PruneConfig, args)
+    cfg = config_from_args(PruneConfig, args, progress=not getattr(args, "quiet", False))
     cfg.validate()
     if args.print_config:
         return print_recipe(cfg, args.out)
@@ -109,7 +109,6 @@ def cmd_prune(args) -> int:
     check_output_dir(args.out, args.overwrite, **preflight.prune(cfg))  # fail before the expensive part
     from come import resume
 
-    cfg.progress = cfg.progress and not args.quiet
     checkpoint = resume.checkpoint_for(args.out)
     if checkpoint.exists() and not args.resume:
         logging.getLogger("come").warning("a checkpoint of an interrupted run is in %s: starting over (pass "
@@ -149,7 +148,7 @@ def cmd_compare(args) -> int:
     from come.compare.config import CompareConfig
 
     require(args, "model")
-    cfg = config_from_args(CompareConfig, args)
+    cfg = config_from_args(CompareConfig, args, progress=not getattr(args, "quiet", False))
     if args.print_config:
         return print_recipe(cfg.validate(), args.out)
     if args.dry_run:
@@ -284,13 +283,24 @@ SUBCOMMAND_MODULES = ["come.eval.cli", "come.distillation.cli"]
 def setup_logging(quiet: bool) -> None:
     """The library's messages (logger `come`) to stderr, one line each; --quiet keeps warnings only."""
     log = logging.getLogger("come")
-    if not any(getattr(h, "_come", False) for h in log.handlers):
-        handler = logging.StreamHandler(sys.stderr)
+    if not any(isinstance(h, _Stderr) for h in log.handlers):
+        handler = _Stderr()
         handler.setFormatter(logging.Formatter("%(message)s"))
-        handler._come = True
         log.addHandler(handler)
         log.propagate = False
     log.setLevel(logging.WARNING if quiet else logging.INFO)
+
+
+class _Stderr(logging.StreamHandler):
+    """A handler writing to whatever sys.stderr is at the time of the message (a caller may replace it)."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value) -> None:
+        pass
 
 
 def main(argv: list[str] | None = None) -> int:

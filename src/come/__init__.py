@@ -6,11 +6,12 @@ submodule stay light: neither loads torch nor the rest of the package.
 
 from __future__ import annotations
 
-import importlib
 import sys
 import types
 from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING
+
+from come.lazy import lazy_names
 
 try:
     __version__ = version("come")  # pyproject.toml is the one place the version is written
@@ -58,13 +59,4 @@ class _Package(types.ModuleType):
 sys.modules[__name__].__class__ = _Package
 
 
-def __getattr__(name: str):
-    if name not in _LAZY:
-        raise AttributeError(f"module 'come' has no attribute {name!r}")
-    value = getattr(importlib.import_module(_LAZY[name]), name)
-    globals()[name] = value  # later lookups skip __getattr__
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *_LAZY})
+__getattr__, __dir__ = lazy_names(__name__, _LAZY)

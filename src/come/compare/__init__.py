@@ -17,8 +17,9 @@ calibration text) of its own, e.g. `Variant("come-plus, prior zero", "come-plus"
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING
+
+from come.lazy import lazy_names
 
 # public name -> the module that defines it; loaded on first use (PEP 562), so that `come.compare.config` (what
 # recipes read) loads neither torch nor the pruning code
@@ -45,14 +46,4 @@ if TYPE_CHECKING:
     from come.compare.run import compare
 
 
-def __getattr__(name: str):
-    if name not in _LAZY:
-        raise AttributeError(f"module 'come.compare' has no attribute {name!r}")
-    module = importlib.import_module(_LAZY[name])
-    value = getattr(module, "add_paired" if name == "_add_paired" else name)
-    globals()[name] = value  # later lookups skip __getattr__
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *_LAZY})
+__getattr__, __dir__ = lazy_names(__name__, _LAZY, {"_add_paired": "add_paired"})

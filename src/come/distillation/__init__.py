@@ -16,8 +16,9 @@ neither torch nor the pruning code.
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING
+
+from come.lazy import lazy_names
 
 _LAZY = {
     "Correspondence": "come.distillation.correspond",
@@ -39,13 +40,4 @@ if TYPE_CHECKING:
     from come.distillation.train import distill
 
 
-def __getattr__(name: str):
-    if name not in _LAZY:
-        raise AttributeError(f"module 'come.distillation' has no attribute {name!r}")
-    value = getattr(importlib.import_module(_LAZY[name]), name)
-    globals()[name] = value  # later lookups skip __getattr__
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *_LAZY})
+__getattr__, __dir__ = lazy_names(__name__, _LAZY)

@@ -6,8 +6,9 @@ loads neither torch nor the others.
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING
+
+from come.lazy import lazy_names
 
 # public name -> the module that defines it
 _LAZY = {
@@ -34,13 +35,4 @@ if TYPE_CHECKING:
     from come.eval.speed import measure_speed
 
 
-def __getattr__(name: str):
-    if name not in _LAZY:
-        raise AttributeError(f"module 'come.eval' has no attribute {name!r}")
-    value = getattr(importlib.import_module(_LAZY[name]), name)
-    globals()[name] = value  # later lookups skip __getattr__
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *_LAZY})
+__getattr__, __dir__ = lazy_names(__name__, _LAZY)

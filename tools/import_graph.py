@@ -2,6 +2,7 @@
 
     python tools/import_graph.py            # cycles (strongly connected components) and the largest modules
     python tools/import_graph.py --edges    # every edge, "a -> b"
+    python tools/import_graph.py --src /tmp/old/src   # another tree, e.g. `git archive REV src | tar -x -C /tmp/old`
 
 Exit status 1 when there is a cycle (tests/test_architecture.py runs the same check).
 """
@@ -104,8 +105,9 @@ def cycles(g: dict[str, set[str]]) -> list[list[str]]:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--edges", action="store_true", help="print every edge")
+    ap.add_argument("--src", type=Path, default=SRC, help="the folder holding the come package (default: ours)")
     args = ap.parse_args()
-    g = graph()
+    g = graph(args.src)
     if args.edges:
         for a in sorted(g):
             for b in sorted(g[a]):
@@ -117,7 +119,7 @@ def main() -> int:
         print(f"cycle of {len(comp)} modules: {', '.join(comp)}")
     if not comps:
         print("no import cycle")
-    sizes = sorted(((len(p.read_text().splitlines()), m) for m, p in modules().items()), reverse=True)[:8]
+    sizes = sorted(((len(p.read_text().splitlines()), m) for m, p in modules(args.src).items()), reverse=True)[:8]
     print("largest modules: " + ", ".join(f"{m} {n}" for n, m in sizes))
     return 1 if comps else 0
 

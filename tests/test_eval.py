@@ -263,6 +263,14 @@ def test_retained_is_pruned_over_dense():
     assert "| avg/mixed | 62.86 | 47.14 | 75.0 |" in text
 
 
+def test_speed_up_is_shown_beside_the_ideal_ratio_of_depths():
+    dense = {"num_layers": 30, "speed": {"prefill_tokens_per_s": 100.0, "decode_tokens_per_s": 10.0}}
+    pruned = {"num_layers": 20, "speed": {"prefill_tokens_per_s": 130.0, "decode_tokens_per_s": 14.0}}
+    up = report.speed_up({"model": pruned, "baseline": dense})
+    assert up == pytest.approx({"prefill": 1.3, "decode": 1.4, "ideal": 1.5})
+    assert report.speed_up({"model": pruned, "baseline": None}) is None
+
+
 # --- CLI ----------------------------------------------------------------------------------------------------
 
 
@@ -285,7 +293,8 @@ def test_cli_eval_with_baseline_writes_json_and_md(tiny_dir, tmp_path, capsys):
     assert m["speed"]["prefill_tokens_per_s"] > 0 and m["speed"]["decode_tokens_per_s"] > 0
     assert m["params"] == sum(p.numel() for p in tiny_model("llama").parameters())
     assert m["disk_bytes"] > 4 * m["params"] * 0.99  # float32 weights on disk
-    assert "perplexity: evaluation part" in (out / "eval.md").read_text()
+    md = (out / "eval.md").read_text()
+    assert "perplexity: evaluation part" in md and "the ideal L/L' is x1.00" in md
 
 
 @pytest.mark.parametrize("args,message", [

@@ -124,6 +124,17 @@ def table(result: dict) -> str:
     return "\n".join(lines)
 
 
+def speed_up(result: dict) -> dict | None:
+    """Prefill and decode speed-up of the model over its baseline, and the ideal L / L' of their depths."""
+    m, b = result.get("model") or {}, result.get("baseline") or {}
+    ms, bs = m.get("speed"), b.get("speed")
+    if not ms or not bs or not m.get("num_layers") or not b.get("num_layers"):
+        return None
+    return {"prefill": ms["prefill_tokens_per_s"] / bs["prefill_tokens_per_s"],
+            "decode": ms["decode_tokens_per_s"] / bs["decode_tokens_per_s"],
+            "ideal": b["num_layers"] / m["num_layers"]}
+
+
 def markdown(result: dict) -> str:
     """eval.md: the table and the conventions behind its numbers."""
     s = result["settings"]
@@ -160,4 +171,10 @@ def markdown(result: dict) -> str:
         sp = s["speed"]
         notes.append(f"- speed: batch {sp['batch_size']}, prompt {sp['prompt_len']}, generate {sp['gen_len']}"
                      f" tokens, median of {sp['repeats']} after {sp['warmup']} warm-up")
+        up = speed_up(result)
+        if up:
+            notes.append(f"- speed-up over the baseline: prefill x{up['prefill']:.2f}, decode x{up['decode']:.2f}; the "
+                         f"ideal L/L' is x{up['ideal']:.2f} (the embeddings and the LM head do not shrink). The two "
+                         "models are timed one after the other: on a busy machine compare them in one "
+                         "`benchmarks/pruned_speed.py` run")
     return "\n".join(notes) + "\n"

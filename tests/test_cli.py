@@ -72,6 +72,21 @@ def test_offline_hub_names_say_to_pass_a_file(run, tiny_dir, tmp_path):
     assert code == 2 and "pass a local model folder" in err
 
 
+def test_a_missing_calibration_file_is_refused_before_any_model_loads(run, tiny_dir, tmp_path, monkeypatch):
+    import come.models
+
+    def fail(*a, **k):
+        pytest.fail("a model was loaded before the refusal")
+
+    monkeypatch.setattr(come.models, "load_model", fail)
+    path, text = tiny_dir
+    for command in (["prune", path, "--target-layers", 4], ["compare", path, "--methods", "come,sleb",
+                                                            "--target-layers", 4, "--ppl-data", text]):
+        code, err = run(*command, "--calib-data", tmp_path / "no-such.txt", "--out", tmp_path / "o")
+        assert code == 2 and err.startswith("come: error: --calib-data ") and "neither a file nor" in err, err
+        assert not (tmp_path / "o").exists() and not (tmp_path / "o.partial").exists()
+
+
 def test_existing_output_needs_overwrite_then_succeeds(run, tiny_dir, tmp_path):
     path, text = tiny_dir
     out = tmp_path / "out"

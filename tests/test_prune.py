@@ -103,14 +103,16 @@ def test_each_step_is_reported_when_progress_is_on(tiny_dir, capsys, caplog):
     path, text = tiny_dir
     c = prune_config(path, text, method="sleb", target_layers=4)
     c.progress = True
-    with caplog.at_level("INFO", logger="come.prune"):
-        res = prune(c)
+    res = prune(c)
     err = capsys.readouterr().err
     assert len(res.plan.steps) == 2
     # a bar of layers removed (2 of 2) naming each step, and a bar of SLEB's trials at each depth
     assert "prune sleb: 100%" in err and "2/2" in err
     assert f"step 2: drop at {res.plan.steps[1]['layer']}" in err
     assert "removals at 6 layers" in err and "removals at 5 layers" in err
+    c.progress = False  # without bars, each step is a log line (logger come.prune)
+    with caplog.at_level("INFO", logger="come.prune"):
+        res = prune(c)
     logged = [r.getMessage() for r in caplog.records if r.getMessage().startswith("sleb step")]
     assert len(logged) == 2
     assert logged[0].startswith(f"sleb step 1: drop at layer {res.plan.steps[0]['layer']} -> 5 layers (")

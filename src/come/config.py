@@ -56,8 +56,9 @@ class CalibConfig:
             raise ComeError(f"--calib-seq-len must be >= 2, got {self.seq_len}")
         if self.batch_size < 1:
             raise ComeError(f"--calib-batch-size must be >= 1, got {self.batch_size}")
-        from come.data import check_separate
+        from come.data import check_separate, check_source
 
+        check_source(self.data, "--calib-data")  # a missing file fails here, not after the dense evaluation
         check_separate(self.data, (), "--calib-data", "")  # a held-out evaluation domain is refused here
 
 

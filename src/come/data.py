@@ -23,6 +23,16 @@ NAMED_SOURCES = (corpora.MIX, *corpora.DOMAINS, "wiki-passages", "wikitext2", "c
 PARTS = ("calib", "eval")
 
 
+def check_source(source: str, flag: str = "text source") -> None:
+    """Refuse, before any work, a text source that is neither an existing path nor a known name."""
+    if Path(source).expanduser().exists() or source in NAMED_SOURCES or source == "wikitext-2":
+        return
+    raise ComeError(
+        f"{flag} '{source}' is neither a file nor a known name ({', '.join(NAMED_SOURCES)}): "
+        "pass a .txt/.jsonl/.parquet file or a datasets folder"
+    )
+
+
 def load_text(source: str, part: str = "calib") -> str:
     """The text of `source` (its `part`: "calib" or "eval" for named sources), documents joined by blank lines."""
     if part not in PARTS:
@@ -39,10 +49,7 @@ def load_text(source: str, part: str = "calib") -> str:
     elif source in ("wikitext2", "wikitext-2", "c4"):
         docs = _hub_docs(source, part)
     else:
-        raise ComeError(
-            f"text source '{source}' is neither a file nor a known name ({', '.join(NAMED_SOURCES)}): "
-            "pass a .txt/.jsonl/.parquet file or a datasets folder"
-        )
+        check_source(source)
     text = "\n\n".join(d for d in docs if d and d.strip())
     if not text.strip():
         raise ComeError(f"text source '{source}' holds no text: pass a file with a non-empty 'text' field")

@@ -50,8 +50,10 @@ class PruneContext:
         self.steps.append(step)
         if self.on_step is not None and not more_follows:
             self.on_step(self)
-        log.info("%s step %d: %s at layer %s -> %d layers (%.0f s)", self.config.method, len(self.steps),
-                 step["op"], step.get("layer"), self.num_layers, time.perf_counter() - self.started)
+        # the bar names each step when it is shown; otherwise a log line does (a line beside a bar breaks it)
+        log.log(logging.DEBUG if getattr(self.config, "progress", False) else logging.INFO,
+                "%s step %d: %s at layer %s -> %d layers (%.0f s)", self.config.method, len(self.steps), step["op"],
+                step.get("layer"), self.num_layers, time.perf_counter() - self.started)
         if getattr(self.config, "progress", False):  # a step of SLEB or come-p can take minutes: show each one
             if self.bar is None:
                 self.bar = tqdm(total=len(step["tree_before"]) - self.target_layers, desc=f"prune {self.config.method}",

@@ -96,7 +96,7 @@ def cmd_prune(args) -> int:
     from come.prune import SUMMARY_FILE, prune, summary_text
 
     require(args, "model")
-    cfg = config_from_args(PruneConfig, args, progress=not getattr(args, "quiet", False))
+    cfg = config_from_args(PruneConfig, args)
     cfg.validate()
     if args.print_config:
         return print_recipe(cfg, args.out)
@@ -148,7 +148,7 @@ def cmd_compare(args) -> int:
     from come.compare.config import CompareConfig
 
     require(args, "model")
-    cfg = config_from_args(CompareConfig, args, progress=not getattr(args, "quiet", False))
+    cfg = config_from_args(CompareConfig, args)
     if args.print_config:
         return print_recipe(cfg.validate(), args.out)
     if args.dry_run:

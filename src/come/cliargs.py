@@ -290,7 +290,8 @@ def add_config_args(parser, cls: type, *, only: Iterable[str] | None = None, exc
 
 def config_from_args(cls: type, args: argparse.Namespace, *, prefix: str = "", **overrides):
     """The `cls` of parsed flags (those `add_config_args(parser, cls, prefix=prefix)` added; a field whose flag
-    was not added keeps its default); `overrides` win over the flags."""
+    was not added keeps its default); `overrides` win over the flags. The global `come --quiet` turns a config's
+    `progress` field off."""
     kwargs = {}
     for spec in flags(cls, prefix):
         if spec.name in overrides:
@@ -299,6 +300,9 @@ def config_from_args(cls: type, args: argparse.Namespace, *, prefix: str = "", *
             kwargs[spec.name] = config_from_args(spec.config, args)
         elif hasattr(args, spec.dest):
             kwargs[spec.name] = spec.value(getattr(args, spec.dest))
+    if getattr(args, "quiet", False) and "progress" not in overrides and \
+            any(f.name == "progress" for f in dataclasses.fields(cls)):
+        kwargs["progress"] = False
     return cls(**kwargs, **overrides)
 
 

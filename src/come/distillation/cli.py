@@ -30,7 +30,7 @@ def cmd_distill(args) -> int:
     from come.distillation.config import DistillConfig
 
     require(args, "student")
-    cfg = config_from_args(DistillConfig, args, progress=not getattr(args, "quiet", False))
+    cfg = config_from_args(DistillConfig, args)
     if args.dry_run:
         from come.distillation.memory import dry_run
 

@@ -23,8 +23,7 @@ def config_from_args(args: argparse.Namespace):
     from come import cliargs
     from come.eval.config import EvalConfig
 
-    return cliargs.config_from_args(EvalConfig, args, verbose=getattr(args, "verbose", False),
-                                    progress=not getattr(args, "quiet", False))
+    return cliargs.config_from_args(EvalConfig, args, verbose=getattr(args, "verbose", False))
 
 
 def cmd_eval(args: argparse.Namespace) -> int:

@@ -237,14 +237,9 @@ class Calibration:
         """Mean next-token NLL when `layers` replace the stack from boundary `start` on (a trial, cache untouched);
         over the windows selected by the boolean mask `windows` (default: all). Only the selected windows run
         through the layers: a window's states do not depend on the others in its batch (bit for bit)."""
-        states = self.hidden[start][:n_batches]
-        ids = self.batches[:n_batches]
+        states, ids, keep, picked = self._select(self.hidden[start][:n_batches], n_batches, windows)
         kwargs = None
         if windows is not None:
-            keep = windows.split([b.shape[0] for b in self.batches])
-            picked = [b for b in range(len(states)) if keep[b].any()]
-            states = [states[b][keep[b].to(states[b].device)] for b in picked]
-            ids = [ids[b][keep[b]] for b in picked]
             kwargs = {}
             for layer in layers:  # per attention type, the kwargs of the kept windows of each kept batch
                 t = self.adapter.layer_type(layer)
@@ -261,14 +256,19 @@ class Calibration:
             windows: torch.Tensor | None = None) -> float:
         """Mean next-token NLL (float32) of the final norm + LM head on the last-layer states; only the windows
         whose entry of the boolean mask `windows` (one per calibration window) is True, when given."""
-        ids = self.batches[:n_batches]
-        states = list(final_states)
-        if windows is not None:
-            keep = windows.split([b.shape[0] for b in self.batches])
-            picked = [b for b in range(len(ids)) if keep[b].any()]
-            states = [states[b][keep[b].to(states[b].device)] for b in picked]
-            ids = [ids[b][keep[b]] for b in picked]
+        states, ids, _, _ = self._select(final_states, n_batches, windows)
         return self._nll(states, ids)
+
+    def _select(self, states: Sequence[torch.Tensor], n_batches: int | None, windows: torch.Tensor | None):
+        """(states, token ids) of the first `n_batches` batches cut to the windows of the boolean mask `windows`
+        (batches left without a window dropped), with the per-batch masks and the kept batches' indices."""
+        states, ids = list(states), self.batches[:n_batches]
+        if windows is None:
+            return states, ids, None, range(len(states))
+        keep = windows.split([b.shape[0] for b in self.batches])
+        picked = [b for b in range(len(states)) if keep[b].any()]
+        return ([states[b][keep[b].to(states[b].device)] for b in picked], [ids[b][keep[b]] for b in picked],
+                keep, picked)
 
     def _nll(self, final_states: Sequence[torch.Tensor], batches: Sequence[torch.Tensor]) -> float:
         a = self.adapter

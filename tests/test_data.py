@@ -76,3 +76,23 @@ def test_eval_reports_the_ood_geometric_mean_when_every_held_out_domain_was_meas
     flat = flat_metrics({"ppl": {"wiki-passages": {"ppl": 5.0}, **ppl}})
     assert flat["ppl/ood (geo. mean)"] == pytest.approx(64 ** 0.25)
     assert "ppl/ood (geo. mean)" not in flat_metrics({"ppl": {"code": {"ppl": 2.0}}})
+
+
+def test_domain_documents_are_kept_in_the_cache_folder_and_a_broken_file_is_rebuilt(tmp_path, monkeypatch):
+    import json
+
+    monkeypatch.setenv("COME_CACHE", str(tmp_path))
+    corpora.documents.cache_clear()
+    try:
+        fresh = corpora.documents("math")
+        (path,) = (tmp_path / "corpora").rglob("math.json")
+        assert fresh == tuple(corpora.DOMAINS["math"].load()) == tuple(json.loads(path.read_text()))
+        path.write_text(json.dumps(["planted"]))
+        corpora.documents.cache_clear()
+        assert corpora.documents("math") == ("planted",)  # read back, not parsed again
+        path.write_text("{not json")
+        corpora.documents.cache_clear()
+        assert corpora.documents("math") == fresh  # unreadable: parsed again and rewritten
+        assert tuple(json.loads(path.read_text())) == fresh
+    finally:
+        corpora.documents.cache_clear()

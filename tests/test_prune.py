@@ -78,6 +78,34 @@ def test_drop_candidates_take_the_lower_calibration_nll_and_replay(tiny_dir):
     assert replays_bit_for_bit(res, path)
 
 
+@pytest.mark.parametrize("method", ["come-plus", "come"])
+def test_pair_score_drop_merges_around_the_cheapest_removal_or_drops_it(tiny_dir, method):
+    """--pair-score drop: each step finds the layer d whose removal costs least, tries the pairs holding it at
+    every ratio, and the plain drop of d; the lowest NLL wins (on the held-out windows for come-plus)."""
+    path, text = tiny_dir
+    res = prune(prune_config(path, text, method=method, target_layers=2, pair_score="drop"))  # past L/2 merges
+    assert res.model.config.num_hidden_layers == 2
+    moves = [st for st in res.plan.steps if st["op"] != "refit"]
+    seen = set()
+    for st in moves:
+        sc = st["scores"]
+        d = sc["removal_nll"].index(min(sc["removal_nll"]))
+        if method == "come":  # come-plus re-scores the drop on its held-out windows
+            assert sc["drop_nll"] == sc["removal_nll"][d]
+        assert set(sc["candidates"]) <= {d - 1, d}
+        tried = [v for i in sc["candidates"] for v in sc[f"pair{i}_ratio_nll"].values()]
+        if st["op"] == "drop":
+            assert st["layer"] == d and all(sc["drop_nll"] <= v for v in tried)
+        else:
+            assert st["layer"] in (d - 1, d) and sc["merge_nll"] == min(tried) < sc["drop_nll"]
+        assert (sc.get("scored_on") == "held-out windows") == (method == "come-plus")
+        seen.add(st["op"])
+    assert len(moves) == 4
+    if method == "come":  # on this model both branches run (come-plus drops every time here)
+        assert seen == {"merge", "drop"}
+    assert replays_bit_for_bit(res, path)
+
+
 def test_saved_in_the_checkpoint_dtype_unless_told(tmp_path):
     src = tmp_path / "bf16"  # a bfloat16 checkpoint with tied embeddings, computed in float32 here
     m = tiny_model("llama", tie_word_embeddings=True).to(torch.bfloat16)

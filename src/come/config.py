@@ -74,8 +74,10 @@ class PruneConfig:
     method: str = arg("come", help=_method_help)
     norm: str = arg("mean", choices=["mean", "fold"],  # mean (authors' code) | fold (ours)
                     help="norm handling of a merged layer")
-    pair_score: str = arg("angular", choices=["angular", "loss"],  # loss: calibration NLL of each candidate merge
-                          help="how the pair is chosen")
+    pair_score: str = arg("angular", choices=["angular", "loss", "drop"],
+                          help="how the pair is chosen: angular (the paper), loss (calibration NLL of each "
+                          "candidate merge), drop (the pairs around the layer whose removal costs least, "
+                          "the plain drop competing)")
     pair_tokens: str = arg("last", choices=["last", "all"], help="tokens of the angular score")
     remerge: bool = arg(False, help="allow merging layers that are already merges")
     ratio_power: float = arg(1.0, help="p of the merge ratio r_i = BI_i^p / sum BI^p (1: the paper's)")

@@ -184,6 +184,8 @@ def calibration_passes(cfg: PruneConfig, layers: int, target: int) -> tuple[floa
             per_step += layers - 1
         if cfg.drop_candidates and m.startswith("come"):
             per_step += layers
+        if cfg.pair_score == "drop":  # every removal, then the ratios of up to two pairs
+            per_step = layers + 2 * per_step
         trials = k * per_step
         total = 1 + k + trials * trial
         extra = f" + {trials} loss trials" if trials else ""

@@ -74,6 +74,74 @@ def candidates(ctx: PruneContext) -> list[int]:
     return [l for l in pairs if len(ctx.tree[l]) == 1 and len(ctx.tree[l + 1]) == 1]
 
 
+def refit_targets(ctx: PruneContext, i: int, dense: list | None) -> tuple:
+    """What the re-fit of a merge of (i, i+1) matches: the two attention updates and the pair's output ("dense":
+    the original model's state after the pair's last original layer, so the fit also absorbs the error that
+    earlier merges left in the input)."""
+    out = dense[ctx.tree[i + 1][-1] + 1] if ctx.config.refit_target == "dense" else ctx.calib.hidden[i + 2]
+    return attention_updates(ctx.calib, ctx.adapter, i), out
+
+
+def apply_merge(ctx: PruneContext, step: dict, scores: dict, weights: dict, report: dict) -> None:
+    """Apply a merge (with its re-fit, if any) as plan steps and refresh the cache from it."""
+    l = step["layer"]
+    step["scores"] = scores
+    step["sources"] = [list(ctx.tree[l]), list(ctx.tree[l + 1])]
+    ctx.apply(step, more_follows=bool(weights))  # a checkpoint holds the merge with its re-fit
+    if weights:
+        keys = {name: f"step{len(ctx.steps)}.{name}" for name in weights}
+        refit = {"op": "refit", "layer": l, "tensors": keys, "report": report}
+        ctx.apply(refit, {keys[name]: w for name, w in weights.items()})
+    ctx.calib.refresh(l, ctx.num_layers > ctx.target_layers)
+
+
+def ratio_grid(ratios: str, r_bi: float, g: int) -> list[float]:
+    """The ratios a merge tries (see progressive_merge)."""
+    if ratios == "bi":
+        return [r_bi]
+    if ratios == "grid":
+        return [i / g for i in range(g + 1)]
+    return sorted({0.0, r_bi, 1.0})
+
+
+def merge_or_drop(ctx: PruneContext, ratios: str, reconstruct: bool, windows, dense: list | None) -> None:
+    """One step of `--pair-score drop`: find the layer d whose removal costs least (SLEB's choice), then try every merge of a pair holding it, (d-1, d) and (d, d+1), at each ratio
+    (ratio 1 of (d-1, d) keeps layer d-1 alone: a drop of d with a re-fitted neighbour), and the plain drop; take
+    the lowest NLL (on the held-out windows when `windows` is given). The merges are where SLEB would cut, not where adjacent states look most alike."""
+    from come.methods.sleb import drop_layer, removal_nll
+
+    cfg = ctx.config
+    removal = removal_nll(ctx, ctx.loss_batches)  # a drop fits nothing: chosen on the loss windows, as SLEB does
+    d = min(range(len(removal)), key=lambda i: (removal[i], i))
+    scores: dict = {"removal_nll": removal, "candidates": []}
+    # what the drop costs on the windows the merges are judged on, so they compare like for like
+    scores["drop_nll"] = removal[d] if windows is None else ctx.calib.forward_from(
+        d, list(ctx.adapter.layers)[d + 1 :], None, windows)
+    if windows is not None:
+        scores["scored_on"] = "held-out windows"
+    bi = [s.bi for s in ctx.calib.stats]
+    pairs = [i for i in (d - 1, d) if i in candidates(ctx)]
+    best = None  # (nll, |r - r_BI|, pair, trial)
+    for i in pairs:
+        r_bi = bi_ratio(bi[i], bi[i + 1], cfg.ratio_power)
+        targets = refit_targets(ctx, i, dense) if reconstruct else None
+        grid = ratio_grid(ratios, r_bi[0], cfg.grid)
+        trials = {r: trial(ctx, merge_step(ctx, i, (r, 1 - r)), targets, windows=windows)
+                  for r in ctx.trials(grid, f"ratios of pair {i}")}
+        scores["candidates"].append(i)
+        scores[f"pair{i}_ratio_nll"] = {f"{r:.4f}": t[1] for r, t in trials.items()}
+        for r, t in trials.items():
+            key = (t[1], abs(r - r_bi[0]), i)
+            if best is None or key < best[:3]:
+                best = (*key, t)
+    if best is None or scores["drop_nll"] <= best[0]:
+        drop_layer(ctx, d, scores)
+        return
+    step, nll, weights, report = best[3]
+    scores["merge_nll"] = nll
+    apply_merge(ctx, step, scores, weights, report)
+
+
 def progressive_merge(ctx: PruneContext, ratios: str = "bi", reconstruct: bool = False,
                       pair_score: str | None = None, drops: bool | None = None, held_out: bool = False) -> None:
     """Merge pairs until the target depth.
@@ -81,7 +149,7 @@ def progressive_merge(ctx: PruneContext, ratios: str = "bi", reconstruct: bool =
     ratios: "bi" (the BI-proportional ratio), "grid" (CoMe-P: r in {0, 1/g, ..., 1} by calibration NLL) or
     "plus" ({0, r_BI, 1} by calibration NLL: merge, or keep one layer of the pair). With `reconstruct`, the
     merged layer's o_proj/down_proj are ridge re-fitted to the pair's output (inside every trial too).
-    pair_score: "angular" or "loss" (default: the config's).
+    pair_score: "angular", "loss" or "drop" (see merge_or_drop) (default: the config's).
     drops: also try SLEB's candidates (drop any one layer) each step and take SLEB's choice when its calibration NLL
     is lower than the chosen merge's (default: the config's `drop_candidates`).
     held_out: score every choice (ratio, merge vs. drop, pair by loss) on the held-out calibration windows that no
@@ -97,6 +165,9 @@ def progressive_merge(ctx: PruneContext, ratios: str = "bi", reconstruct: bool =
     # the unpruned model's boundary states, kept (a second cache) only when a re-fit targets them
     dense = list(ctx.calib.hidden) if reconstruct and cfg.refit_target == "dense" else None
     while ctx.num_layers > ctx.target_layers:
+        if pair_score == "drop":
+            merge_or_drop(ctx, ratios, reconstruct, windows, dense)
+            continue
         sbi = pair_scores(ctx.calib.hidden, last_token=cfg.pair_tokens == "last")
         bi = [s.bi for s in ctx.calib.stats]
         cands = candidates(ctx)
@@ -123,12 +194,7 @@ def progressive_merge(ctx: PruneContext, ratios: str = "bi", reconstruct: bool =
         ratio_of = {i: bi_ratio(bi[i], bi[i + 1], cfg.ratio_power) for i in cands}
 
         def targets_of(i: int) -> tuple | None:
-            if not reconstruct:
-                return None
-            # "dense": the original model's state after the pair's last original layer, so the fit also
-            # absorbs the error that earlier merges left in the input
-            out = dense[ctx.tree[i + 1][-1] + 1] if cfg.refit_target == "dense" else ctx.calib.hidden[i + 2]
-            return attention_updates(ctx.calib, ctx.adapter, i), out
+            return refit_targets(ctx, i, dense) if reconstruct else None
 
         if pair_score == "loss":
             loss = {i: trial(ctx, merge_step(ctx, i, ratio_of[i]), targets_of(i), windows=windows)[1]
@@ -140,12 +206,7 @@ def progressive_merge(ctx: PruneContext, ratios: str = "bi", reconstruct: bool =
         ratio = ratio_of[l]
         scores["bi_ratio"] = list(ratio)
         targets = targets_of(l)
-        if ratios == "bi":
-            grid = [ratio[0]]
-        elif ratios == "grid":
-            grid = [i / cfg.grid for i in range(cfg.grid + 1)]
-        else:
-            grid = sorted({0.0, ratio[0], 1.0})
+        grid = ratio_grid(ratios, ratio[0], cfg.grid)
         scored = len(grid) > 1 or drops
         trials = {r: trial(ctx, merge_step(ctx, l, (r, 1 - r)), targets, score=scored, windows=windows)
                   for r in ctx.trials(grid, f"ratios of pair {l}")}
@@ -158,19 +219,12 @@ def progressive_merge(ctx: PruneContext, ratios: str = "bi", reconstruct: bool =
         if drops and d_nll < merge_nll:
             drop_layer(ctx, d, scores)
             continue
-        step["scores"] = scores
-        step["sources"] = [list(ctx.tree[l]), list(ctx.tree[l + 1])]
-        ctx.apply(step, more_follows=bool(weights))  # a checkpoint holds the merge with its re-fit
-        if weights:
-            keys = {name: f"step{len(ctx.steps)}.{name}" for name in weights}
-            refit = {"op": "refit", "layer": l, "tensors": keys, "report": report}
-            ctx.apply(refit, {keys[name]: w for name, w in weights.items()})
-        ctx.calib.refresh(l, ctx.num_layers > ctx.target_layers)
+        apply_merge(ctx, step, scores, weights, report)
 
 
 def no_remerge_limit(num_layers: int, cfg) -> int:
     """Without re-merge each merge needs two fresh layers: at most floor(L/2) merges (drops have no limit)."""
-    return num_layers - 1 if cfg.remerge or cfg.drop_candidates else num_layers // 2
+    return num_layers - 1 if cfg.remerge or cfg.drop_candidates or cfg.pair_score == "drop" else num_layers // 2
 
 
 def refit_windows(cfg) -> int:

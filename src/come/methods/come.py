@@ -105,9 +105,10 @@ def ratio_grid(ratios: str, r_bi: float, g: int) -> list[float]:
 
 
 def merge_or_drop(ctx: PruneContext, ratios: str, reconstruct: bool, windows, dense: list | None) -> None:
-    """One step of `--pair-score drop`: find the layer d whose removal costs least (SLEB's choice), then try every merge of a pair holding it, (d-1, d) and (d, d+1), at each ratio
-    (ratio 1 of (d-1, d) keeps layer d-1 alone: a drop of d with a re-fitted neighbour), and the plain drop; take
-    the lowest NLL (on the held-out windows when `windows` is given). The merges are where SLEB would cut, not where adjacent states look most alike."""
+    """One step of `--pair-score drop`: find the layer d whose removal costs least (SLEB's choice), then try every
+    merge of a pair holding it, (d-1, d) and (d, d+1), at each ratio (ratio 1 of (d-1, d) keeps layer d-1 alone: a
+    drop of d with a re-fitted neighbour), and the plain drop; take the lowest NLL (on the held-out windows when
+    `windows` is given). The merges are where SLEB would cut, not where adjacent states look most alike."""
     from come.methods.sleb import drop_layer, removal_nll
 
     cfg = ctx.config

@@ -2,13 +2,24 @@
 
 import math
 
+import pytest
 import torch
 from conftest import tiny_model
 
 from come.capture import Calibration
 from come.merge import concat_layers, replace_pair
 from come.models import get_adapter
-from come.reconstruct import Gram, attention_updates, held_out_windows, refit_merged, ridge_fit
+from come.reconstruct import (
+    LAMBDAS,
+    LAMBDAS_MERGED,
+    PRIORS,
+    Gram,
+    HeldOut,
+    attention_updates,
+    held_out_windows,
+    refit_merged,
+    ridge_fit,
+)
 
 
 def test_ridge_recovers_a_reachable_target_exactly():
@@ -54,9 +65,65 @@ def test_ridge_toward_the_merged_weights_solves_the_prior_problem_and_tends_to_t
     fit.add(x[:20], t[:20])
     val.add(x[20:], t[20:])
     res = ridge_fit(fit, val, w0, prior="merged")
-    assert set(res.val_errors) == {"0.0001", "0.001", "0.01", "0.1", "1", "10", "100", "inf"}
+    assert set(res.val_errors) <= {"0.0001", "0.001", "0.01", "0.1", "1", "10", "100", "inf"}
     assert res.val_errors[f"{res.lam:g}"] == min(res.val_errors.values())
     assert res.error_after < res.error_before and res.weight is not None
+
+
+def exhaustive(fit, val, w0, prior):
+    """The choice of trying every lambda of the grid (what ridge_fit's walk must reproduce)."""
+    lambdas = LAMBDAS if prior == "zero" else LAMBDAS_MERGED
+    center = None if prior == "zero" else w0.T.double()
+    errors = {lam: val.error(fit.solve(lam, center)) for lam in lambdas}
+    errors[math.inf] = val.error(w0.T)
+    return min(errors, key=lambda k: (errors[k], k)), errors
+
+
+@pytest.mark.parametrize("prior", PRIORS)
+def test_the_walk_along_the_grid_picks_what_trying_every_lambda_picks(prior):
+    """On many noisy problems of different sizes (so the best lambda lands all over the grid): whenever the held-out
+    error is unimodal along the grid, the walk's choice is the exhaustive one, with fewer solves."""
+    torch.manual_seed(0)
+    checked, picks, tried = 0, set(), []
+    for _ in range(40):
+        n, d = int(torch.randint(12, 80, ())), int(torch.randint(4, 24, ()))
+        x = torch.randn(n + 20, d, dtype=torch.float64) * torch.rand(d, dtype=torch.float64) * 3
+        w0 = torch.randn(3, d, dtype=torch.float64)
+        noise = float(torch.rand(())) * 4
+        t = x @ (w0 + torch.randn(3, d, dtype=torch.float64) * float(torch.rand(()))).T
+        t = t + noise * torch.randn(n + 20, 3, dtype=torch.float64)
+        fit, val = Gram(), HeldOut()
+        fit.add(x[:n], t[:n])
+        val.add(x[n:], t[n:])
+        best, errors = exhaustive(fit, val, w0, prior)
+        curve = [errors[lam] for lam in (LAMBDAS if prior == "zero" else LAMBDAS_MERGED)]
+        low = curve.index(min(curve))
+        if not (all(a > b for a, b in zip(curve[:low], curve[1 : low + 1]))
+                and all(a < b for a, b in zip(curve[low:], curve[low + 1 :]))):
+            continue  # not unimodal: the walk may stop at a local minimum (documented)
+        res = ridge_fit(fit, val, w0, prior)
+        assert res.lam == best
+        checked += 1
+        picks.add(best)
+        tried.append(len(res.val_errors) - 1)
+    assert checked >= 20 and len(picks) >= 3  # the check covered minima at several places of the grid
+    assert sum(tried) / len(tried) < len(LAMBDAS if prior == "zero" else LAMBDAS_MERGED)
+
+
+def test_held_out_rows_score_as_the_statistics_do():
+    """HeldOut keeps rows while they are fewer than the input features, then statistics: the same error."""
+    torch.manual_seed(0)
+    x, t, wt = (torch.randn(40, 16, dtype=torch.float64), torch.randn(40, 5, dtype=torch.float64),
+                torch.randn(16, 5, dtype=torch.float64))
+    g, few, many = Gram(), HeldOut(), HeldOut()
+    g.add(x[:10], t[:10], 2.0)
+    few.add(x[:10], t[:10], 2.0)
+    assert few.gram is None and math.isclose(few.error(wt), g.error(wt), rel_tol=1e-12)
+    g.add(x[10:], t[10:], 2.0)
+    for i in range(0, 40, 10):
+        many.add(x[i : i + 10], t[i : i + 10], 2.0)
+    assert many.gram is not None and not many.rows  # 40 rows > 16 features: statistics
+    assert math.isclose(many.error(wt), g.error(wt), rel_tol=1e-12)
 
 
 def setup_merge(seed=0):

@@ -29,6 +29,7 @@ LAMBDAS = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)  # relative to the mean diagonal of the 
 # toward the merged weights a strong ridge is meaningful (it approaches the unfitted merge), so search further
 LAMBDAS_MERGED = (*LAMBDAS, 10.0, 100.0)
 PRIORS = ("zero", "merged")
+SEARCH_START = 1.0  # where ridge_fit's walk along the grid starts (the strength most re-fits pick)
 HOLDOUT_EVERY = 4  # every 4th calibration window is held out: no fit sees it; decisions are scored on it
 MIN_WINDOWS = HOLDOUT_EVERY  # a held-out window needs at least this many calibration windows
 
@@ -75,6 +76,42 @@ class Gram:
         return torch.linalg.solve(self.xx + lam * scale * eye, rhs)
 
 
+class HeldOut:
+    """The held-out rows of X W^T ~ T, to score candidate weights: kept as rows while there are no more of them
+    than input features (an error then costs n d_in d_out instead of d_in^2 d_out through the statistics, and no
+    d_in^2 statistics are built), else turned into Gram statistics. float64, like Gram."""
+
+    def __init__(self) -> None:
+        self.rows: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self.gram: Gram | None = None
+        self.n = 0
+
+    def add(self, x: torch.Tensor, t: torch.Tensor, scale: float = 1.0) -> None:
+        x = x.reshape(-1, x.shape[-1]).double()
+        if scale != 1.0:
+            x = x * scale
+        t = t.reshape(-1, t.shape[-1]).double()
+        self.n += x.shape[0]
+        if self.gram is None and self.n <= x.shape[1]:
+            self.rows.append((x, t))
+            return
+        if self.gram is None:
+            self.gram = Gram()
+            for rx, rt in self.rows:
+                self.gram.add(rx, rt)
+            self.rows = []
+        self.gram.add(x, t)
+
+    def error(self, wt: torch.Tensor) -> float:
+        """||X W^T - T||^2 over the held-out rows for W^T = wt [d_in, d_out]."""
+        if self.gram is not None:
+            return self.gram.error(wt)
+        total = 0.0
+        for x, t in self.rows:
+            total += float(((x @ wt.to(x) - t) ** 2).sum())
+        return total
+
+
 @dataclass
 class RidgeResult:
     weight: torch.Tensor | None  # new W [d_out, d_in] in the layer's dtype, None when the fit did not help
@@ -104,13 +141,33 @@ def pick(solutions: dict[float, torch.Tensor], val_errors: dict[float, float], w
     return RidgeResult(solutions[lam].T.to(w0.dtype).contiguous(), lam, before, val_errors[lam], shown)
 
 
-def ridge_fit(fit: Gram, val: Gram, w0: torch.Tensor, prior: str = "zero") -> RidgeResult:
-    """Solve on `fit` for every lambda and keep the one with the lowest error on the held-out `val` windows, with
-    "keep `w0`" (lambda = infinity) as a candidate: the result's weight is None when no fit beats `w0` there.
-    The ridge pulls toward zero (`prior="zero"`) or toward `w0` (`"merged"`). error_before / error_after are the
-    held-out errors of `w0` and of the chosen weight."""
-    solutions = ridge_candidates(fit, w0, prior)
-    val_errors = {lam: val.error(wt) for lam, wt in solutions.items()}
+def ridge_fit(fit: Gram, val: Gram | HeldOut, w0: torch.Tensor, prior: str = "zero") -> RidgeResult:
+    """Solve on `fit` and keep the lambda with the lowest error on the held-out `val` windows, with "keep `w0`"
+    (lambda = infinity) as a candidate: the result's weight is None when no fit beats `w0` there. The ridge pulls
+    toward zero (`prior="zero"`) or toward `w0` (`"merged"`). error_before / error_after are the held-out errors of
+    `w0` and of the chosen weight.
+
+    The held-out error is unimodal along the lambda grid on every re-fit measured (54 of 54 on SmolLM2-135M), so
+    instead of solving for every lambda the search starts at SEARCH_START and walks the grid downhill: the same
+    choice as trying them all whenever the curve is unimodal, with 3-4 solves instead of 5-7 (the solves and their
+    errors are most of come-plus's cost). `val_errors` holds the lambdas it tried."""
+    if prior not in PRIORS:
+        raise ValueError(f"prior must be one of {PRIORS}, got {prior!r}")
+    lambdas = LAMBDAS if prior == "zero" else LAMBDAS_MERGED
+    center = None if prior == "zero" else w0.T.double()
+    solutions: dict[float, torch.Tensor] = {}
+    val_errors: dict[float, float] = {}
+
+    def key(i: int) -> tuple[float, float]:
+        lam = lambdas[i]
+        if lam not in solutions:
+            solutions[lam] = fit.solve(lam, center)
+            val_errors[lam] = val.error(solutions[lam])
+        return val_errors[lam], lam  # the order of `pick` (ties: the smaller lambda)
+
+    i = lambdas.index(SEARCH_START)
+    while (best := min((j for j in (i - 1, i, i + 1) if 0 <= j < len(lambdas)), key=key)) != i:
+        i = best
     val_errors[math.inf] = val.error(w0.T)  # no re-fit: the merged weights as they are
     return pick(solutions, val_errors, w0)
 
@@ -120,7 +177,7 @@ def _held(x: torch.Tensor, first_window: int) -> torch.Tensor:
     return held_out_windows(first_window + x.shape[0])[first_window:].to(x.device)
 
 
-def _split_add(fit: Gram, val: Gram | None, x: torch.Tensor, t: torch.Tensor, first_window: int,
+def _split_add(fit: Gram, val: Gram | HeldOut | None, x: torch.Tensor, t: torch.Tensor, first_window: int,
                scale: float = 1.0) -> None:
     """Add windows of a batch to `fit` or `val` by their global index (every HOLDOUT_EVERY-th is held out; with
     `val` None it is left out)."""
@@ -236,7 +293,7 @@ def _fit_projection(calib: Calibration, adapter: ModelAdapter, layer: nn.Module,
     if post is not None:
         return _post_norm_fit(calib, adapter, layer, inputs, proj, kind, post, target, starts, prior)
     m = adapter.residual_multiplier(layer)
-    fit, val = Gram(), Gram()
+    fit, val = Gram(), HeldOut()
 
     def add(b, h, x, y, out):
         t = target(b, h, out).to(x.device).float()

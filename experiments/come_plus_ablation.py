@@ -31,6 +31,10 @@ VARIANTS = [
     Variant("come-plus + drop candidates, mix", "come-plus", {"drop_candidates": True}, calib_data="mix"),
     Variant("come + re-fit (no ratio choice), mix", "come", {"reconstruct": True}, calib_data="mix"),
     Variant("come, mix", "come", calib_data="mix"),
+    Variant("come-plus, pairs around SLEB's choice (--pair-score drop), mix", "come-plus", {"pair_score": "drop"},
+            calib_data="mix"),
+    Variant("come, pairs around SLEB's choice (--pair-score drop), mix", "come", {"pair_score": "drop"},
+            calib_data="mix"),
 ]
 SOURCES = ["wiki-passages", *OOD_DOMAINS]
 SCORES = ("layers", "params", "ppl", "ppl_by_source", "ppl_ood_gmean", "eval_wall_s")  # of a row, as evaluated

@@ -82,6 +82,9 @@ class PruneConfig:
     remerge: bool = arg(False, help="allow merging layers that are already merges")
     ratio_power: float = arg(1.0, help="p of the merge ratio r_i = BI_i^p / sum BI^p (1: the paper's)")
     grid: int = arg(20, help="CoMe-P ratio grid size g (ratios 0, 1/g, ..., 1)")
+    grid_search: str = arg("full", choices=["full", "walk"],
+                           help="CoMe-P: try every ratio of the grid, or walk it downhill from the point nearest "
+                           "r_BI (the same choice whenever the NLL is unimodal in the ratio, with far fewer trials)")
     loss_samples: int | None = arg(None, help="windows used for loss trials (sleb, laco, come-p, --pair-score "
                                    "loss, --drop-candidates), rounded up to whole batches (default: all)")
     reconstruct: bool = arg(False, help="come/come-p: ridge re-fit of each merged layer's o_proj/down_proj (always "

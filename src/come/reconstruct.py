@@ -24,6 +24,7 @@ from torch import nn
 
 from come.capture import Calibration, _first, on_device
 from come.models import ModelAdapter
+from come.search import downhill
 
 LAMBDAS = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)  # relative to the mean diagonal of the Gram matrix
 # toward the merged weights a strong ridge is meaningful (it approaches the unfitted merge), so search further
@@ -165,9 +166,7 @@ def ridge_fit(fit: Gram, val: Gram | HeldOut, w0: torch.Tensor, prior: str = "ze
             val_errors[lam] = val.error(solutions[lam])
         return val_errors[lam], lam  # the order of `pick` (ties: the smaller lambda)
 
-    i = lambdas.index(SEARCH_START)
-    while (best := min((j for j in (i - 1, i, i + 1) if 0 <= j < len(lambdas)), key=key)) != i:
-        i = best
+    downhill(len(lambdas), lambdas.index(SEARCH_START), key)
     val_errors[math.inf] = val.error(w0.T)  # no re-fit: the merged weights as they are
     return pick(solutions, val_errors, w0)
 

@@ -15,6 +15,7 @@ from come.methods.base import PruneContext
 from come.methods.registry import Limit, Method, register
 from come.reconstruct import MIN_WINDOWS, attention_updates, held_out_windows, refit_merged
 from come.scores import attn_group_sensitivity, bi_ratio, mlp_sensitivity, pair_scores, split_budget, top_k
+from come.search import downhill
 
 PAPER = "Layer as Puzzle Pieces: Compressing Large Language Models through Layer Concatenation (NeurIPS 2025)"
 
@@ -22,7 +23,7 @@ PAPER = "Layer as Puzzle Pieces: Compressing Large Language Models through Layer
 def come_reads(settings: dict) -> tuple[str, ...]:
     """The PruneConfig fields the CoMe family's plans depend on; the re-fit's only when it re-fits."""
     fields = ("norm", "pair_score", "pair_tokens", "remerge", "ratio_power", "grid", "reconstruct",
-              "drop_candidates")
+              "drop_candidates") + (("grid_search",) if settings.get("method") == "come-p" else ())
     refits = settings.get("reconstruct") or settings.get("method") == "come-plus"
     return fields + (("refit_target", "refit_prior") if refits else ())
 
@@ -102,6 +103,22 @@ def ratio_grid(ratios: str, r_bi: float, g: int) -> list[float]:
     if ratios == "grid":
         return [i / g for i in range(g + 1)]
     return sorted({0.0, r_bi, 1.0})
+
+
+def walk_ratios(ctx: PruneContext, l: int, grid: list[float], r_bi: float, targets, windows) -> dict:
+    """`--grid-search walk`: the trials of CoMe-P's grid from the point nearest r_BI, walking to the better
+    neighbour while one is better (come.search.downhill): the grid's best ratio whenever the NLL is unimodal in
+    the ratio, with a handful of trials instead of g + 1. {ratio: trial} of the ratios tried."""
+    trials: dict = {}
+
+    def key(k: int) -> tuple[float, float]:
+        r = grid[k]
+        if r not in trials:
+            trials[r] = trial(ctx, merge_step(ctx, l, (r, 1 - r)), targets, windows=windows)
+        return trials[r][1], abs(r - r_bi)
+
+    downhill(len(grid), min(range(len(grid)), key=lambda k: (abs(grid[k] - r_bi), k)), key)
+    return trials
 
 
 def merge_or_drop(ctx: PruneContext, ratios: str, reconstruct: bool, windows, dense: list | None) -> None:
@@ -209,11 +226,14 @@ def progressive_merge(ctx: PruneContext, ratios: str = "bi", reconstruct: bool =
         targets = targets_of(l)
         grid = ratio_grid(ratios, ratio[0], cfg.grid)
         scored = len(grid) > 1 or drops
-        trials = {r: trial(ctx, merge_step(ctx, l, (r, 1 - r)), targets, score=scored, windows=windows)
-                  for r in ctx.trials(grid, f"ratios of pair {l}")}
+        if ratios == "grid" and cfg.grid_search == "walk":
+            trials = walk_ratios(ctx, l, grid, ratio[0], targets, windows)
+        else:
+            trials = {r: trial(ctx, merge_step(ctx, l, (r, 1 - r)), targets, score=scored, windows=windows)
+                      for r in ctx.trials(grid, f"ratios of pair {l}")}
         if len(grid) > 1:
             scores["ratio_grid_nll"] = {f"{r:.4f}": t[1] for r, t in trials.items()}
-        best = min(grid, key=lambda r: (trials[r][1] or 0.0, abs(r - ratio[0])))
+        best = min(trials, key=lambda r: (trials[r][1] or 0.0, abs(r - ratio[0])))
         step, merge_nll, weights, report = trials[best]
         if drops:
             scores["merge_nll"] = merge_nll

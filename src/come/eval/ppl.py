@@ -81,7 +81,7 @@ def perplexity(model, tokenizer, source: str, seq_len: int = 2048, max_windows: 
     """exp(mean next-token NLL) over non-overlapping `seq_len` windows of the evaluation part of `source`."""
     check_seq_len(model, seq_len)
     if batch_size < 1:
-        raise ComeError(f"--batch-size {batch_size} must be at least 1")
+        raise ComeError(f"--eval-batch-size {batch_size} must be at least 1")
     windows = eval_windows(tokenizer, source, seq_len, bos, max_windows)
     per_window: list[float] = []
     nll, count = window_nll(model, windows, batch_size, progress, per_window)

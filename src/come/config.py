@@ -84,7 +84,7 @@ class PruneConfig:
     grid: int = arg(20, help="CoMe-P ratio grid size g (ratios 0, 1/g, ..., 1)")
     grid_search: str = arg("full", choices=["full", "walk"],
                            help="CoMe-P: try every ratio of the grid, or walk it downhill from the point nearest "
-                           "r_BI (the same choice whenever the NLL is unimodal in the ratio, with far fewer trials)")
+                           "r_BI (far fewer trials; a local minimum: the NLL has several along the grid)")
     loss_samples: int | None = arg(None, help="windows used for loss trials (sleb, laco, come-p, --pair-score "
                                    "loss, --drop-candidates), rounded up to whole batches (default: all)")
     reconstruct: bool = arg(False, help="come/come-p: ridge re-fit of each merged layer's o_proj/down_proj (always "

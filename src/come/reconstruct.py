@@ -40,6 +40,14 @@ def held_out_windows(n_windows: int) -> torch.Tensor:
     return torch.arange(n_windows) % HOLDOUT_EVERY == HOLDOUT_EVERY - 1
 
 
+def _rows(x: torch.Tensor, t: torch.Tensor, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(scale * x, t) as float64 rows [n, features] (what Gram and HeldOut accumulate)."""
+    x = x.reshape(-1, x.shape[-1]).double()
+    if scale != 1.0:
+        x = x * scale
+    return x, t.reshape(-1, t.shape[-1]).double()
+
+
 @dataclass
 class Gram:
     """Sufficient statistics of a least-squares problem X W^T ~ T: X^T X, X^T T and ||T||^2 (float64)."""
@@ -51,10 +59,7 @@ class Gram:
 
     def add(self, x: torch.Tensor, t: torch.Tensor, scale: float = 1.0) -> None:
         """Add the rows of (scale * x, t)."""
-        x = x.reshape(-1, x.shape[-1]).double()
-        if scale != 1.0:
-            x = x * scale
-        t = t.reshape(-1, t.shape[-1]).double()
+        x, t = _rows(x, t, scale)
         xx, xt = x.T @ x, x.T @ t
         self.xx = xx if self.xx is None else self.xx + xx
         self.xt = xt if self.xt is None else self.xt + xt
@@ -88,10 +93,7 @@ class HeldOut:
         self.n = 0
 
     def add(self, x: torch.Tensor, t: torch.Tensor, scale: float = 1.0) -> None:
-        x = x.reshape(-1, x.shape[-1]).double()
-        if scale != 1.0:
-            x = x * scale
-        t = t.reshape(-1, t.shape[-1]).double()
+        x, t = _rows(x, t, scale)
         self.n += x.shape[0]
         if self.gram is None and self.n <= x.shape[1]:
             self.rows.append((x, t))
@@ -122,12 +124,16 @@ class RidgeResult:
     val_errors: dict = field(default_factory=dict)
 
 
-def ridge_candidates(fit: Gram, w0: torch.Tensor, prior: str = "zero") -> dict[float, torch.Tensor]:
-    """{lambda: W^T} solved on `fit` for every lambda of the prior's grid (see ridge_fit)."""
+def _prior_grid(w0: torch.Tensor, prior: str) -> tuple[tuple[float, ...], torch.Tensor | None]:
+    """The prior's ridge strengths and what it pulls toward (None: zero; see ridge_fit)."""
     if prior not in PRIORS:
         raise ValueError(f"prior must be one of {PRIORS}, got {prior!r}")
-    lambdas = LAMBDAS if prior == "zero" else LAMBDAS_MERGED
-    center = None if prior == "zero" else w0.T.double()
+    return (LAMBDAS, None) if prior == "zero" else (LAMBDAS_MERGED, w0.T.double())
+
+
+def ridge_candidates(fit: Gram, w0: torch.Tensor, prior: str = "zero") -> dict[float, torch.Tensor]:
+    """{lambda: W^T} solved on `fit` for every lambda of the prior's grid (see ridge_fit)."""
+    lambdas, center = _prior_grid(w0, prior)
     return {lam: fit.solve(lam, center) for lam in lambdas}
 
 
@@ -152,10 +158,7 @@ def ridge_fit(fit: Gram, val: Gram | HeldOut, w0: torch.Tensor, prior: str = "ze
     instead of solving for every lambda the search starts at SEARCH_START and walks the grid downhill: the same
     choice as trying them all whenever the curve is unimodal, with 3-4 solves instead of 5-7 (the solves and their
     errors are most of come-plus's cost). `val_errors` holds the lambdas it tried."""
-    if prior not in PRIORS:
-        raise ValueError(f"prior must be one of {PRIORS}, got {prior!r}")
-    lambdas = LAMBDAS if prior == "zero" else LAMBDAS_MERGED
-    center = None if prior == "zero" else w0.T.double()
+    lambdas, center = _prior_grid(w0, prior)
     solutions: dict[float, torch.Tensor] = {}
     val_errors: dict[float, float] = {}
 

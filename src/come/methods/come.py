@@ -121,20 +121,24 @@ def walk_ratios(ctx: PruneContext, l: int, grid: list[float], r_bi: float, targe
     return trials
 
 
+def drop_cost(ctx: PruneContext, removal: list[float], d: int, windows) -> float:
+    """What dropping layer d costs on the windows the merges are judged on (the held-out mask `windows`, else the
+    loss windows `removal` was scored on), so the two compare like for like."""
+    if windows is None:
+        return removal[d]
+    return ctx.calib.forward_from(d, list(ctx.adapter.layers)[d + 1 :], None, windows)
+
+
 def merge_or_drop(ctx: PruneContext, ratios: str, reconstruct: bool, windows, dense: list | None) -> None:
     """One step of `--pair-score drop`: find the layer d whose removal costs least (SLEB's choice), then try every
     merge of a pair holding it, (d-1, d) and (d, d+1), at each ratio (ratio 1 of (d-1, d) keeps layer d-1 alone: a
     drop of d with a re-fitted neighbour), and the plain drop; take the lowest NLL (on the held-out windows when
     `windows` is given). The merges are where SLEB would cut, not where adjacent states look most alike."""
-    from come.methods.sleb import drop_layer, removal_nll
+    from come.methods.sleb import cheapest_removal, drop_layer
 
     cfg = ctx.config
-    removal = removal_nll(ctx, ctx.loss_batches)  # a drop fits nothing: chosen on the loss windows, as SLEB does
-    d = min(range(len(removal)), key=lambda i: (removal[i], i))
-    scores: dict = {"removal_nll": removal, "candidates": []}
-    # what the drop costs on the windows the merges are judged on, so they compare like for like
-    scores["drop_nll"] = removal[d] if windows is None else ctx.calib.forward_from(
-        d, list(ctx.adapter.layers)[d + 1 :], None, windows)
+    removal, d = cheapest_removal(ctx, ctx.loss_batches)  # a drop fits nothing: chosen on the loss windows, as SLEB
+    scores: dict = {"removal_nll": removal, "candidates": [], "drop_nll": drop_cost(ctx, removal, d, windows)}
     if windows is not None:
         scores["scored_on"] = "held-out windows"
     bi = [s.bi for s in ctx.calib.stats]
@@ -173,7 +177,7 @@ def progressive_merge(ctx: PruneContext, ratios: str = "bi", reconstruct: bool =
     held_out: score every choice (ratio, merge vs. drop, pair by loss) on the held-out calibration windows that no
     re-fit sees (come-plus), instead of on the loss windows.
     """
-    from come.methods.sleb import drop_layer, removal_nll
+    from come.methods.sleb import cheapest_removal, drop_layer
 
     cfg = ctx.config
     pair_score = pair_score or cfg.pair_score
@@ -190,14 +194,12 @@ def progressive_merge(ctx: PruneContext, ratios: str = "bi", reconstruct: bool =
         bi = [s.bi for s in ctx.calib.stats]
         cands = candidates(ctx)
         if drops:  # SLEB's choice of a layer to drop (a drop fits nothing: scored on the loss windows as SLEB does)
-            drop_nll = removal_nll(ctx, ctx.loss_batches)
-            d = min(range(len(drop_nll)), key=lambda i: (drop_nll[i], i))
+            drop_nll, d = cheapest_removal(ctx, ctx.loss_batches)
         if drops and not cands:  # no fresh pair left: dropping is the only move
             drop_layer(ctx, d, {"removal_nll": drop_nll})
             continue
-        if drops:  # what the drop costs on the windows the merge is judged on, so the two compare like for like
-            d_nll = drop_nll[d] if windows is None else ctx.calib.forward_from(d, list(ctx.adapter.layers)[d + 1 :],
-                                                                              None, windows)
+        if drops:
+            d_nll = drop_cost(ctx, drop_nll, d, windows)
         if not cands:
             raise ComeError(
                 f"no pair left to merge at {ctx.num_layers} layers without re-merging: "

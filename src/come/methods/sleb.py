@@ -20,6 +20,12 @@ def removal_nll(ctx: PruneContext, n_batches: int | None = None, windows=None) -
     return [ctx.calib.forward_from(i, layers[i + 1 :], n, windows) for i in trials]
 
 
+def cheapest_removal(ctx: PruneContext, n_batches: int | None = None) -> tuple[list[float], int]:
+    """SLEB's choice: (removal NLL of every layer, the layer whose removal costs least; ties: the first)."""
+    nll = removal_nll(ctx, n_batches)
+    return nll, min(range(len(nll)), key=lambda i: (nll[i], i))
+
+
 def drop_layer(ctx: PruneContext, l: int, scores: dict) -> None:
     """Drop current layer `l` (a plan step) and re-run the calibration cache from it."""
     ctx.apply({"op": "drop", "layer": l, "sources": list(ctx.tree[l]), "scores": scores})
@@ -30,8 +36,7 @@ def sleb(ctx: PruneContext) -> None:
     ctx.calib.run(0)
     n = ctx.loss_batches
     while ctx.num_layers > ctx.target_layers:
-        nll = removal_nll(ctx, n)
-        l = min(range(len(nll)), key=lambda i: (nll[i], i))
+        nll, l = cheapest_removal(ctx, n)
         drop_layer(ctx, l, {"removal_nll": nll})
 
 

@@ -145,3 +145,48 @@ def test_each_step_is_reported_when_progress_is_on(tiny_dir, capsys, caplog):
     assert len(logged) == 2
     assert logged[0].startswith(f"sleb step 1: drop at layer {res.plan.steps[0]['layer']} -> 5 layers (")
     assert " -> 4 layers (" in logged[1]
+
+
+def test_cross_fit_judges_every_window_and_applies_the_default_refit(tiny_dir, monkeypatch):
+    """--cross-fit: each re-fitted trial is scored on every window, fold by fold, each fold by a fit that held it
+    out. The default fold's NLL and weights are exactly those of the plain held-out trial (the applied re-fit is
+    unchanged); the trial's NLL is the window-weighted mean of its folds; the drop competes on every window."""
+    import dataclasses
+
+    from come.methods import come as come_mod
+    from come.reconstruct import FOLD, HOLDOUT_EVERY, held_out_windows
+
+    path, text = tiny_dir
+    real, checked = come_mod.cross_fitted, []
+
+    def spy(ctx, step, targets):
+        out = real(ctx, step, targets)
+        n = ctx.calib.input_ids.shape[0]
+        plain_ctx = dataclasses.replace(ctx, config=dataclasses.replace(ctx.config, cross_fit=False))
+        plain = come_mod.trial(plain_ctx, step, targets, windows=held_out_windows(n))
+        folds = out[3]["cross_fit_nll"]
+        assert folds[str(FOLD)] == plain[1] and out[2].keys() == plain[2].keys()
+        assert all(torch.equal(out[2][k], plain[2][k]) for k in plain[2])
+        sizes = {str(f): int(held_out_windows(n, f).sum()) for f in range(HOLDOUT_EVERY)}
+        assert out[1] == pytest.approx(sum(folds[f] * sizes[f] for f in folds) / n, rel=1e-12)
+        checked.append(len(folds))
+        return out
+
+    monkeypatch.setattr(come_mod, "cross_fitted", spy)
+    res = prune(prune_config(path, text, method="come-plus", target_layers=2, pair_score="drop", cross_fit=True,
+                             samples=8))
+    assert checked and set(checked) == {HOLDOUT_EVERY}
+    for st in (s for s in res.plan.steps if s["op"] != "refit"):
+        sc = st["scores"]
+        assert sc["scored_on"] == "every window, cross-fitted"
+        assert sc["drop_nll"] == sc["removal_nll"][sc["removal_nll"].index(min(sc["removal_nll"]))]
+    assert res.plan.settings["cross_fit"] is True
+    assert replays_bit_for_bit(res, path)
+
+
+def test_cross_fit_is_refused_where_nothing_is_re_fitted(tiny_dir):
+    from come.errors import ComeError
+
+    path, text = tiny_dir
+    with pytest.raises(ComeError, match="--cross-fit"):
+        prune(prune_config(path, text, method="sleb", target_layers=2, cross_fit=True))

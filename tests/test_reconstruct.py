@@ -10,6 +10,7 @@ from come.capture import Calibration
 from come.merge import concat_layers, replace_pair
 from come.models import get_adapter
 from come.reconstruct import (
+    HOLDOUT_EVERY,
     LAMBDAS,
     LAMBDAS_MERGED,
     PRIORS,
@@ -211,3 +212,30 @@ def test_the_fit_never_sees_the_held_out_windows(monkeypatch):
     replace_pair(a, l, merged)
     refit_merged(calib, a, a.layers[l], calib.hidden[l], attn_t, out_t, prior="merged")
     assert solved and set(solved) == {6 * 24}  # 6 of the 8 windows of 24 tokens; windows 3 and 7 never
+
+
+@pytest.mark.parametrize("fold", range(HOLDOUT_EVERY))
+def test_each_fold_is_kept_out_of_its_fit(monkeypatch, fold):
+    """--cross-fit re-fits with each fold of windows held out in turn: the targets of fold `fold`'s windows never
+    change a solution of the fit that holds it out, and those of any other window do."""
+    assert held_out_windows(8, fold).tolist() == [i % HOLDOUT_EVERY == fold for i in range(8)]
+    real = Gram.solve
+
+    def solutions(moved: int | None) -> dict:
+        got: dict = {}
+        monkeypatch.setattr(Gram, "solve", lambda self, lam, prior=None: got.setdefault(
+            (self.xx.shape[0], lam), real(self, lam, prior)))
+        model, a, calib, l, attn_t, out_t, d_ff = setup_merge()
+        if moved is not None:  # move window `moved`'s output target (moving its attention target could change
+            out_t[moved // 4][moved % 4] += 1.0  # the o_proj that wins, and so down_proj's inputs: not a leak)
+        merged = concat_layers(a, a.layers[l], a.layers[l + 1], ([0], [1]),
+                               (list(range(64)), list(range(64, 128))), (0.5, 0.5), "mean")
+        replace_pair(a, l, merged)
+        refit_merged(calib, a, a.layers[l], calib.hidden[l], attn_t, out_t, prior="merged", fold=fold)
+        return got
+
+    base = solutions(None)
+    inside, outside = solutions(fold + 4), solutions((fold + 1) % 4)
+    common = base.keys() & inside.keys()
+    assert common and all(torch.equal(base[k], inside[k]) for k in common)
+    assert any(not torch.equal(base[k], outside[k]) for k in base.keys() & outside.keys())

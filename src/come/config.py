@@ -93,6 +93,9 @@ class PruneConfig:
                             help="come-plus: re-fit to the current pair's output or to the dense model's")
     refit_prior: str = arg("merged", choices=["merged", "zero"],
                            help="re-fit: the ridge pulls toward the merged layer's own weights or toward zero")
+    cross_fit: bool = arg(False, help="come-plus: judge each choice on every calibration window instead of one "
+                          "held-out quarter (each quarter scored with a re-fit that did not see it: 4 re-fits per "
+                          "trial; the applied re-fit is unchanged)")
     method_options: dict = arg(default_factory=dict, flag="--option", repeat=True, metavar="KEY=VALUE",
                                parse=_option_dict, format=_option_words,
                                help="a method option, repeatable (laco: C=4, I=2, T=0.65, L=1; docs/methods.md)")
@@ -133,6 +136,9 @@ class PruneConfig:
             raise ComeError(f"--grid must be >= 1, got {self.grid}")
         if self.loss_samples is not None and self.loss_samples < 1:
             raise ComeError(f"--loss-samples must be >= 1, got {self.loss_samples}")
+        if self.cross_fit and self.method != "come-plus":
+            raise ComeError(f"--cross-fit judges come-plus's re-fitted choices, not {self.method}'s: drop it or "
+                            "pass --method come-plus")
         self.calib.validate()
         need = getattr(method, "min_calib_samples", lambda _cfg: 1)(self)
         if self.calib.samples < need:

@@ -33,11 +33,14 @@ PRIORS = ("zero", "merged")
 SEARCH_START = 1.0  # where ridge_fit's walk along the grid starts (the strength most re-fits pick)
 HOLDOUT_EVERY = 4  # every 4th calibration window is held out: no fit sees it; decisions are scored on it
 MIN_WINDOWS = HOLDOUT_EVERY  # a held-out window needs at least this many calibration windows
+FOLD = HOLDOUT_EVERY - 1  # the held-out fold of the applied re-fit: the last window of each group of HOLDOUT_EVERY
 
 
-def held_out_windows(n_windows: int) -> torch.Tensor:
-    """Boolean mask of the held-out calibration windows (every HOLDOUT_EVERY-th, the last of each group)."""
-    return torch.arange(n_windows) % HOLDOUT_EVERY == HOLDOUT_EVERY - 1
+def held_out_windows(n_windows: int, fold: int = FOLD) -> torch.Tensor:
+    """Boolean mask of the held-out calibration windows: fold `fold` (0 <= fold < HOLDOUT_EVERY) holds every
+    window whose index is `fold` modulo HOLDOUT_EVERY; the default is the last of each group. The folds together
+    cover every window once (what `--cross-fit` scores on)."""
+    return torch.arange(n_windows) % HOLDOUT_EVERY == fold
 
 
 def _rows(x: torch.Tensor, t: torch.Tensor, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -174,16 +177,16 @@ def ridge_fit(fit: Gram, val: Gram | HeldOut, w0: torch.Tensor, prior: str = "ze
     return pick(solutions, val_errors, w0)
 
 
-def _held(x: torch.Tensor, first_window: int) -> torch.Tensor:
-    """Which windows of a batch (starting at global window `first_window`) are held out."""
-    return held_out_windows(first_window + x.shape[0])[first_window:].to(x.device)
+def _held(x: torch.Tensor, first_window: int, fold: int) -> torch.Tensor:
+    """Which windows of a batch (starting at global window `first_window`) are in the held-out `fold`."""
+    return held_out_windows(first_window + x.shape[0], fold)[first_window:].to(x.device)
 
 
 def _split_add(fit: Gram, val: Gram | HeldOut | None, x: torch.Tensor, t: torch.Tensor, first_window: int,
-               scale: float = 1.0) -> None:
-    """Add windows of a batch to `fit` or `val` by their global index (every HOLDOUT_EVERY-th is held out; with
-    `val` None it is left out)."""
-    held = _held(x, first_window)
+               fold: int, scale: float = 1.0) -> None:
+    """Add windows of a batch to `fit` or `val` by their global index (those of the held-out `fold` to `val`; with
+    `val` None they are left out)."""
+    held = _held(x, first_window, fold)
     if (~held).any():
         fit.add(x[~held], t[~held], scale)
     if val is not None and held.any():
@@ -228,8 +231,8 @@ def attention_updates(calib: Calibration, adapter: ModelAdapter, l: int) -> list
 
 
 def refit_merged(calib: Calibration, adapter: ModelAdapter, layer: nn.Module, inputs: Sequence[torch.Tensor],
-                 attn_target: Sequence[torch.Tensor], out_target: Sequence[torch.Tensor], prior: str = "zero"
-                 ) -> tuple[dict[str, torch.Tensor], dict]:
+                 attn_target: Sequence[torch.Tensor], out_target: Sequence[torch.Tensor], prior: str = "zero",
+                 fold: int = FOLD) -> tuple[dict[str, torch.Tensor], dict]:
     """Ridge re-fit (in place) of o_proj then down_proj of a merged `layer` that runs on `inputs` (per batch);
     returns (weights, report). `attn_target`: per batch, the attention residual update to match (see
     attention_updates); `out_target`: the layer output to match. `prior`: what the ridge pulls toward (see
@@ -238,7 +241,8 @@ def refit_merged(calib: Calibration, adapter: ModelAdapter, layer: nn.Module, in
     Each sub-layer adds `residual_update(y)` to the residual, y its output projection's output. Without a post-norm
     that is m (x W^T + b), linear in W (m: the residual multiplier, 1 but for Granite): the fit solves
     ||(m x) W^T - (T - m b)||^2 exactly and its held-out error is the true error of the update (of the layer
-    output, for down_proj). Behind a post-norm (Gemma 2/3, OLMo 2) it is not linear: see `_post_norm_fit`."""
+    output, for down_proj). Behind a post-norm (Gemma 2/3, OLMo 2) it is not linear: see `_post_norm_fit`.
+    `fold`: the calibration windows held out of the fit (held_out_windows), on which the ridge strength is chosen."""
     sizes = [h.shape[0] for h in inputs]
     starts = [sum(sizes[:b]) for b in range(len(sizes))]
     weights, report = {}, {}
@@ -248,11 +252,11 @@ def refit_merged(calib: Calibration, adapter: ModelAdapter, layer: nn.Module, in
 
     def attn_t(b, h, out):
         if post:
-            held = _held(h, starts[b])
+            held = _held(h, starts[b], fold)
             plain[b] = float(((out[held].double() - out_target[b][held].to(out.device).double()) ** 2).sum())
         return attn_target[b]
 
-    o_res = _fit_projection(calib, adapter, layer, inputs, o, "attn", attn_t, starts, prior)
+    o_res = _fit_projection(calib, adapter, layer, inputs, o, "attn", attn_t, starts, prior, fold)
     # the plain merge's weights, to go back to (only behind post-norms, and only if o_proj changes)
     plain_w = [p.weight.detach().clone() for p in (o, down)] if post and o_res.weight is not None else None
     _install("o_proj", o, o_res, weights, report, prior)
@@ -266,7 +270,7 @@ def refit_merged(calib: Calibration, adapter: ModelAdapter, layer: nn.Module, in
         return out_target[b].to(h.device).float() - u
 
     try:
-        down_res = _fit_projection(calib, adapter, layer, inputs, down, "mlp", mlp_t, starts, prior)
+        down_res = _fit_projection(calib, adapter, layer, inputs, down, "mlp", mlp_t, starts, prior, fold)
     finally:
         handle.remove()
     _install("down_proj", down, down_res, weights, report, prior)
@@ -287,13 +291,14 @@ def refit_merged(calib: Calibration, adapter: ModelAdapter, layer: nn.Module, in
 
 
 def _fit_projection(calib: Calibration, adapter: ModelAdapter, layer: nn.Module, inputs: Sequence[torch.Tensor],
-                    proj: nn.Linear, kind: str, target: Callable, starts: list[int], prior: str) -> RidgeResult:
+                    proj: nn.Linear, kind: str, target: Callable, starts: list[int], prior: str, fold: int
+                    ) -> RidgeResult:
     """Fit `proj` (the output projection of sub-layer `kind`) so the sub-layer's residual update matches
     target(batch, layer_input, layer_output) on the fit windows; the result's errors are the true held-out ones,
     sum over held-out tokens of ||residual_update(kind, x W^T + b) - target||^2."""
     post = adapter.attn_post_norm(layer) if kind == "attn" else adapter.mlp_post_norm(layer)
     if post is not None:
-        return _post_norm_fit(calib, adapter, layer, inputs, proj, kind, post, target, starts, prior)
+        return _post_norm_fit(calib, adapter, layer, inputs, proj, kind, post, target, starts, prior, fold)
     m = adapter.residual_multiplier(layer)
     fit, val = Gram(), HeldOut()
 
@@ -301,15 +306,15 @@ def _fit_projection(calib: Calibration, adapter: ModelAdapter, layer: nn.Module,
         t = target(b, h, out).to(x.device).float()
         if proj.bias is not None:
             t = t - m * proj.bias.float()
-        _split_add(fit, val, x, t, starts[b], m)
+        _split_add(fit, val, x, t, starts[b], fold, m)
 
     capture(calib, layer, inputs, proj, add)
     return ridge_fit(fit, val, proj.weight.detach(), prior)
 
 
 def _post_norm_fit(calib: Calibration, adapter: ModelAdapter, layer: nn.Module, inputs: Sequence[torch.Tensor],
-                   proj: nn.Linear, kind: str, post: nn.Module, target: Callable, starts: list[int], prior: str
-                   ) -> RidgeResult:
+                   proj: nn.Linear, kind: str, post: nn.Module, target: Callable, starts: list[int], prior: str,
+                   fold: int) -> RidgeResult:
     """Behind a post-norm the update m PN(x W^T + b) is not linear in W. An RMSNorm keeps only the direction of
     its input, so the fit matches a pre-norm target that the norm maps onto the target's direction: per token,
     (T / m) g / (g^2 + eps) (g: the norm's scale, eps = 1e-3 of its mean square, for channels it nearly
@@ -329,7 +334,7 @@ def _post_norm_fit(calib: Calibration, adapter: ModelAdapter, layer: nn.Module, 
         z = v * (rms_y / rms_v.clamp_min(1e-12))
         if proj.bias is not None:
             z = z - proj.bias.float()
-        _split_add(fit, None, x, z, starts[b])
+        _split_add(fit, None, x, z, starts[b], fold)
 
     capture(calib, layer, inputs, proj, add)
     w0 = proj.weight.detach()
@@ -339,7 +344,7 @@ def _post_norm_fit(calib: Calibration, adapter: ModelAdapter, layer: nn.Module, 
     errors = dict.fromkeys(installed, 0.0)
 
     def score(b, h, x, y, out):
-        held = _held(x, starts[b])
+        held = _held(x, starts[b], fold)
         if not held.any():
             return
         t = target(b, h, out)[held].to(x.device).double()

@@ -13,7 +13,7 @@ from come.errors import ComeError
 from come.merge import concat_layers
 from come.methods.base import PruneContext
 from come.methods.registry import Limit, Method, register
-from come.reconstruct import MIN_WINDOWS, attention_updates, held_out_windows, refit_merged
+from come.reconstruct import FOLD, HOLDOUT_EVERY, MIN_WINDOWS, attention_updates, held_out_windows, refit_merged
 from come.scores import attn_group_sensitivity, bi_ratio, mlp_sensitivity, pair_scores, split_budget, top_k
 from come.search import downhill
 
@@ -25,7 +25,7 @@ def come_reads(settings: dict) -> tuple[str, ...]:
     fields = ("norm", "pair_score", "pair_tokens", "remerge", "ratio_power", "grid", "reconstruct",
               "drop_candidates") + (("grid_search",) if settings.get("method") == "come-p" else ())
     refits = settings.get("reconstruct") or settings.get("method") == "come-plus"
-    return fields + (("refit_target", "refit_prior") if refits else ())
+    return fields + (("refit_target", "refit_prior", "cross_fit") if refits else ())
 
 
 def merge_step(ctx: PruneContext, l: int, ratio: tuple[float, float]) -> dict:
@@ -54,17 +54,51 @@ def trial(ctx: PruneContext, step: dict, targets: tuple | None = None, score: bo
           windows: torch.Tensor | None = None) -> tuple[dict, float | None, dict, dict]:
     """(step, calibration NLL if `step` were applied, refit weights, refit report): the merged layer is ridge
     re-fitted to `targets` (attention, output) when given; the NLL (skipped unless `score`) re-runs only the
-    layers from the pair on, over the windows of the boolean mask `windows` (default: the loss windows)."""
+    layers from the pair on, over the windows of the boolean mask `windows` (default: the loss windows). With
+    --cross-fit a re-fitted trial scored on held-out windows is scored on every window instead (cross_fitted)."""
+    if targets is not None and windows is not None and score and ctx.config.cross_fit:
+        return cross_fitted(ctx, step, targets)
+    merged, weights, report = _merged(ctx, step, targets, FOLD)
+    n_batches = None if windows is not None else ctx.loss_batches
+    nll = ctx.calib.forward_from(step["layer"], [merged, *list(ctx.adapter.layers)[step["layer"] + 2 :]],
+                                 n_batches, windows) if score else None
+    return step, nll, weights, report
+
+
+def _merged(ctx: PruneContext, step: dict, targets: tuple | None, fold: int) -> tuple:
+    """(merged layer of `step`, refit weights, refit report), re-fitted to `targets` with `fold` held out."""
     a, l = ctx.adapter, step["layer"]
     merged = concat_layers(
         a, a.layers[l], a.layers[l + 1], step["attn_groups"], step["mlp_channels"], step["ratio"], step["norm"]
     )
     weights, report = {}, {}
     if targets is not None:
-        weights, report = refit_merged(ctx.calib, a, merged, ctx.calib.hidden[l], *targets, ctx.config.refit_prior)
-    n_batches = None if windows is not None else ctx.loss_batches
-    nll = ctx.calib.forward_from(l, [merged, *list(a.layers)[l + 2 :]], n_batches, windows) if score else None
-    return step, nll, weights, report
+        weights, report = refit_merged(ctx.calib, a, merged, ctx.calib.hidden[l], *targets, ctx.config.refit_prior,
+                                       fold)
+    return merged, weights, report
+
+
+def cross_fitted(ctx: PruneContext, step: dict, targets: tuple) -> tuple[dict, float, dict, dict]:
+    """`trial` under --cross-fit: for each of the HOLDOUT_EVERY folds of calibration windows, re-fit with that fold
+    held out and score the fold; the NLL is the mean over every window, each judged by a fit that never saw it.
+    The weights (and report) are the default fold's, the re-fit the step applies; the report adds the folds'
+    NLLs. HOLDOUT_EVERY re-fits per trial instead of one, and the suffix runs over all windows, not a quarter."""
+    l, n = step["layer"], ctx.calib.input_ids.shape[0]
+    suffix = list(ctx.adapter.layers)[l + 2 :]
+    total, count, folds, kept = 0.0, 0, {}, ({}, {})
+    for fold in range(HOLDOUT_EVERY):
+        mask = held_out_windows(n, fold)
+        if not mask.any():
+            continue
+        merged, weights, report = _merged(ctx, step, targets, fold)
+        nll = ctx.calib.forward_from(l, [merged, *suffix], None, mask)
+        folds[str(fold)] = nll
+        total, count = total + nll * int(mask.sum()), count + int(mask.sum())
+        if fold == FOLD:
+            kept = (weights, report)
+    weights, report = kept
+    report["cross_fit_nll"] = folds
+    return step, total / count, weights, report
 
 
 def candidates(ctx: PruneContext) -> list[int]:
@@ -123,10 +157,17 @@ def walk_ratios(ctx: PruneContext, l: int, grid: list[float], r_bi: float, targe
 
 def drop_cost(ctx: PruneContext, removal: list[float], d: int, windows) -> float:
     """What dropping layer d costs on the windows the merges are judged on (the held-out mask `windows`, else the
-    loss windows `removal` was scored on), so the two compare like for like."""
-    if windows is None:
+    loss windows `removal` was scored on; every window under --cross-fit), so the two compare like for like."""
+    if windows is None or (ctx.config.cross_fit and ctx.loss_batches is None):
         return removal[d]
+    if ctx.config.cross_fit:
+        windows = None
     return ctx.calib.forward_from(d, list(ctx.adapter.layers)[d + 1 :], None, windows)
+
+
+def scored_on(ctx: PruneContext) -> str:
+    """What a plan's held-out scores were measured on (recorded with each step)."""
+    return "every window, cross-fitted" if ctx.config.cross_fit else "held-out windows"
 
 
 def merge_or_drop(ctx: PruneContext, ratios: str, reconstruct: bool, windows, dense: list | None) -> None:
@@ -140,7 +181,7 @@ def merge_or_drop(ctx: PruneContext, ratios: str, reconstruct: bool, windows, de
     removal, d = cheapest_removal(ctx, ctx.loss_batches)  # a drop fits nothing: chosen on the loss windows, as SLEB
     scores: dict = {"removal_nll": removal, "candidates": [], "drop_nll": drop_cost(ctx, removal, d, windows)}
     if windows is not None:
-        scores["scored_on"] = "held-out windows"
+        scores["scored_on"] = scored_on(ctx)
     bi = [s.bi for s in ctx.calib.stats]
     pairs = [i for i in (d - 1, d) if i in candidates(ctx)]
     best = None  # (nll, |r - r_BI|, pair, trial)
@@ -207,7 +248,7 @@ def progressive_merge(ctx: PruneContext, ratios: str = "bi", reconstruct: bool =
             )
         scores: dict = {"pair_angular": sbi, "bi": bi, "candidates": cands}
         if held_out:
-            scores["scored_on"] = "held-out windows"
+            scores["scored_on"] = scored_on(ctx)
         if drops:
             scores["removal_nll"] = drop_nll
             scores["drop_nll"] = d_nll

@@ -287,6 +287,18 @@ def test_dry_run_placement_follows_the_gpu_size(run, gpu, weights, cache):
     assert f["parameters"].startswith("8,030,261,248 -> 6,285,365,248")
 
 
+def test_dry_run_counts_the_re_fit_passes_four_times_with_cross_fit(run):
+    """come-plus, 32 -> 24 layers: 8 steps of 3 ratio trials, each re-fitting the merged layer with 2 passes of it
+    (8 with --cross-fit, one fit per fold): 24 * 2 / 32 and 24 * 8 / 32 full-pass equivalents on top of
+    1 + 8 + 24."""
+    args = (CONFIGS / "llama-3-8b", "--target-layers", 24, "--method", "come-plus", "--gpu-memory", "80GiB")
+    _, plain = dry(run, *args)
+    _, crossed = dry(run, *args, "--cross-fit")
+    assert "(each with 2 passes of the merged layer" in plain["calibration"]
+    assert "(each with 8 passes of the merged layer" in crossed["calibration"]
+    assert "at most 35 full-pass" in plain["calibration"] and "at most 39 full-pass" in crossed["calibration"]
+
+
 @pytest.mark.parametrize("name,target", [("qwen2.5-7b", 21), ("mistral-7b-v0.1", 24), ("mistral-7b-v0.3", 24)])
 def test_dry_run_on_qwen_and_mistral_configs(run, name, target):
     _, f = dry(run, CONFIGS / name, "--target-layers", target, "--method", "sleb", "--device", "cpu")

@@ -7,6 +7,7 @@ needs. The memory figures are estimates from the shapes (stated in the output), 
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 
@@ -19,6 +20,7 @@ from come.models import count_params, get_adapter, load_config, meta_model, pars
 from come.names import display_name
 from come.placement import gib, resolve_device
 from come.prune import check_reachable, decide_placement, resolve_target
+from come.reconstruct import HOLDOUT_EVERY
 
 RUNTIME = 2**30  # CPU memory of Python, torch and transformers themselves, roughly
 UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "m": 10**6, "mb": 10**6, "g": 10**9, "gb": 10**9,
@@ -189,6 +191,10 @@ def calibration_passes(cfg: PruneConfig, layers: int, target: int) -> tuple[floa
         trials = k * per_step
         total = 1 + k + trials * trial
         extra = f" + {trials} loss trials" if trials else ""
-        return total, (f"1 full pass + {k} re-runs from each merged layer on{extra}{on} (at most {total:.0f} "
+        if m == "come-plus" or cfg.reconstruct:  # each re-fit runs the merged layer twice (o_proj, then down_proj)
+            fits = 2 * (HOLDOUT_EVERY if cfg.cross_fit else 1)
+            total += trials * fits / layers
+            extra += f" (each with {fits} passes of the merged layer to re-fit it)"
+        return total, (f"1 full pass + {k} re-runs from each merged layer on{extra}{on} (at most {math.ceil(total)} "
                        "full-pass equivalents)")
     return float("nan"), f"not estimated for {m}"

@@ -38,6 +38,8 @@ VARIANTS = [
     Variant("come-plus, --pair-score drop, cross-fitted decisions, mix", "come-plus",
             {"pair_score": "drop", "cross_fit": True}, calib_data="mix"),
     Variant("come-plus, cross-fitted decisions, mix", "come-plus", {"cross_fit": True}, calib_data="mix"),
+    Variant("come-p, pairs around SLEB's choice (--pair-score drop), --grid 10, mix", "come-p",
+            {"pair_score": "drop", "grid": 10}, calib_data="mix"),
 ]
 SOURCES = ["wiki-passages", *OOD_DOMAINS]
 SCORES = ("layers", "params", "ppl", "ppl_by_source", "ppl_ood_gmean", "eval_wall_s")  # of a row, as evaluated

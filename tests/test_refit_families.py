@@ -9,7 +9,7 @@ from test_families import POST_NORM, attn_out, tiny_family
 from come.capture import Calibration
 from come.merge import concat_layers, replace_pair
 from come.models import get_adapter
-from come.reconstruct import attention_updates, held_out_windows, refit_merged
+from come.reconstruct import FOLD, attention_updates, held_out_windows, refit_merged
 
 WINDOWS, BATCH, TOKENS = 16, 4, 24  # 12 fit windows x 24 = 288 equations, more than a double-width down_proj's 256
 
@@ -38,9 +38,10 @@ def layer_out(layer, h, kw):
     return out[0] if isinstance(out, tuple) else out
 
 
-def held_error(calib, layer, inputs, targets):
-    """Sum over the held-out windows of ||layer(h) - target||^2: the true error of the layer as it is now."""
-    held = held_out_windows(WINDOWS).split(BATCH)
+def held_error(calib, layer, inputs, targets, fold=FOLD):
+    """Sum over the held-out windows (of `fold`) of ||layer(h) - target||^2: the true error of the layer as it is
+    now."""
+    held = held_out_windows(WINDOWS, fold).split(BATCH)
     with torch.no_grad():
         return sum(((layer_out(layer, h, kw) - y)[m].double() ** 2).sum().item()
                    for h, kw, y, m in zip(inputs, calib.kwargs_for(layer), targets, held))
@@ -105,16 +106,17 @@ def test_granite_refit_recovers_a_reachable_output_and_reports_the_true_error():
 @pytest.mark.parametrize("family", ["gemma2", "olmo2"])
 @pytest.mark.parametrize("prior", ["zero", "merged"])
 @pytest.mark.parametrize("kind", ["half", "double"])
-def test_post_norm_refit_never_worsens_the_true_held_out_output(family, prior, kind):
+@pytest.mark.parametrize("fold", [FOLD, 0])
+def test_post_norm_refit_never_worsens_the_true_held_out_output(family, prior, kind, fold):
     """Behind a post-norm the fit is a surrogate: whatever it installs, the true held-out error of the layer output
     is never above the plain merge's, and the reported errors are the true ones (`plain_error` the plain merge's,
-    down_proj's error_after the installed layer's)."""
+    down_proj's error_after the installed layer's), with any fold held out (--cross-fit)."""
     model, a, calib, l = setup(family)
     attn_t, out_t = attention_updates(calib, a, l), calib.hidden[l + 2]
     merged = merge(a, model, l, kind)
-    plain = held_error(calib, merged, calib.hidden[l], out_t)
-    weights, report = refit_merged(calib, a, merged, calib.hidden[l], attn_t, out_t, prior)
-    after = held_error(calib, merged, calib.hidden[l], out_t)
+    plain = held_error(calib, merged, calib.hidden[l], out_t, fold)
+    weights, report = refit_merged(calib, a, merged, calib.hidden[l], attn_t, out_t, prior, fold)
+    after = held_error(calib, merged, calib.hidden[l], out_t, fold)
     assert close(report["plain_error"], plain)
     assert after <= plain * (1 + 1e-5)
     assert close(report["down_proj"]["error_after"] if weights else plain, after, rel=1e-3)

@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 from come.eval.stats import fmt_diff, ppl_difference
 
 
 def depths(path: str) -> dict[int, dict]:
     """{layers: {text: perplexity result}} of a row file (its own depth and the sweep's)."""
-    row = json.load(open(path))["row"]
+    row = json.loads(Path(path).read_text())["row"]
     return {p["layers"]: p["ppl_by_source"] for p in [row, *row.get("sweep", [])]}
 
 

@@ -16,6 +16,7 @@ import torch
 from come import placement
 from come.config import PruneConfig
 from come.errors import ComeError
+from come.methods.come import refits
 from come.models import count_params, get_adapter, load_config, meta_model, parse_device, parse_dtype
 from come.names import display_name
 from come.placement import gib, resolve_device
@@ -134,7 +135,7 @@ def peak_memory(cfg: PruneConfig, config, skeleton, place: placement.Placement, 
         cache_peak = 2 * cache
         notes.append("the CoMe family keeps the dense model's boundary states beside the cache: up to 2x the cache")
     refit = 0
-    if cfg.method == "come-plus" or cfg.reconstruct:
+    if refits(cfg):
         refit = 5 * inter * inter * 8 + 3 * inter * hidden * 8
         notes.append(f"the re-fit's float64 Gram matrices of the down_proj input ({inter} wide): ~{gib(refit)}")
     if getattr(skeleton.model.config, "tie_word_embeddings", False):
@@ -191,7 +192,7 @@ def calibration_passes(cfg: PruneConfig, layers: int, target: int) -> tuple[floa
         trials = k * per_step
         total = 1 + k + trials * trial
         extra = f" + {trials} loss trials" if trials else ""
-        if m == "come-plus" or cfg.reconstruct:  # each re-fit runs the merged layer twice (o_proj, then down_proj)
+        if refits(cfg):  # each re-fit runs the merged layer twice (o_proj, then down_proj)
             fits = 2 * (HOLDOUT_EVERY if cfg.cross_fit else 1)
             total += trials * fits / layers
             extra += f" (each with {fits} passes of the merged layer to re-fit it)"

@@ -158,11 +158,10 @@ def walk_ratios(ctx: PruneContext, l: int, grid: list[float], r_bi: float, targe
 def drop_cost(ctx: PruneContext, removal: list[float], d: int, windows) -> float:
     """What dropping layer d costs on the windows the merges are judged on (the held-out mask `windows`, else the
     loss windows `removal` was scored on; every window under --cross-fit), so the two compare like for like."""
-    if windows is None or (ctx.config.cross_fit and ctx.loss_batches is None):
-        return removal[d]
-    if ctx.config.cross_fit:
-        windows = None
-    return ctx.calib.forward_from(d, list(ctx.adapter.layers)[d + 1 :], None, windows)
+    every = windows is not None and ctx.config.cross_fit  # cross-fitted merges are judged on every window
+    if windows is None or (every and ctx.loss_batches is None):
+        return removal[d]  # `removal` was scored on exactly those windows
+    return ctx.calib.forward_from(d, list(ctx.adapter.layers)[d + 1 :], None, None if every else windows)
 
 
 def scored_on(ctx: PruneContext) -> str:
@@ -291,10 +290,15 @@ def no_remerge_limit(num_layers: int, cfg) -> int:
     return num_layers - 1 if cfg.remerge or cfg.drop_candidates or cfg.pair_score == "drop" else num_layers // 2
 
 
+def refits(cfg) -> bool:
+    """Whether a CoMe-family run re-fits its merged layers (come-plus, or --reconstruct)."""
+    return cfg.method == "come-plus" or cfg.reconstruct
+
+
 def refit_windows(cfg) -> int:
     """Calibration windows a CoMe-family run needs: a re-fit (come-plus, --reconstruct) holds every
     HOLDOUT_EVERY-th window out of the fit to decide on it, so it needs at least one held-out window."""
-    return MIN_WINDOWS if cfg.method == "come-plus" or cfg.reconstruct else 1
+    return MIN_WINDOWS if refits(cfg) else 1
 
 
 # without re-merge each merge needs two fresh layers (checked by prune/compare before loading weights)
@@ -325,8 +329,7 @@ def come_plus(ctx: PruneContext) -> None:
 def resumable(cfg) -> bool:
     """Each step decides from the current model's calibration cache alone, unless a re-fit targets the dense
     model's states (`--refit-target dense`), which a replayed model no longer has."""
-    refits = cfg.reconstruct or cfg.method == "come-plus"
-    return not (refits and cfg.refit_target == "dense")
+    return not (refits(cfg) and cfg.refit_target == "dense")
 
 
 register(Method("come", come, PAPER, reads=come_reads, limit=NO_REMERGE, min_calib_samples=refit_windows,

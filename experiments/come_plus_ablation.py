@@ -40,6 +40,11 @@ VARIANTS = [
     Variant("come-plus, cross-fitted decisions, mix", "come-plus", {"cross_fit": True}, calib_data="mix"),
     Variant("come-p, pairs around SLEB's choice (--pair-score drop), --grid 10, mix", "come-p",
             {"pair_score": "drop", "grid": 10}, calib_data="mix"),
+    Variant("come-plus, --refit-anchor 8 (the model's own text in every fit), mix", "come-plus",
+            {"refit_anchor": 8}, calib_data="mix"),
+    Variant("come-plus, --pair-score drop, --refit-anchor 8, mix", "come-plus",
+            {"pair_score": "drop", "refit_anchor": 8}, calib_data="mix"),
+    Variant("come-plus, --refit-anchor 32, mix", "come-plus", {"refit_anchor": 32}, calib_data="mix"),
 ]
 SOURCES = ["wiki-passages", *OOD_DOMAINS]
 SCORES = ("layers", "params", "ppl", "ppl_by_source", "ppl_ood_gmean", "eval_wall_s")  # of a row, as evaluated

@@ -184,6 +184,61 @@ def test_cross_fit_judges_every_window_and_applies_the_default_refit(tiny_dir, m
     assert replays_bit_for_bit(res, path)
 
 
+def test_refit_anchor_fits_to_the_models_own_text_kept_current(tiny_dir, monkeypatch):
+    """--refit-anchor N: N windows the unpruned model sampled are cached and, at every step's re-fit, hold exactly
+    the states a fresh run of them through the current model gives (the cache follows merges and drops); the
+    plan records the setting and replays bit for bit."""
+    from come.capture import Calibration
+    from come.methods import come as come_mod
+
+    path, text = tiny_dir
+    real, checked = come_mod.refit_targets, []
+
+    def spy(ctx, i, dense):
+        out = real(ctx, i, dense)
+        anchor = out[2]
+        assert anchor is not None and anchor.calib is ctx.anchor and ctx.anchor.input_ids.shape == (4, 32)
+        fresh = Calibration(ctx.model, ctx.adapter, ctx.anchor.input_ids, 2, "cpu", progress=False)
+        fresh.run(0)
+        for b in range(2):
+            assert torch.equal(anchor.inputs[b], fresh.hidden[i][b])
+            assert torch.equal(anchor.out_target[b], fresh.hidden[i + 2][b])
+        checked.append(ctx.num_layers)
+        return out
+
+    monkeypatch.setattr(come_mod, "refit_targets", spy)
+    res = prune(prune_config(path, text, method="come-plus", target_layers=3, pair_score="drop", refit_anchor=4,
+                             samples=8))
+    assert len(set(checked)) == 3  # at 6, 5 and 4 layers: after each step, merge or drop
+    assert res.plan.settings["refit_anchor"] == 4
+    assert replays_bit_for_bit(res, path)
+
+
+def test_sampled_windows_are_reproducible_and_leave_the_rng_alone(tiny_dir):
+    from come.data import sampled_windows
+
+    model = tiny_model("llama")
+    torch.manual_seed(123)
+    state = torch.random.get_rng_state()
+    a, b = sampled_windows(model, 3, 16, seed=0), sampled_windows(model, 3, 16, seed=0)
+    assert torch.equal(torch.random.get_rng_state(), state)
+    assert a.shape == (3, 16) and torch.equal(a, b) and int(a.max()) < model.config.vocab_size
+    assert not torch.equal(a, sampled_windows(model, 3, 16, seed=1))
+    assert len(set(a[:, 1:].flatten().tolist())) > 10  # sampled, not one repeated token
+
+
+@pytest.mark.parametrize("kw,match", [({"method": "sleb", "refit_anchor": 4}, "re-fits nothing"),
+                                      ({"method": "come-plus", "refit_anchor": -1}, ">= 0"),
+                                      ({"method": "come-plus", "refit_anchor": 4, "refit_target": "dense"},
+                                       "--refit-target dense")])
+def test_refit_anchor_is_refused_where_it_cannot_work(tiny_dir, kw, match):
+    from come.errors import ComeError
+
+    path, text = tiny_dir
+    with pytest.raises(ComeError, match=match):
+        prune(prune_config(path, text, target_layers=2, **kw))
+
+
 def test_cross_fit_is_refused_where_nothing_is_re_fitted(tiny_dir):
     from come.errors import ComeError
 

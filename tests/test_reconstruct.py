@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 from conftest import tiny_model
+from test_families import tiny_family
 
 from come.capture import Calibration
 from come.merge import concat_layers, replace_pair
@@ -14,6 +15,7 @@ from come.reconstruct import (
     LAMBDAS,
     LAMBDAS_MERGED,
     PRIORS,
+    Anchor,
     Gram,
     HeldOut,
     attention_updates,
@@ -239,3 +241,48 @@ def test_each_fold_is_kept_out_of_its_fit(monkeypatch, fold):
     common = base.keys() & inside.keys()
     assert common and all(torch.equal(base[k], inside[k]) for k in common)
     assert any(not torch.equal(base[k], outside[k]) for k in base.keys() & outside.keys())
+
+
+@pytest.mark.parametrize("family", ["qwen2", "gemma2"])  # gemma2: the post-norm surrogate fit takes it too
+def test_anchor_windows_enter_every_fit_whole_and_choose_nothing(monkeypatch, family):
+    """--refit-anchor: the anchor's windows go into each solved fit, all of them (none is held out), their
+    targets move the solutions, and the held-out scores that choose lambda never see them."""
+    real, solved = Gram.solve, []
+
+    def run(anchored: bool, moved: bool = False):
+        got: dict = {}
+        monkeypatch.setattr(Gram, "solve", lambda self, lam, prior=None: solved.append(self.n) or got.setdefault(
+            (self.xx.shape[0], lam), real(self, lam, prior)))
+        model = tiny_model(family) if family == "qwen2" else tiny_family(family)
+        a = get_adapter(model)
+        torch.manual_seed(1)
+        calib = Calibration(model, a, torch.randint(0, 512, (8, 24)), batch_size=4, progress=False)
+        other = Calibration(model, a, torch.randint(0, 512, (4, 24)), batch_size=4, progress=False)
+        for cache in (calib, other):
+            cache.run(0)
+        l = 2
+        anchor = None
+        if anchored:
+            out = [h.clone() for h in other.hidden[l + 2]]
+            if moved:
+                out[0][1] += 1.0
+            anchor = Anchor(other, other.hidden[l], attention_updates(other, a, l), out)
+        attn_t, out_t = attention_updates(calib, a, l), calib.hidden[l + 2]
+        half = model.config.intermediate_size // 2
+        merged = concat_layers(a, a.layers[l], a.layers[l + 1], ([0], [0]),
+                               (list(range(half)), list(range(half, 2 * half))), (0.5, 0.5), "mean")
+        replace_pair(a, l, merged)
+        _, report = refit_merged(calib, a, a.layers[l], calib.hidden[l], attn_t, out_t, prior="merged",
+                                 anchor=anchor)
+        return got, report, model.config.intermediate_size
+
+    plain, plain_report, d_ff = run(False)
+    solved.clear()
+    anchored, report, _ = run(True)
+    assert solved and set(solved) == {6 * 24 + 4 * 24}  # the 6 fit windows and all 4 anchor windows
+    # the plain merge's held-out error is scored on the calibration's held-out windows alone
+    assert report["o_proj"]["error_before"] == plain_report["o_proj"]["error_before"]
+    assert any(not torch.equal(plain[k], anchored[k]) for k in plain.keys() & anchored.keys())
+    moved, _, _ = run(True, moved=True)  # an anchor window's output target moved: down_proj's fits change
+    down = [k for k in anchored.keys() & moved.keys() if k[0] == d_ff]
+    assert down and any(not torch.equal(anchored[k], moved[k]) for k in down)

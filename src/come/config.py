@@ -96,6 +96,9 @@ class PruneConfig:
     cross_fit: bool = arg(False, help="come-plus: judge each choice on every calibration window instead of one "
                           "held-out quarter (each quarter scored with a re-fit that did not see it: 4 re-fits per "
                           "trial; the applied re-fit is unchanged)")
+    refit_anchor: int = arg(0, metavar="N", help="come-plus (experimental): also fit every re-fit to N windows of "
+                            "text that the unpruned model samples itself (no data; the calibration's window length), "
+                            "so the fit keeps the pair's function beyond the calibration text; 0: off")
     method_options: dict = arg(default_factory=dict, flag="--option", repeat=True, metavar="KEY=VALUE",
                                parse=_option_dict, format=_option_words,
                                help="a method option, repeatable (laco: C=4, I=2, T=0.65, L=1; docs/methods.md)")
@@ -139,6 +142,14 @@ class PruneConfig:
         if self.cross_fit and self.method != "come-plus":
             raise ComeError(f"--cross-fit judges come-plus's re-fitted choices, not {self.method}'s: drop it or "
                             "pass --method come-plus")
+        if self.refit_anchor < 0:
+            raise ComeError(f"--refit-anchor must be >= 0, got {self.refit_anchor}")
+        if self.refit_anchor and not (self.method == "come-plus" or self.reconstruct):
+            raise ComeError(f"--refit-anchor feeds the re-fit, and {self.method} re-fits nothing: drop it, or pass "
+                            "--method come-plus or --reconstruct")
+        if self.refit_anchor and self.refit_target == "dense":
+            raise ComeError("--refit-anchor fits to the current pair's output: drop --refit-target dense or the "
+                            "anchor")
         self.calib.validate()
         need = getattr(method, "min_calib_samples", lambda _cfg: 1)(self)
         if self.calib.samples < need:

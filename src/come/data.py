@@ -152,3 +152,21 @@ def check_separate(train: str, evaluated: list[str] | tuple[str, ...], train_fla
         if other.exists() and other.resolve() == path.resolve():
             raise ComeError(f"{source} is given both as {train_flag} and as {eval_flag}: a model scored on the text "
                             f"it was fitted to proves nothing; pass a different file to one of them")
+
+
+@torch.no_grad()
+def sampled_windows(model, n_windows: int, seq_len: int, seed: int = 0) -> torch.Tensor:
+    """[n_windows, seq_len] token windows that `model` writes itself: each starts at the beginning-of-text token
+    and is sampled at temperature 1 with no top-k/top-p cut and no early end (no dataset is read; the global RNG is
+    left as it was). Data-free text of the model's own distribution, as in LLM-QAT (Liu et al. 2023)."""
+    gen = model.generation_config
+    start = next((t for t in (gen.bos_token_id, model.config.bos_token_id, gen.eos_token_id) if t is not None), 0)
+    start = start[0] if isinstance(start, list) else start
+    device = next(p.device for p in model.parameters() if p.device.type != "meta")
+    prompt = torch.full((n_windows, 1), int(start), dtype=torch.long, device=device)
+    new = seq_len - 1
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        out = model.generate(prompt, attention_mask=torch.ones_like(prompt), do_sample=True, temperature=1.0,
+                             top_k=0, top_p=1.0, max_new_tokens=new, min_new_tokens=new, pad_token_id=int(start))
+    return out[:, :seq_len].cpu()

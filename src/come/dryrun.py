@@ -138,6 +138,10 @@ def peak_memory(cfg: PruneConfig, config, skeleton, place: placement.Placement, 
     if refits(cfg):
         refit = 5 * inter * inter * 8 + 3 * inter * hidden * 8
         notes.append(f"the re-fit's float64 Gram matrices of the down_proj input ({inter} wide): ~{gib(refit)}")
+    if refits(cfg) and cfg.refit_anchor:  # --refit-anchor: a second cache, of the sampled windows
+        anchor = cache_peak * cfg.refit_anchor // c.samples
+        cache_peak += anchor
+        notes.append(f"--refit-anchor {cfg.refit_anchor}: a second cache of the sampled windows, ~{gib(anchor)}")
     if getattr(skeleton.model.config, "tie_word_embeddings", False):
         big = vocab * hidden * item
     else:
@@ -196,6 +200,11 @@ def calibration_passes(cfg: PruneConfig, layers: int, target: int) -> tuple[floa
             fits = 2 * (HOLDOUT_EVERY if cfg.cross_fit else 1)
             total += trials * fits / layers
             extra += f" (each with {fits} passes of the merged layer to re-fit it)"
+            if cfg.refit_anchor:  # a second cache over the sampled windows: its runs, re-runs and re-fit passes
+                share = cfg.refit_anchor / cfg.calib.samples
+                total += share * (2 + k + trials * fits / layers)  # sampling them costs about one pass too
+                extra += (f", and the same over the {cfg.refit_anchor} windows --refit-anchor samples (one token at a "
+                          f"time, {cfg.calib.seq_len} steps of the unpruned model)")
         return total, (f"1 full pass + {k} re-runs from each merged layer on{extra}{on} (at most {math.ceil(total)} "
                        "full-pass equivalents)")
     return float("nan"), f"not estimated for {m}"

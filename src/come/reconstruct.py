@@ -127,6 +127,17 @@ class RidgeResult:
     val_errors: dict = field(default_factory=dict)
 
 
+@dataclass
+class Anchor:
+    """What --refit-anchor adds to a re-fit: a second cache of windows (text the unpruned model sampled), the merged
+    layer's inputs there, and the same two targets as the calibration's (attention_updates, the pair's output)."""
+
+    calib: Calibration
+    inputs: Sequence[torch.Tensor]
+    attn_target: Sequence[torch.Tensor]
+    out_target: Sequence[torch.Tensor]
+
+
 def _prior_grid(w0: torch.Tensor, prior: str) -> tuple[tuple[float, ...], torch.Tensor | None]:
     """The prior's ridge strengths and what it pulls toward (None: zero; see ridge_fit)."""
     if prior not in PRIORS:
@@ -232,7 +243,7 @@ def attention_updates(calib: Calibration, adapter: ModelAdapter, l: int) -> list
 
 def refit_merged(calib: Calibration, adapter: ModelAdapter, layer: nn.Module, inputs: Sequence[torch.Tensor],
                  attn_target: Sequence[torch.Tensor], out_target: Sequence[torch.Tensor], prior: str = "zero",
-                 fold: int = FOLD) -> tuple[dict[str, torch.Tensor], dict]:
+                 fold: int = FOLD, anchor: Anchor | None = None) -> tuple[dict[str, torch.Tensor], dict]:
     """Ridge re-fit (in place) of o_proj then down_proj of a merged `layer` that runs on `inputs` (per batch);
     returns (weights, report). `attn_target`: per batch, the attention residual update to match (see
     attention_updates); `out_target`: the layer output to match. `prior`: what the ridge pulls toward (see
@@ -242,7 +253,8 @@ def refit_merged(calib: Calibration, adapter: ModelAdapter, layer: nn.Module, in
     that is m (x W^T + b), linear in W (m: the residual multiplier, 1 but for Granite): the fit solves
     ||(m x) W^T - (T - m b)||^2 exactly and its held-out error is the true error of the update (of the layer
     output, for down_proj). Behind a post-norm (Gemma 2/3, OLMo 2) it is not linear: see `_post_norm_fit`.
-    `fold`: the calibration windows held out of the fit (held_out_windows), on which the ridge strength is chosen."""
+    `fold`: the calibration windows held out of the fit (held_out_windows), on which the ridge strength is chosen.
+    `anchor` (--refit-anchor): more windows, all of them in the fit and none held out (they choose nothing)."""
     sizes = [h.shape[0] for h in inputs]
     starts = [sum(sizes[:b]) for b in range(len(sizes))]
     weights, report = {}, {}
@@ -256,7 +268,8 @@ def refit_merged(calib: Calibration, adapter: ModelAdapter, layer: nn.Module, in
             plain[b] = float(((out[held].double() - out_target[b][held].to(out.device).double()) ** 2).sum())
         return attn_target[b]
 
-    o_res = _fit_projection(calib, adapter, layer, inputs, o, "attn", attn_t, starts, prior, fold)
+    extra = None if anchor is None else (anchor.calib, anchor.inputs, lambda b, h, out: anchor.attn_target[b])
+    o_res = _fit_projection(calib, adapter, layer, inputs, o, "attn", attn_t, starts, prior, fold, extra)
     # the plain merge's weights, to go back to (only behind post-norms, and only if o_proj changes)
     plain_w = [p.weight.detach().clone() for p in (o, down)] if post and o_res.weight is not None else None
     _install("o_proj", o, o_res, weights, report, prior)
@@ -264,13 +277,18 @@ def refit_merged(calib: Calibration, adapter: ModelAdapter, layer: nn.Module, in
     attn_out: dict = {}
     handle = o.register_forward_hook(lambda _m, _a, y: attn_out.__setitem__("y", y.detach()))
 
-    def mlp_t(b, h, out):
-        # the merged layer's own post-attention residual: what its MLP's update adds to
-        u = h.float() + adapter.residual_update(layer, "attn", attn_out["y"]).float()
-        return out_target[b].to(h.device).float() - u
+    def mlp_target(outs: Sequence[torch.Tensor]) -> Callable:
+        def t(b, h, out):
+            # the merged layer's own post-attention residual: what its MLP's update adds to
+            u = h.float() + adapter.residual_update(layer, "attn", attn_out["y"]).float()
+            return outs[b].to(h.device).float() - u
 
+        return t
+
+    extra = None if anchor is None else (anchor.calib, anchor.inputs, mlp_target(anchor.out_target))
     try:
-        down_res = _fit_projection(calib, adapter, layer, inputs, down, "mlp", mlp_t, starts, prior, fold)
+        down_res = _fit_projection(calib, adapter, layer, inputs, down, "mlp", mlp_target(out_target), starts, prior,
+                                   fold, extra)
     finally:
         handle.remove()
     _install("down_proj", down, down_res, weights, report, prior)
@@ -291,30 +309,36 @@ def refit_merged(calib: Calibration, adapter: ModelAdapter, layer: nn.Module, in
 
 
 def _fit_projection(calib: Calibration, adapter: ModelAdapter, layer: nn.Module, inputs: Sequence[torch.Tensor],
-                    proj: nn.Linear, kind: str, target: Callable, starts: list[int], prior: str, fold: int
-                    ) -> RidgeResult:
+                    proj: nn.Linear, kind: str, target: Callable, starts: list[int], prior: str, fold: int,
+                    extra: tuple | None = None) -> RidgeResult:
     """Fit `proj` (the output projection of sub-layer `kind`) so the sub-layer's residual update matches
     target(batch, layer_input, layer_output) on the fit windows; the result's errors are the true held-out ones,
-    sum over held-out tokens of ||residual_update(kind, x W^T + b) - target||^2."""
+    sum over held-out tokens of ||residual_update(kind, x W^T + b) - target||^2. `extra`: (cache, inputs, target)
+    of more windows that go into the fit whole (the anchor)."""
     post = adapter.attn_post_norm(layer) if kind == "attn" else adapter.mlp_post_norm(layer)
     if post is not None:
-        return _post_norm_fit(calib, adapter, layer, inputs, proj, kind, post, target, starts, prior, fold)
+        return _post_norm_fit(calib, adapter, layer, inputs, proj, kind, post, target, starts, prior, fold, extra)
     m = adapter.residual_multiplier(layer)
     fit, val = Gram(), HeldOut()
 
-    def add(b, h, x, y, out):
-        t = target(b, h, out).to(x.device).float()
-        if proj.bias is not None:
-            t = t - m * proj.bias.float()
-        _split_add(fit, val, x, t, starts[b], fold, m)
+    def rows(target: Callable, sink: Callable) -> Callable:
+        def add(b, h, x, y, out):
+            t = target(b, h, out).to(x.device).float()
+            if proj.bias is not None:
+                t = t - m * proj.bias.float()
+            sink(b, x, t)
 
-    capture(calib, layer, inputs, proj, add)
+        return add
+
+    capture(calib, layer, inputs, proj, rows(target, lambda b, x, t: _split_add(fit, val, x, t, starts[b], fold, m)))
+    if extra is not None:
+        capture(extra[0], layer, extra[1], proj, rows(extra[2], lambda b, x, t: fit.add(x, t, m)))
     return ridge_fit(fit, val, proj.weight.detach(), prior)
 
 
 def _post_norm_fit(calib: Calibration, adapter: ModelAdapter, layer: nn.Module, inputs: Sequence[torch.Tensor],
                    proj: nn.Linear, kind: str, post: nn.Module, target: Callable, starts: list[int], prior: str,
-                   fold: int) -> RidgeResult:
+                   fold: int, extra: tuple | None = None) -> RidgeResult:
     """Behind a post-norm the update m PN(x W^T + b) is not linear in W. An RMSNorm keeps only the direction of
     its input, so the fit matches a pre-norm target that the norm maps onto the target's direction: per token,
     (T / m) g / (g^2 + eps) (g: the norm's scale, eps = 1e-3 of its mean square, for channels it nearly
@@ -327,16 +351,21 @@ def _post_norm_fit(calib: Calibration, adapter: ModelAdapter, layer: nn.Module, 
     inv = g / (g * g + 1e-3 * (g * g).mean()) / m
     fit = Gram()
 
-    def add(b, h, x, y, out):
-        t = target(b, h, out).to(x.device).float()
-        v = t * inv.to(x.device)
-        rms_y, rms_v = y.float().pow(2).mean(-1, keepdim=True).sqrt(), v.pow(2).mean(-1, keepdim=True).sqrt()
-        z = v * (rms_y / rms_v.clamp_min(1e-12))
-        if proj.bias is not None:
-            z = z - proj.bias.float()
-        _split_add(fit, None, x, z, starts[b], fold)
+    def rows(target: Callable, sink: Callable) -> Callable:
+        def add(b, h, x, y, out):
+            t = target(b, h, out).to(x.device).float()
+            v = t * inv.to(x.device)
+            rms_y, rms_v = y.float().pow(2).mean(-1, keepdim=True).sqrt(), v.pow(2).mean(-1, keepdim=True).sqrt()
+            z = v * (rms_y / rms_v.clamp_min(1e-12))
+            if proj.bias is not None:
+                z = z - proj.bias.float()
+            sink(b, x, z)
 
-    capture(calib, layer, inputs, proj, add)
+        return add
+
+    capture(calib, layer, inputs, proj, rows(target, lambda b, x, z: _split_add(fit, None, x, z, starts[b], fold)))
+    if extra is not None:
+        capture(extra[0], layer, extra[1], proj, rows(extra[2], lambda b, x, z: fit.add(x, z)))
     w0 = proj.weight.detach()
     solutions = ridge_candidates(fit, w0, prior)
     installed = {lam: wt.T.to(w0.dtype) for lam, wt in solutions.items()}

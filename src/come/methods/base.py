@@ -28,6 +28,7 @@ class PruneContext:
     started: float = field(default_factory=time.perf_counter)
     on_step: object = None  # called with the context after every step (e.g. to write a checkpoint)
     bar: object = None  # the progress bar of layers removed (with --progress)
+    anchor: Calibration | None = None  # --refit-anchor: a second cache, of text the unpruned model sampled itself
 
     def __post_init__(self) -> None:
         if not self.tree:
@@ -62,6 +63,14 @@ class PruneContext:
             self.bar.set_postfix_str(f"step {len(self.steps)}: {step['op']} at {step.get('layer')}")
             if self.num_layers <= self.target_layers:
                 self.bar.close()
+
+    def refresh(self, l: int) -> None:
+        """After a step changed layer `l`: bring the calibration cache (and the anchor's) up to date from it, when
+        another decision will read it (Calibration.refresh)."""
+        needed = self.num_layers > self.target_layers
+        for cache in (self.calib, self.anchor):
+            if cache is not None:
+                cache.refresh(l, needed)
 
     def option(self, key: str):
         """The value of the method's option `key` (its default unless --option set it)."""

@@ -9,11 +9,21 @@ from __future__ import annotations
 
 import torch
 
+from come.capture import Calibration
+from come.data import sampled_windows
 from come.errors import ComeError
 from come.merge import concat_layers
 from come.methods.base import PruneContext
 from come.methods.registry import Limit, Method, register
-from come.reconstruct import FOLD, HOLDOUT_EVERY, MIN_WINDOWS, attention_updates, held_out_windows, refit_merged
+from come.reconstruct import (
+    FOLD,
+    HOLDOUT_EVERY,
+    MIN_WINDOWS,
+    Anchor,
+    attention_updates,
+    held_out_windows,
+    refit_merged,
+)
 from come.scores import attn_group_sensitivity, bi_ratio, mlp_sensitivity, pair_scores, split_budget, top_k
 from come.search import downhill
 
@@ -25,7 +35,9 @@ def come_reads(settings: dict) -> tuple[str, ...]:
     fields = ("norm", "pair_score", "pair_tokens", "remerge", "ratio_power", "grid", "reconstruct",
               "drop_candidates") + (("grid_search",) if settings.get("method") == "come-p" else ())
     refits = settings.get("reconstruct") or settings.get("method") == "come-plus"
-    return fields + (("refit_target", "refit_prior", "cross_fit") if refits else ())
+    # --refit-anchor is read only when on: plans made before it existed ran without it (the default)
+    anchor = ("refit_anchor",) if settings.get("refit_anchor") else ()
+    return fields + (("refit_target", "refit_prior", "cross_fit", *anchor) if refits else ())
 
 
 def merge_step(ctx: PruneContext, l: int, ratio: tuple[float, float]) -> dict:
@@ -73,8 +85,9 @@ def _merged(ctx: PruneContext, step: dict, targets: tuple | None, fold: int) -> 
     )
     weights, report = {}, {}
     if targets is not None:
-        weights, report = refit_merged(ctx.calib, a, merged, ctx.calib.hidden[l], *targets, ctx.config.refit_prior,
-                                       fold)
+        attn, out, anchor = targets
+        weights, report = refit_merged(ctx.calib, a, merged, ctx.calib.hidden[l], attn, out, ctx.config.refit_prior,
+                                       fold, anchor)
     return merged, weights, report
 
 
@@ -114,7 +127,21 @@ def refit_targets(ctx: PruneContext, i: int, dense: list | None) -> tuple:
     the original model's state after the pair's last original layer, so the fit also absorbs the error that
     earlier merges left in the input)."""
     out = dense[ctx.tree[i + 1][-1] + 1] if ctx.config.refit_target == "dense" else ctx.calib.hidden[i + 2]
-    return attention_updates(ctx.calib, ctx.adapter, i), out
+    anchor = None
+    if ctx.anchor is not None:  # the same targets on the model's own text (always the current pair's output)
+        cache = ctx.anchor
+        anchor = Anchor(cache, cache.hidden[i], attention_updates(cache, ctx.adapter, i), cache.hidden[i + 2])
+    return attention_updates(ctx.calib, ctx.adapter, i), out, anchor
+
+
+def anchor_cache(ctx: PruneContext) -> Calibration:
+    """--refit-anchor N: a second cache over N windows (of the calibration's length) of text the unpruned model
+    samples itself (`come.data.sampled_windows`), run through every layer and kept up to date after each step."""
+    c, cfg = ctx.calib, ctx.config
+    ids = sampled_windows(ctx.model, cfg.refit_anchor, c.input_ids.shape[1], cfg.calib.seed)
+    cache = Calibration(ctx.model, ctx.adapter, ids, c.batches[0].shape[0], c.device, c.store_device, c.progress)
+    cache.run(0)
+    return cache
 
 
 def apply_merge(ctx: PruneContext, step: dict, scores: dict, weights: dict, report: dict) -> None:
@@ -127,7 +154,7 @@ def apply_merge(ctx: PruneContext, step: dict, scores: dict, weights: dict, repo
         keys = {name: f"step{len(ctx.steps)}.{name}" for name in weights}
         refit = {"op": "refit", "layer": l, "tensors": keys, "report": report}
         ctx.apply(refit, {keys[name]: w for name, w in weights.items()})
-    ctx.calib.refresh(l, ctx.num_layers > ctx.target_layers)
+    ctx.refresh(l)
 
 
 def ratio_grid(ratios: str, r_bi: float, g: int) -> list[float]:
@@ -224,6 +251,8 @@ def progressive_merge(ctx: PruneContext, ratios: str = "bi", reconstruct: bool =
     drops = cfg.drop_candidates if drops is None else drops
     windows = held_out_windows(ctx.calib.input_ids.shape[0]) if held_out else None
     ctx.calib.run(0)
+    if reconstruct and cfg.refit_anchor:
+        ctx.anchor = anchor_cache(ctx)
     # the unpruned model's boundary states, kept (a second cache) only when a re-fit targets them
     dense = list(ctx.calib.hidden) if reconstruct and cfg.refit_target == "dense" else None
     while ctx.num_layers > ctx.target_layers:
@@ -328,8 +357,9 @@ def come_plus(ctx: PruneContext) -> None:
 
 def resumable(cfg) -> bool:
     """Each step decides from the current model's calibration cache alone, unless a re-fit targets the dense
-    model's states (`--refit-target dense`), which a replayed model no longer has."""
-    return not (refits(cfg) and cfg.refit_target == "dense")
+    model's states (`--refit-target dense`) or fits to text the dense model sampled (`--refit-anchor`), which a
+    replayed model no longer has."""
+    return not (refits(cfg) and (cfg.refit_target == "dense" or cfg.refit_anchor))
 
 
 register(Method("come", come, PAPER, reads=come_reads, limit=NO_REMERGE, min_calib_samples=refit_windows,

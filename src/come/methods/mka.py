@@ -35,7 +35,7 @@ def mka(ctx: PruneContext) -> None:
         lam = 1 - s[l] / 2
         ctx.apply({"op": "wsum", "layer": l, "ratio": [lam, 1 - lam],
                    "sources": [list(ctx.tree[l]), list(ctx.tree[l + 1])], "scores": {"similarity": s}})
-        ctx.calib.refresh(l, ctx.num_layers > ctx.target_layers)
+        ctx.refresh(l)
 
 
 register(Method("mka", mka, "Pruning via Merging: Compressing LLMs via Manifold Alignment Based Layer Merging "

@@ -29,7 +29,7 @@ def cheapest_removal(ctx: PruneContext, n_batches: int | None = None) -> tuple[l
 def drop_layer(ctx: PruneContext, l: int, scores: dict) -> None:
     """Drop current layer `l` (a plan step) and re-run the calibration cache from it."""
     ctx.apply({"op": "drop", "layer": l, "sources": list(ctx.tree[l]), "scores": scores})
-    ctx.calib.refresh(l, ctx.num_layers > ctx.target_layers)  # boundaries up to l are unchanged
+    ctx.refresh(l)  # boundaries up to l are unchanged
 
 
 def sleb(ctx: PruneContext) -> None:

@@ -30,7 +30,7 @@ def wsum(ctx: PruneContext) -> None:
         sources = [list(ctx.tree[l]), list(ctx.tree[l + 1])]
         ctx.apply({"op": "wsum", "layer": l, "ratio": list(ratio), "sources": sources,
                    "scores": {"pair_angular": sbi, "bi": bi, "candidates": cands}})
-        ctx.calib.refresh(l, ctx.num_layers > ctx.target_layers)
+        ctx.refresh(l)
 
 
 register(Method("wsum", wsum, f"{PAPER}, its weighted-sum ablation", reads=("pair_tokens", "ratio_power", "remerge"),

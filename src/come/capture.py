@@ -276,10 +276,12 @@ class Calibration:
         with _all_on_device([a.final_norm(), a.lm_head()], self.device):
             for h, ids in zip(final_states, batches):
                 for hb, ib in zip(h.split(2), ids.split(2)):  # 2 windows at a time bounds the logits' memory
-                    logits = a.logits(hb.to(self.device)).float()
+                    # the last position predicts nothing: leaving it out of the LM head makes the logits contiguous,
+                    # where slicing them afterwards copied 2 x seq_len x vocab floats per chunk (the same values)
+                    logits = a.logits(hb[:, :-1].to(self.device)).float()
                     labels = ib.to(self.device)
                     loss = F.cross_entropy(
-                        logits[:, :-1].reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1), reduction="sum"
+                        logits.reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1), reduction="sum"
                     )
                     total += loss.item()
                     count += labels[:, 1:].numel()

@@ -17,9 +17,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 from pathlib import Path
+from unittest import mock
 
-from come import CalibConfig
+from come import CalibConfig, reconstruct
 from come.compare import CompareConfig, Variant, compare, fmt_ppl
 from come.corpora import OOD_DOMAINS
 from come.runstore import RunFolder
@@ -46,6 +48,30 @@ VARIANTS = [
             {"pair_score": "drop", "refit_anchor": 8}, calib_data="mix"),
     Variant("come-plus, --refit-anchor 32, mix", "come-plus", {"refit_anchor": 32}, calib_data="mix"),
 ]
+
+
+def _left_out(kind: str) -> dict:
+    """A patch of come.reconstruct: the re-fit of sub-layer `kind`'s output projection ("attn": o_proj, "mlp":
+    down_proj) is left out, as if its held-out search had kept the plain merge; the other is fitted as usual."""
+    real = reconstruct._fit_projection
+
+    def fit(calib, adapter, layer, inputs, proj, k, *rest, **kw):
+        if k == kind:
+            return reconstruct.RidgeResult(None, math.inf, 0.0, 0.0, {"left out": 0.0})
+        return real(calib, adapter, layer, inputs, proj, k, *rest, **kw)
+
+    return {"_fit_projection": fit}
+
+
+# Ablations of the re-fit's parts that no flag offers: default come-plus with come.reconstruct patched while the
+# variant prunes (such a variant runs alone, one per call). The plans of these rows are not replayable by come.
+PATCHED = {
+    "come-plus, o_proj re-fit only (down_proj left merged), mix": _left_out("mlp"),
+    "come-plus, down_proj re-fit only (o_proj left merged), mix": _left_out("attn"),
+    "come-plus, strong pull to the merged weights (ridge strength 10 or 100 only), mix":
+        {"LAMBDAS_MERGED": (10.0, 100.0), "SEARCH_START": 10.0},
+}
+VARIANTS += [Variant(name, "come-plus", calib_data="mix") for name in PATCHED]
 SOURCES = ["wiki-passages", *OOD_DOMAINS]
 SCORES = ("layers", "params", "ppl", "ppl_by_source", "ppl_ood_gmean", "eval_wall_s")  # of a row, as evaluated
 
@@ -93,7 +119,12 @@ def main() -> None:
     todo = [n for n in wanted if n not in results]
     if todo:
         keep = earlier_names(folder)
-        result = compare(config(args, [v for v in VARIANTS if v.name in todo or v.name in keep], folder, depths))
+        patched = [n for n in todo + sorted(keep) if n in PATCHED]
+        if patched and len(todo) + len(keep) > 1:
+            raise SystemExit(f"{patched[0]!r} patches come.reconstruct: run it alone, with an --out of its own")
+        with mock.patch.multiple(reconstruct, **PATCHED.get(patched[0], {})) if patched else mock.patch.dict({}):
+            result = compare(config(args, [v for v in VARIANTS if v.name in todo or v.name in keep], folder,
+                                    depths))
         for row in result["rows"][1:]:
             results.setdefault(row["method"], as_entry(row))
             print(row["method"], {d: round(p["ppl_ood_gmean"], 1) for d, p in

@@ -70,8 +70,10 @@ PATCHED = {
     "come-plus, down_proj re-fit only (o_proj left merged), mix": _left_out("attn"),
     "come-plus, strong pull to the merged weights (ridge strength 10 or 100 only), mix":
         {"LAMBDAS_MERGED": (10.0, 100.0), "SEARCH_START": 10.0},
+    "come-plus, down_proj re-fit only, --refit-anchor 32, mix": _left_out("attn"),
 }
-VARIANTS += [Variant(name, "come-plus", calib_data="mix") for name in PATCHED]
+VARIANTS += [Variant(name, "come-plus", {"refit_anchor": 32} if "--refit-anchor" in name else {}, calib_data="mix")
+             for name in PATCHED]
 SOURCES = ["wiki-passages", *OOD_DOMAINS]
 SCORES = ("layers", "params", "ppl", "ppl_by_source", "ppl_ood_gmean", "eval_wall_s")  # of a row, as evaluated
 

@@ -16,6 +16,7 @@ The JSON file: {variant: {"prune_wall_s": s, "depths": {"24": scores, "20": scor
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 from pathlib import Path
@@ -65,15 +66,15 @@ def _left_out(kind: str) -> dict:
 
 # Ablations of the re-fit's parts that no flag offers: default come-plus with come.reconstruct patched while the
 # variant prunes (such a variant runs alone, one per call). The plans of these rows are not replayable by come.
+# {name: (patch of come.reconstruct, come-plus settings)}
 PATCHED = {
-    "come-plus, o_proj re-fit only (down_proj left merged), mix": _left_out("mlp"),
-    "come-plus, down_proj re-fit only (o_proj left merged), mix": _left_out("attn"),
+    "come-plus, o_proj re-fit only (down_proj left merged), mix": (_left_out("mlp"), {}),
+    "come-plus, down_proj re-fit only (o_proj left merged), mix": (_left_out("attn"), {}),
     "come-plus, strong pull to the merged weights (ridge strength 10 or 100 only), mix":
-        {"LAMBDAS_MERGED": (10.0, 100.0), "SEARCH_START": 10.0},
-    "come-plus, down_proj re-fit only, --refit-anchor 32, mix": _left_out("attn"),
+        ({"LAMBDAS_MERGED": (10.0, 100.0), "SEARCH_START": 10.0}, {}),
+    "come-plus, down_proj re-fit only, --refit-anchor 32, mix": (_left_out("attn"), {"refit_anchor": 32}),
 }
-VARIANTS += [Variant(name, "come-plus", {"refit_anchor": 32} if "--refit-anchor" in name else {}, calib_data="mix")
-             for name in PATCHED]
+VARIANTS += [Variant(name, "come-plus", settings, calib_data="mix") for name, (_, settings) in PATCHED.items()]
 SOURCES = ["wiki-passages", *OOD_DOMAINS]
 SCORES = ("layers", "params", "ppl", "ppl_by_source", "ppl_ood_gmean", "eval_wall_s")  # of a row, as evaluated
 
@@ -124,7 +125,7 @@ def main() -> None:
         patched = [n for n in todo + sorted(keep) if n in PATCHED]
         if patched and len(todo) + len(keep) > 1:
             raise SystemExit(f"{patched[0]!r} patches come.reconstruct: run it alone, with an --out of its own")
-        with mock.patch.multiple(reconstruct, **PATCHED.get(patched[0], {})) if patched else mock.patch.dict({}):
+        with mock.patch.multiple(reconstruct, **PATCHED[patched[0]][0]) if patched else contextlib.nullcontext():
             result = compare(config(args, [v for v in VARIANTS if v.name in todo or v.name in keep], folder,
                                     depths))
         for row in result["rows"][1:]:

@@ -321,19 +321,28 @@ def _fit_projection(calib: Calibration, adapter: ModelAdapter, layer: nn.Module,
     m = adapter.residual_multiplier(layer)
     fit, val = Gram(), HeldOut()
 
-    def rows(target: Callable, sink: Callable) -> Callable:
-        def add(b, h, x, y, out):
-            t = target(b, h, out).to(x.device).float()
-            if proj.bias is not None:
-                t = t - m * proj.bias.float()
-            sink(b, x, t)
+    def row(t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return t - m * proj.bias.float() if proj.bias is not None else t
 
-        return add
-
-    capture(calib, layer, inputs, proj, rows(target, lambda b, x, t: _split_add(fit, val, x, t, starts[b], fold, m)))
-    if extra is not None:
-        capture(extra[0], layer, extra[1], proj, rows(extra[2], lambda b, x, t: fit.add(x, t, m)))
+    _collect(calib, layer, inputs, proj, target, row, fit, val, starts, fold, m, extra)
     return ridge_fit(fit, val, proj.weight.detach(), prior)
+
+
+def _collect(calib: Calibration, layer: nn.Module, inputs: Sequence[torch.Tensor], proj: nn.Linear,
+             target: Callable, row: Callable, fit: Gram, val: HeldOut | None, starts: list[int], fold: int,
+             scale: float, extra: tuple | None) -> None:
+    """Run `layer` over its calibration `inputs` and add, per batch, (scale * proj's input, row(target, proj's
+    output)) to `fit`, or to `val` for the windows of the held-out `fold` (left out when `val` is None); then the
+    same over the windows of `extra` = (cache, inputs, target), all of them to `fit` (the anchor)."""
+
+    def rows(tgt: Callable, sink: Callable) -> Callable:
+        return lambda b, h, x, y, out: sink(b, x, row(tgt(b, h, out).to(x.device).float(), y))
+
+    capture(calib, layer, inputs, proj,
+            rows(target, lambda b, x, t: _split_add(fit, val, x, t, starts[b], fold, scale)))
+    if extra is not None:
+        cache, extra_inputs, extra_target = extra
+        capture(cache, layer, extra_inputs, proj, rows(extra_target, lambda b, x, t: fit.add(x, t, scale)))
 
 
 def _post_norm_fit(calib: Calibration, adapter: ModelAdapter, layer: nn.Module, inputs: Sequence[torch.Tensor],
@@ -351,21 +360,13 @@ def _post_norm_fit(calib: Calibration, adapter: ModelAdapter, layer: nn.Module, 
     inv = g / (g * g + 1e-3 * (g * g).mean()) / m
     fit = Gram()
 
-    def rows(target: Callable, sink: Callable) -> Callable:
-        def add(b, h, x, y, out):
-            t = target(b, h, out).to(x.device).float()
-            v = t * inv.to(x.device)
-            rms_y, rms_v = y.float().pow(2).mean(-1, keepdim=True).sqrt(), v.pow(2).mean(-1, keepdim=True).sqrt()
-            z = v * (rms_y / rms_v.clamp_min(1e-12))
-            if proj.bias is not None:
-                z = z - proj.bias.float()
-            sink(b, x, z)
+    def row(t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        v = t * inv.to(t.device)
+        rms_y, rms_v = y.float().pow(2).mean(-1, keepdim=True).sqrt(), v.pow(2).mean(-1, keepdim=True).sqrt()
+        z = v * (rms_y / rms_v.clamp_min(1e-12))
+        return z - proj.bias.float() if proj.bias is not None else z
 
-        return add
-
-    capture(calib, layer, inputs, proj, rows(target, lambda b, x, z: _split_add(fit, None, x, z, starts[b], fold)))
-    if extra is not None:
-        capture(extra[0], layer, extra[1], proj, rows(extra[2], lambda b, x, z: fit.add(x, z)))
+    _collect(calib, layer, inputs, proj, target, row, fit, None, starts, fold, 1.0, extra)
     w0 = proj.weight.detach()
     solutions = ridge_candidates(fit, w0, prior)
     installed = {lam: wt.T.to(w0.dtype) for lam, wt in solutions.items()}

@@ -125,7 +125,7 @@ def candidates(ctx: PruneContext) -> list[int]:
 def refit_targets(ctx: PruneContext, i: int, dense: list | None) -> tuple:
     """What the re-fit of a merge of (i, i+1) matches: the two attention updates and the pair's output ("dense":
     the original model's state after the pair's last original layer, so the fit also absorbs the error that
-    earlier merges left in the input)."""
+    earlier merges left in the input), and with --refit-anchor the same two on the anchor's windows (else None)."""
     out = dense[ctx.tree[i + 1][-1] + 1] if ctx.config.refit_target == "dense" else ctx.calib.hidden[i + 2]
     anchor = None
     if ctx.anchor is not None:  # the same targets on the model's own text (always the current pair's output)

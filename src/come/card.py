@@ -12,7 +12,7 @@ from pathlib import Path
 
 import yaml
 
-from come.assets import MODEL_ALIASES, SMOLLM2_HUB_ID, SMOLLM2_LICENSE
+from come.assets import MODEL_ALIASES, alias_hub_id, alias_license
 from come.errors import ComeError
 from come.eval.report import table
 from come.io import write_text_atomic
@@ -40,7 +40,7 @@ def hub_id(name: str | None) -> str | None:
     if not name:
         return None
     if name in MODEL_ALIASES:
-        return SMOLLM2_HUB_ID
+        return alias_hub_id(name)
     for part in Path(name).parts:
         if part.startswith("models--") and part.count("--") >= 2:
             return part[len("models--"):].replace("--", "/", 1)
@@ -69,7 +69,7 @@ def base_license(name: str | None) -> str | None:
     if not name:
         return None
     if name in MODEL_ALIASES:
-        return SMOLLM2_LICENSE
+        return alias_license(name)
     card = None
     folder = Path(name).expanduser()
     if folder.is_dir():

@@ -67,7 +67,7 @@ class PruneConfig:
     """What `come.prune` does. Give exactly one of `target_layers` and `sparsity`."""
 
     model: str = arg(positional=True, nargs="?",
-                     help="HF model folder, hub id, or alias (smollm2-135m); or `model:` in --config")
+                     help="HF model folder, hub id, or alias (smollm2-135m, gemma3-270m); or `model:` in --config")
     target_layers: int | None = arg(None, exclusive="target", help="number of decoder layers to keep")
     sparsity: float | None = arg(None, exclusive="target",
                                  help="fraction of ALL parameters to remove, rounded to whole layers")

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from come.assets import MODEL_ALIASES, smollm2_dir
+from come.assets import MODEL_ALIASES, alias_dir
 from come.errors import ComeError
 from come.models import gemma as _gemma  # noqa: F401  (each module registers its family's adapters)
 from come.models import granite as _granite  # noqa: F401
@@ -48,7 +48,7 @@ DTYPES = {
 def resolve_model(name: str) -> str:
     """A local folder for an alias or path; a hub id is returned unchanged."""
     if name in MODEL_ALIASES:
-        return str(smollm2_dir())
+        return str(alias_dir(name))
     path = Path(name).expanduser()
     if path.exists():
         if not (path / "config.json").exists():

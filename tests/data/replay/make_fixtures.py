@@ -1,8 +1,10 @@
 """Write the replay fixtures: every method's plan on a tiny random model, and a digest of the weights it produced.
 
 The fixtures pin behaviour across refactors: `tests/test_replay_fixtures.py` replays each stored plan on the same
-tiny model and requires the very same weights (bit for bit), and re-runs each method to require the very same
-plan. Regenerate only on purpose (a deliberate change of a method's decisions), and say why in the commit:
+tiny model and requires the very same weights (bit for bit, on any CPU), and re-runs each method to require the
+same plan (the same decisions; floats within rounding). The base models are drawn with NumPy (`portable_init`), so
+they are the same on every CPU. Regenerate only on purpose (a deliberate change of a method's decisions), and say
+why in the commit:
 
     HF_HUB_OFFLINE=1 python tests/data/replay/make_fixtures.py
 """
@@ -61,12 +63,38 @@ def weights_digest(model) -> str:
     return h.hexdigest()
 
 
+def portable_init(model, seed: int = 0) -> None:
+    """Draw every parameter anew from NumPy's PCG64 generator, whose stream is fixed by its seed alone.
+
+    torch's own random fill (`randn_like`, `normal_`) runs through vectorised kernels whose output depends on the
+    CPU's vector width (AVX-512, AVX2, the scalar fallback), so a model drawn with it differs between machines and
+    a digest of weights derived from it means nothing elsewhere. NumPy's draws and the float64 -> float32 cast are
+    the same on every CPU. Norm weights around 1 and non-zero biases, as `tiny_model` draws them, so that merges of
+    norms and biases are really exercised."""
+    import numpy as np
+    import torch
+
+    rng = np.random.default_rng(seed)
+    with torch.no_grad():
+        for name, p in sorted(model.named_parameters()):
+            z = rng.standard_normal(tuple(p.shape))
+            if "norm" in name:
+                z = 1 + 0.3 * z
+            elif name.endswith("bias"):
+                z = 0.1 * z
+            else:
+                z = 0.02 * z
+            p.copy_(torch.from_numpy(z.astype(np.float32)))
+
+
 def make_base(folder: Path, base: str):
-    """The tiny base model folder (weights, tokenizer) and its calibration text, as the tests build them."""
+    """The tiny base model folder (weights, tokenizer) and its calibration text, as the tests build them: the same
+    weights on every CPU (`portable_init`)."""
     from conftest import SAMPLE_TEXT, tiny_model, tiny_tokenizer
 
     family, overrides = BASES[base]
     model = tiny_model(family, **MODEL, **overrides)
+    portable_init(model)
     model.save_pretrained(folder)
     tiny_tokenizer().save_pretrained(folder)
     text = folder.parent / f"{folder.name}-calib.txt"
@@ -87,7 +115,7 @@ def comparable(plan_json: dict) -> dict:
     return {k: plan_json[k] for k in ("method", "steps", "tree", "seed")}
 
 
-def main() -> None:
+def main(dest: Path = HERE) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         bases = {}
         for name, (base_name, fields) in CASES.items():
@@ -96,15 +124,21 @@ def main() -> None:
                 bases[base_name] = (base, make_base(base, base_name))
             base, text = bases[base_name]
             res = prune_case(base, text, dict(fields))
-            out = HERE / name
+            out = dest / name
             shutil.rmtree(out, ignore_errors=True)
-            out.mkdir()
+            out.mkdir(parents=True)
             res.plan.save(out / "come_plan.json")
             meta = {"base": base_name, "fields": fields, "weights_sha256": weights_digest(res.model),
                     "num_layers": res.plan.num_layers}
             (out / "expected.json").write_text(json.dumps(meta, indent=1) + "\n")
             print(f"{name}: {res.plan.num_layers} layers, {len(res.plan.steps)} steps", flush=True)
+        # The bases' own digests: the same on every CPU, or no digest of a replay could be.
+        from come.models import load_model
+
+        digests = {name: weights_digest(load_model(str(base), "float32", "cpu")[0])
+                   for name, (base, _) in bases.items()}
+        (dest / "bases.json").write_text(json.dumps(digests, indent=1, sort_keys=True) + "\n")
 
 
 if __name__ == "__main__":
-    main()
+    main(Path(sys.argv[1]) if len(sys.argv) > 1 else HERE)

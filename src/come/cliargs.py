@@ -35,6 +35,7 @@ import contextlib
 import copy
 import dataclasses
 import functools
+import math
 import sys
 import types
 import typing
@@ -213,6 +214,13 @@ def check_choices(cfg, skip: Iterable[str] = ()) -> None:
             check_choice(spec.shown, spec.choices, getattr(cfg, spec.name))
 
 
+def check_finite(flag: str, value) -> None:
+    """A one-line ComeError for a NaN or infinite number (or list item): no setting means anything with one."""
+    for v in value if isinstance(value, list) else [value]:
+        if isinstance(v, float) and not math.isfinite(v):
+            raise ComeError(f"{flag} must be a finite number, got {v}")
+
+
 class ConfigAction(argparse.Action):
     """Stores a config flag's value: refuses a value outside its choices with a one-line ComeError, and notes on
     stderr that a deprecated alias was used."""
@@ -230,6 +238,7 @@ class ConfigAction(argparse.Action):
         if values is not self.default:  # a positional argument left out gets its default
             name = self.new_flag or (self.option_strings[0] if self.option_strings else self.dest.upper())
             check_choice(name, self.allowed, values)
+            check_finite(name, values)
         if self.kind == "switch":
             values = True
         elif self.kind == "append":

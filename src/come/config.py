@@ -124,6 +124,11 @@ class PruneConfig:
 
         method = get_method(self.method)
         self.method_options = method_options(self.method, self.method_options)
+        from come.cliargs import check_finite, flags
+
+        for spec in flags(PruneConfig):  # a NaN or infinite number (the Python API; the CLI refuses it parsing)
+            if spec.kind != "nested":
+                check_finite(spec.shown, getattr(self, spec.name))
         if (self.target_layers is None) == (self.sparsity is None):
             raise ComeError("give exactly one of --target-layers and --sparsity")
         if self.sparsity is not None and not 0 < self.sparsity < 1:

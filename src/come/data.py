@@ -58,6 +58,8 @@ def load_text(source: str, part: str = "calib") -> str:
 
 def _local_docs(path: Path) -> list[str]:
     suffix = path.suffix.lower()
+    if path.is_file() and path.stat().st_size == 0:
+        raise ComeError(f"text source {path} is empty: pass a file that holds text")
     try:
         if path.is_dir():
             from datasets import load_from_disk
@@ -76,7 +78,8 @@ def _local_docs(path: Path) -> list[str]:
     except ComeError:
         raise
     except Exception as e:  # malformed files surface as one line, not a pyarrow traceback
-        raise ComeError(f"could not read text from {path}: {type(e).__name__}: {str(e).splitlines()[0]}") from e
+        why = (str(e).strip().splitlines() or [""])[0][:200]
+        raise ComeError(f"could not read text from {path}: {type(e).__name__}{': ' + why if why else ''}") from e
     raise ComeError(f"unsupported text file {path}: use .txt, .jsonl, .json, .parquet or a datasets folder")
 
 

@@ -34,6 +34,11 @@ PLAN_FILE = "come_plan.json"
 TENSORS_FILE = "come_plan.safetensors"  # weights a plan step computed (e.g. a least-squares re-fit)
 
 
+# the fields every plan has, and their JSON types (a step's fields: come.plan_check)
+PLAN_FIELDS = {"method": str, "base_model": dict, "settings": dict}
+PLAN_FIELD_KINDS = {str: "string", dict: "object"}
+
+
 @dataclass
 class Plan:
     method: str
@@ -93,9 +98,20 @@ class Plan:
             data = json.loads(path.read_text())
         except json.JSONDecodeError as e:
             raise ComeError(f"plan {path} is not valid JSON ({e.msg} at line {e.lineno})") from e
+        except (OSError, UnicodeDecodeError) as e:
+            raise ComeError(f"cannot read the plan {path} ({getattr(e, 'strerror', None) or e})") from None
+        except (ValueError, RecursionError) as e:  # a number of thousands of digits, nesting thousands deep
+            raise ComeError(f"plan {path} is not a plan come wrote ({type(e).__name__}: "
+                            f"{str(e).splitlines()[0][:100]}): pass the plan come prune wrote, unedited") from None
         plan = cls.load_dict(data, str(path))
-        if (path.parent / TENSORS_FILE).exists():
-            plan.tensors = load_file(str(path.parent / TENSORS_FILE))
+        sidecar = path.parent / TENSORS_FILE
+        if sidecar.exists() or sidecar.is_symlink():
+            try:
+                plan.tensors = load_file(str(sidecar))
+            except Exception as e:  # truncated, empty, a folder: safetensors' own error types
+                why = (getattr(e, "strerror", None) or str(e).strip() or type(e).__name__).splitlines()[0][:120]
+                raise ComeError(f"the plan's tensors {sidecar} cannot be read ({why}): pass the folder come prune "
+                                "wrote, unedited") from None
         return plan
 
     @classmethod
@@ -103,6 +119,12 @@ class Plan:
         if not isinstance(data, dict) or data.get("format") != PLAN_FORMAT:
             got = data.get("format") if isinstance(data, dict) else type(data).__name__
             raise ComeError(f"{where} has format {got!r}, expected {PLAN_FORMAT!r}: pass a plan written by come")
+        for key, kind in PLAN_FIELDS.items():
+            if key not in data:
+                raise ComeError(f"{where} has no {key}: pass a plan written by come, unedited")
+            if not isinstance(data[key], kind):
+                raise ComeError(f"{where}: {key} must be a JSON {PLAN_FIELD_KINDS[kind]}, got "
+                                f"{type(data[key]).__name__}: pass a plan written by come, unedited")
         known = set(cls.__dataclass_fields__) - {"tensors"}
         return cls(**{k: v for k, v in data.items() if k in known})
 

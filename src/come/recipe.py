@@ -22,6 +22,34 @@ COMMANDS = ("prune", "compare", "distill")
 RUN_ONLY = ("progress", "overwrite", "resume", "stop_after")  # how a run goes, not what it makes: never in a recipe
 
 
+MAX_RECIPE_BYTES = 1 << 20  # a recipe is a few settings; anything this large is not one
+MAX_VALUES = 100_000  # values of a recipe with its aliases expanded
+MAX_ALIASES = 100  # YAML aliases a recipe may use: a few nested ones (a "billion laughs") would fill the memory
+
+
+class RecipeLoader(yaml.SafeLoader):
+    """yaml's SafeLoader (plain data, never objects) that refuses more than MAX_ALIASES aliases."""
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            self.aliases_seen = getattr(self, "aliases_seen", 0) + 1
+            if self.aliases_seen > MAX_ALIASES:
+                raise ComeError(f"--config {self.name}: more than {MAX_ALIASES} YAML aliases (*name): a recipe "
+                                "needs none; write the values out")
+        return super().compose_node(parent, index)
+
+
+def _expanded_size(obj, memo: dict) -> int:
+    """How many values `obj` holds with its YAML aliases expanded (shared objects counted once per use, each
+    computed once: a "billion laughs" is counted, not built)."""
+    if id(obj) in memo:
+        return memo[id(obj)]
+    items = list(obj.keys()) + list(obj.values()) if isinstance(obj, dict) else obj if isinstance(obj, list) else ()
+    size = 1 + sum(_expanded_size(v, memo) for v in items)
+    memo[id(obj)] = size
+    return size
+
+
 def config_class(command: str):
     # CompareConfig and DistillConfig live in modules that import this one (they write recipes and cards)
     if command == "prune":
@@ -54,15 +82,23 @@ def load(path: str | Path, command: str) -> dict:
     """The recipe in `path`, checked against `command`'s settings: unknown keys and wrong types are refused."""
     path = Path(path).expanduser()
     try:
-        data = yaml.safe_load(path.read_text())
+        if path.is_file() and path.stat().st_size > MAX_RECIPE_BYTES:
+            raise ComeError(f"--config {path} is larger than a recipe ({path.stat().st_size:,} bytes, at most "
+                            f"{MAX_RECIPE_BYTES:,}): pass a recipe file")
+        data = yaml.load(path.read_bytes().decode("utf-8"), Loader=RecipeLoader)
     except OSError as e:
         raise ComeError(f"--config {path}: cannot read it ({e.strerror}): pass a recipe file") from None
+    except UnicodeDecodeError:
+        raise ComeError(f"--config {path} is not a text file (not UTF-8): pass a YAML recipe") from None
     except yaml.YAMLError as e:
         where = getattr(e, "problem_mark", None)
         at = f" at line {where.line + 1}" if where is not None else ""
         raise ComeError(f"--config {path} is not valid YAML{at}: fix the file (see recipes/ for examples)") from None
     if data is None:
         data = {}
+    if _expanded_size(data, {}) > MAX_VALUES:
+        raise ComeError(f"--config {path}: its values, aliases expanded, hold more than {MAX_VALUES:,} items: a "
+                        "recipe is a few settings; write them out")
     if not isinstance(data, dict):
         raise ComeError(f"--config {path} must be a mapping of settings (key: value), got {type(data).__name__}")
     wanted = data.get("command", command)
@@ -107,6 +143,7 @@ def _check_type(command: str, key: str, value, path) -> None:
           "CalibConfig": isinstance(value, dict)}
     if not any(ok.get(k, False) for k in kinds):
         raise ComeError(f"--config {path}: {key} must be {ann.replace('None', 'null')}, got {value!r}")
+    cliargs.check_finite(f"--config {path}: {key}", value)
 
 
 # `out` of a command whose config has no such field (prune): the --out of come.cli's add_output_args

@@ -260,7 +260,9 @@ def test_retained_is_pruned_over_dense():
     assert ret["ppl/wiki-passages"] == pytest.approx(150.0)
     assert ret["params"] == pytest.approx(75.0)
     text = report.table({"model": pruned, "baseline": dense, "retained": ret})
-    assert "| avg/mixed | 62.86 | 47.14 | 75.0 |" in text
+    assert "| avg/mixed | 62.86 | 47.14 | 75.0% |" in text
+    # perplexity is a ratio, never a "retained %" that reads like a gain: 30 / 20 = x1.50
+    assert "| ppl/wiki-passages | 20.00 | 30.00 | x1.50 |" in text and "retained %" not in text
 
 
 def test_speed_up_is_shown_beside_the_ideal_ratio_of_depths():
@@ -282,7 +284,7 @@ def test_cli_eval_with_baseline_writes_json_and_md(tiny_dir, tmp_path, capsys):
                "--speed-prompt-len", "16", "--speed-gen-len", "4", "--device", "cpu", "--out", str(out)])
     assert rc == 0
     printed = capsys.readouterr().out
-    assert "| ppl/" in printed and "retained %" in printed
+    assert "| ppl/" in printed and "vs baseline" in printed
     result = json.loads((out / "eval.json").read_text())
     m, b = result["model"], result["baseline"]
     assert m["ppl"][str(text)]["ppl"] == pytest.approx(b["ppl"][str(text)]["ppl"])  # the same model twice

@@ -90,6 +90,49 @@ def test_card_names_hub_base_model_and_its_license(tmp_path):
     assert meta["base_model"] == "HuggingFaceTB/SmolLM2-135M-Instruct" and meta["license"] == "apache-2.0"
 
 
+def test_card_of_a_bundled_base_says_where_its_weights_came_from_and_reproduces_by_hub_id():
+    """A card is for readers who never saw this machine: the Hub id in "Reproduce" (and the bundled alias that gives
+    these very weights), the base's provenance (dequantised from a 4-bit GGUF), a load snippet, a limitations
+    line, and where the card comes from."""
+    from come.card import card_text
+    from come.plan import Plan
+
+    rec = {"command": "prune", "model": "smollm2-135m", "target_layers": 20, "method": "come"}
+    plan = Plan("come", {"name": "smollm2-135m", "num_layers": 30, "params": 100},
+                {"model": "smollm2-135m", "recipe": rec}, tree=[[0, 1]] + [[i] for i in range(2, 30)],
+                stats={"layers_before": 30, "layers_after": 29, "params_before": 100, "params_after": 97})
+    card = card_text(plan, recipe=rec)
+    assert "come prune HuggingFaceTB/SmolLM2-135M-Instruct --target-layers 20" in card
+    assert "bundled `smollm2-135m`" in card and "come prune smollm2-135m ..." in card
+    assert "dequantised from the 4-bit GGUF file `SmolLM2-135M-Instruct.Q4_1.gguf`" in card
+    assert 'AutoModelForCausalLM.from_pretrained("THIS_FOLDER")' in card
+    assert "## Limitations" in card and "Not measured yet" in card and "Made with `come`" in card
+    local = Plan("come", {"name": "tiny", "source": "local", "num_layers": 3}, {"model": "/x/tiny"}, tree=[[0], [1]])
+    assert "dequantised" not in card_text(local)  # a model of the user's own: no provenance claim
+
+
+def test_output_folder_has_a_recipe_that_reproduces_the_plan_and_eval_fills_the_limitations(
+        run, tiny_dir, tmp_path, monkeypatch):
+    path, text = tiny_dir
+    monkeypatch.chdir(tmp_path)  # the recipe names the model and the text by their names, as a user shares it
+    assert run(*prune_flags(path.name, text.name, "--target-layers", 4, "--out", "out"))[0] == 0
+    rec = yaml.safe_load((tmp_path / "out" / "recipe.yaml").read_text())
+    assert rec["model"] == "tiny-llama" and rec["target_layers"] == 4 and str(tmp_path) not in str(rec)
+    code, _, err = run("prune", "--config", "out/recipe.yaml", "--out", "again")
+    assert code == 0, err
+    first, again = (json.loads((tmp_path / d / "come_plan.json").read_text()) for d in ("out", "again"))
+    assert (first["steps"], first["tree"]) == (again["steps"], again["tree"])
+    held_out = tmp_path / "held-out.txt"
+    held_out.write_text("Some other text about rivers, cities and the stars, for scoring only. " * 60)
+    code, _, err = run("eval", "out", "--baseline", path.name, "--ppl", held_out, "--ppl-seq-len", 32,
+                       "--ppl-max-windows", 2, "--device", "cpu", "--out", "out/eval")
+    assert code == 0, err
+    card = (tmp_path / "out" / CARD_FILE).read_text()
+    limits = card.split("## Limitations")[1].split("##")[0]
+    assert "Not measured yet" not in limits and re.search(r"ppl/held-out\.txt x\d+\.\d\d", limits), limits
+    assert "retained %" not in card  # perplexity is a ratio to the base, never a "retained %"
+
+
 def test_saved_config_carries_the_keys_transformers_4_reads(tmp_path):
     from transformers import AutoConfig, AutoModelForCausalLM
 

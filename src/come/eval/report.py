@@ -99,9 +99,18 @@ def label(key: str) -> str:
     return f"ppl/{display_name(name)}" if group == "ppl" else key
 
 
+def versus(key: str, retained_pct: float | None) -> str:
+    """The "vs baseline" cell: a perplexity as the ratio model / baseline (x10.48: higher is worse), anything else
+    as the share of the baseline retained (97.3%)."""
+    if retained_pct is None:
+        return "-"
+    return f"x{retained_pct / 100:.2f}" if key.startswith("ppl/") else f"{retained_pct:.1f}%"
+
+
 def table(result: dict) -> str:
-    """A markdown table: one column per model, plus "retained %" when there is a baseline, and the paired
-    difference to it (with a legend line under the table) when both have per-item / per-window results."""
+    """A markdown table: one column per model, plus "vs baseline" when there is a baseline (perplexity as a ratio,
+    accuracy and size as % retained), and the paired difference to it (with a legend line under the table) when
+    both have per-item / per-window results."""
     model = result["model"]
     base = result.get("baseline")
     mm = flat_metrics(model)
@@ -112,10 +121,10 @@ def table(result: dict) -> str:
         return "\n".join(lines)
     mb, ret = flat_metrics(base), result.get("retained", {})
     diffs = {k: d for k, d in result.get("differences", {}).items() if "unavailable" not in d}
-    head = f"| metric | {display_name(base['name'])} (baseline) | {display_name(model['name'])} | retained % |"
+    head = f"| metric | {display_name(base['name'])} (baseline) | {display_name(model['name'])} | vs baseline |"
     lines = [head + (" diff (paired) |" if diffs else ""), "|---|---:|---:|---:|" + ("---:|" if diffs else "")]
     for k in dict.fromkeys(keys + list(mb)):
-        r = f"{ret[k]:.1f}" if k in ret else "-"
+        r = versus(k, ret.get(k))
         line = f"| {label(k)} | {_cell(k, base, mb)} | {_cell(k, model, mm)} | {r} |"
         lines.append(line + (f" {stats.fmt_diff(k, diffs.get(k))} |" if diffs else ""))
     if diffs:
@@ -143,7 +152,8 @@ def markdown(result: dict) -> str:
         "",
         table(result),
         "",
-        "Accuracies are in %. `retained %` = 100 x model / baseline (for perplexity above 100 is worse).",
+        "Accuracies are in %. `vs baseline`: perplexity as the ratio model / baseline (x1.50 is 50% higher, "
+        "worse); accuracy, parameters and speed as the share of the baseline retained (100 x model / baseline).",
         f"- dtype {result['model']['dtype']}, device {result['model']['device']} (asked: {s['dtype']}, "
         f"{s['device']}), batch size {s['batch_size']}",
     ]

@@ -330,6 +330,29 @@ def test_dry_run_placement_follows_the_gpu_size(run, gpu, weights, cache):
     assert f["parameters"].startswith("8,030,261,248 -> 6,285,365,248")
 
 
+@pytest.mark.parametrize("name", sorted(p.name for p in CONFIGS.iterdir()))
+@pytest.mark.parametrize("gpu", ["16GiB", "24GiB", "40GiB", "80GiB"])
+def test_dry_run_never_says_it_fits_beside_a_peak_above_the_gpu(run, name, gpu):
+    """Weights and cache may fit while the whole peak (2x cache, the re-fit's Gram matrices) does not: then a
+    warning says so and names flags; run with those flags, the estimate is within the device (or the warning says
+    nothing fits)."""
+    budget = 0.8 * float(gpu[:-3])
+    layers = PUBLISHED[name][0]
+    for method in ("come-plus", "sleb"):
+        args = (CONFIGS / name, "--target-layers", layers * 3 // 4, "--method", method, "--gpu-memory", gpu)
+        out, f = dry(run, *args)
+        peak = float(f["peak GPU"].strip("~").split()[0])
+        warning = f.get("warning", "")
+        if abs(peak - budget) > 0.05:  # the printed peak is rounded to 0.1 GiB
+            assert (peak > budget) == bool(warning), (method, out)
+        if "with --" in warning:
+            flags = warning.split("with ", 1)[1].split(" the estimate")[0].split()
+            _, fixed = dry(run, *args, *flags)
+            assert float(fixed["peak GPU"].strip("~").split()[0]) <= budget and "warning" not in fixed
+        elif warning:
+            assert "even with the weights and the cache in CPU memory" in warning
+
+
 def test_dry_run_counts_the_re_fit_passes_four_times_with_cross_fit(run):
     """come-plus, 32 -> 24 layers: 8 steps of 3 ratio trials, each re-fitting the merged layer with 2 passes of it
     (8 with --cross-fit, one fit per fold): 24 * 2 / 32 and 24 * 8 / 32 full-pass equivalents on top of

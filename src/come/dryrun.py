@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
 from come import placement
 from come.config import PruneConfig
 from come.errors import ComeError
+from come.methods import get_method
 from come.methods.come import refits
 from come.models import count_params, get_adapter, load_config, meta_model, parse_device, parse_dtype
 from come.names import display_name
@@ -57,6 +58,7 @@ class DryRun:
     passes: float
     passes_text: str
     calib: str
+    warnings: list[str] = field(default_factory=list)
 
     def text(self) -> str:
         (n0, n1), (p0, p1) = self.layers, self.params
@@ -73,6 +75,7 @@ class DryRun:
             f"  placement     {self.place.reason}",
             f"  peak GPU      {'-' if self.gpu_peak is None else '~' + gib(self.gpu_peak)} (estimate)",
             f"  peak CPU RAM  ~{gib(self.cpu_peak)} (estimate)",
+            *[f"  warning       {w}" for w in self.warnings],
             f"  calibration   {self.passes_text}",
         ]
         lines += [f"  note          {n}" for n in self.memory_notes]
@@ -106,10 +109,33 @@ def dry_run(cfg: PruneConfig, gpu_memory: str | None = None) -> DryRun:
     cache = placement.cache_bytes(config, c.samples, c.seq_len, dtype)
     gpu, cpu, notes = peak_memory(cfg, config, skeleton, place, dtype, weights, cache)
     passes, text = calibration_passes(cfg, n0, target)
+    warnings = []
+    if gpu is not None and free is not None and gpu > placement.HEADROOM * free:
+        warnings.append(peak_warning(cfg, config, skeleton, device, dtype, free, weights, cache, gpu))
     return DryRun(display_name(cfg.model), config.model_type, cfg.method, (n0, target), (p0, p1),
                   str(dtype).replace("torch.", ""), device, free, simulated, weights, cache, place, gpu, cpu, notes,
                   passes, text, f"{n0 + 1} boundaries x {c.samples} windows x {c.seq_len} tokens x "
-                  f"{config.hidden_size} x {dtype.itemsize} bytes")
+                  f"{config.hidden_size} x {dtype.itemsize} bytes", warnings)
+
+
+def peak_warning(cfg: PruneConfig, config, skeleton, device: str, dtype: torch.dtype, free: int, weights: int,
+                 cache: int, gpu: int) -> str:
+    """The placement only weighs the weights and the cache; when the whole estimated peak (2x cache, Gram
+    matrices, logits) is above what the device offers, say so, and name the first flags whose placement brings
+    the estimate within it."""
+    budget = placement.HEADROOM * free
+    options = [("--store-device cpu", cfg.offload, "cpu"), ("--offload always --store-device cpu", "always", "cpu")]
+    for flags, offload, store in options:
+        alt = placement.decide(device, offload, store, weights, cache, free)
+        if alt.offloaded and get_method(cfg.method).needs_whole_model:
+            continue
+        alt_gpu = peak_memory(cfg, config, skeleton, alt, dtype, weights, cache)[0]
+        if alt_gpu is not None and alt_gpu <= budget:
+            return (f"the estimated peak (~{gib(gpu)}) is above {placement.HEADROOM:.0%} of the {gib(free)} free: "
+                    f"expect running out of GPU memory; with {flags} the estimate is ~{gib(alt_gpu)}")
+    return (f"the estimated peak (~{gib(gpu)}) is above {placement.HEADROOM:.0%} of the {gib(free)} free, even "
+            "with the weights and the cache in CPU memory: use fewer --calib-samples, a shorter --calib-seq-len, "
+            "or a larger GPU")
 
 
 def peak_memory(cfg: PruneConfig, config, skeleton, place: placement.Placement, dtype: torch.dtype,

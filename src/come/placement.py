@@ -66,7 +66,7 @@ def decide(compute: str, offload: str, store_device: str | None, weight_bytes: i
     cache = compute if cache_on_device else (store_device or "cpu")
     left = budget - (cache_bytes if cache_on_device else 0)
     if weight_bytes <= left:
-        why = "everything fits" if cache_on_device else "the cache does not fit beside the weights"
+        why = "weights and cache fit" if cache_on_device else "the cache does not fit beside the weights"
         return Placement(compute, compute, cache,
                          f"weights on {compute}, cache on {cache}: {why} ({need}, {gib(free_bytes)} free)")
     return Placement(compute, "cpu", cache,

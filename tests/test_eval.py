@@ -301,6 +301,7 @@ def test_cli_eval_with_baseline_writes_json_and_md(tiny_dir, tmp_path, capsys):
 
 @pytest.mark.parametrize("args,message", [
     (["--tasks", "piqa,mmlu"], "unknown task mmlu"),
+    (["--tasks", "piqq"], "unknown task piqq (did you mean piqa?)"),
     (["--tasks", "piqa", "--limit", "0"], "--limit 0"),
     (["--ppl", "no-such-file.txt", "--ppl-seq-len", "64"], "neither a file nor a known name"),
     (["--ppl", "TEXT", "--ppl-seq-len", "1024"], "exceeds the model context"),

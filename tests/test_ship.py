@@ -256,6 +256,7 @@ def test_every_shipped_recipe_is_valid_and_round_trips(run, name):
     ("command: compare\n", "is a `come compare` recipe: run `come compare --config"),
     ("[1, 2]\n", "must be a mapping of settings"),
     ("a: [1\n", "is not valid YAML at line"),
+    ("target_layer: 4\n", "unknown key target_layer (did you mean target_layers?); valid keys"),
 ])
 def test_bad_recipes_are_one_line_errors(run, tiny_dir, tmp_path, body, needle):
     path, _ = tiny_dir

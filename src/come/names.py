@@ -22,3 +22,13 @@ def display_name(name: str | None) -> str | None:
     if is_local(name):
         return Path(name).expanduser().name or name
     return name
+
+
+def did_you_mean(name: str, choices) -> str:
+    """" (did you mean X?)" for the closest of `choices` to a mistyped `name` (case and dashes ignored), else ""."""
+    import difflib
+
+    key = {c.lower().replace("-", "").replace("_", ""): c for c in choices}
+    typed = str(name).lower().replace("-", "").replace("_", "")
+    close = difflib.get_close_matches(typed, list(key), n=1, cutoff=0.6)
+    return f" (did you mean {key[close[0]]}?)" if close else ""

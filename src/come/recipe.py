@@ -108,7 +108,10 @@ def load(path: str | Path, command: str) -> dict:
     valid = valid_keys(command)
     unknown = [k for k in flat if k not in valid]
     if unknown:
-        raise ComeError(f"--config {path}: unknown key{'s' if len(unknown) > 1 else ''} {', '.join(unknown)}; "
+        from come.names import did_you_mean
+
+        hint = did_you_mean(unknown[0], valid) if len(unknown) == 1 else ""
+        raise ComeError(f"--config {path}: unknown key{'s' if len(unknown) > 1 else ''} {', '.join(unknown)}{hint}; "
                         f"valid keys for `come {command}`: {', '.join(valid)}")
     for key, value in flat.items():
         _check_type(command, key, value, path)

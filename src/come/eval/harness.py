@@ -33,7 +33,10 @@ def parse_tasks(spec: str | list[str] | None, offline: bool | None = None) -> li
     unknown = [n for n in names if n not in TASKS]
     offline = offline_default() if offline is None else offline
     if unknown and offline:
-        raise ComeError(f"unknown task {', '.join(unknown)} offline: the bundled tasks are {', '.join(TASKS)} "
+        from come.names import did_you_mean
+
+        hint = did_you_mean(unknown[0], TASKS) if len(unknown) == 1 else ""
+        raise ComeError(f"unknown task {', '.join(unknown)}{hint} offline: the bundled tasks are {', '.join(TASKS)} "
                         "('all'); any lm-eval task runs online (without HF_HUB_OFFLINE and --offline-tasks)")
     if unknown:
         check_lm_eval_tasks(unknown)

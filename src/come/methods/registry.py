@@ -171,7 +171,10 @@ def get_method(name: str) -> Method:
     """The record of method `name`; an unknown name raises a ComeError listing the registered ones."""
     load_builtins()
     if name not in _REGISTRY:
-        raise ComeError(f"unknown method '{name}': registered methods are {', '.join(sorted(_REGISTRY))}")
+        from come.names import did_you_mean
+
+        raise ComeError(f"unknown method '{name}'{did_you_mean(name, _REGISTRY)}: registered methods are "
+                        f"{', '.join(sorted(_REGISTRY))}")
     return _REGISTRY[name]
 
 

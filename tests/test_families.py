@@ -170,8 +170,7 @@ def test_attention_of_b_and_mlp_of_a_is_exact(family, norm):
     model = tiny_family(family)
     a, calib = calibration(model)
     geo, d_ff = a.geometry(), model.config.intermediate_size
-    la, lb = a.layers[0], a.layers[1]
-    share_qk_norms(a, la, lb)  # per-head q/k norms are ratio-averaged over both layers, heads or not
+    la, lb = a.layers[0], a.layers[1]  # per-head q/k norms: b's own, as only b's heads are kept
     merged = concat_layers(a, la, lb, ([], list(range(geo.num_kv_heads))), (list(range(d_ff)), []), (0.5, 0.5), norm)
     assert a.layer_type(merged) == a.layer_type(lb)
     h, kw = calib.hidden[0][0], calib.kwargs_for(lb)[0]
@@ -183,6 +182,31 @@ def test_attention_of_b_and_mlp_of_a_is_exact(family, norm):
         assert torch.equal(got, expected)
     else:  # a norm scale moved into the projections rounds differently
         torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("norm", ["mean", "fold"])
+def test_one_kv_head_merge_keeps_the_attention_of_its_layer(norm):
+    """Gemma 3 with one KV head (as Gemma 3 270M): a merge at any interior ratio keeps one layer's whole attention,
+    so the merged attention must be that layer's own, its per-head q/k norms included; averaging them with the
+    other layer's (whose heads are gone) changed every attention score of Gemma 3 270M's merges."""
+    model = tiny_family("gemma3_text", num_key_value_heads=1, num_attention_heads=2)
+    a, calib = calibration(model)
+    d_ff = model.config.intermediate_size
+    la, lb = pair_of_one_type(a)
+    assert a.geometry().num_kv_heads == 1
+    assert not torch.equal(a.qk_norms(la)[0].weight, a.qk_norms(lb)[0].weight)
+    channels = (list(range(0, d_ff, 3)), [c for c in range(d_ff) if c % 3])
+    for groups, ratio, own in ((([0], []), (0.6, 0.4), la), (([], [0]), (0.3, 0.7), lb)):
+        merged = concat_layers(a, la, lb, groups, channels, ratio, norm)
+        for i in range(2):
+            assert torch.equal(a.qk_norms(merged)[i].weight, a.qk_norms(own)[i].weight)
+        h, kw = calib.hidden[0][0], calib.kwargs_for(own)[0]
+        with torch.no_grad():
+            got, want = attn_out(a, merged, h, kw), attn_out(a, own, h, kw)
+        if norm == "mean":  # the input norm too is the kept layer's own: bit for bit
+            assert torch.equal(got, want)
+        else:  # its scale folded into q/k/v rounds differently
+            torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize("family", ["phi3", "granite", "qwen2-sliding"])

@@ -54,6 +54,15 @@ def _concat(parts: list[dict]) -> dict:
     return {n: (torch.cat([p[n][0] for p in parts]), cat([p[n][1] for p in parts])) for n in parts[0]}
 
 
+def _contributors_mean(weights: list[torch.Tensor], pieces, ratio) -> torch.Tensor:
+    """The weights of the layers that contribute pieces, averaged with their ratios renormalised over them (equal
+    weights when those ratios are all zero): a layer that contributes nothing has no say."""
+    src = [(w, r) for w, p, r in zip(weights, pieces, ratio) if p]
+    total = sum(r for _, r in src)
+    mix = [r / total for _, r in src] if total > 0 else [1.0 / len(src)] * len(src)
+    return _weighted([w for w, _ in src], mix)
+
+
 def _set_weight(norm: nn.Module, weight: torch.Tensor) -> None:
     with torch.no_grad():
         if norm.weight.shape == weight.shape:
@@ -78,8 +87,9 @@ def concat_layers(
     projections and makes the merged norm scale by one, so each piece computes what it computed in its own layer.
     Norms after a sub-layer (Gemma, OLMo 2) normalise the sum of all pieces, so no scale can move into a
     projection: their weights are averaged over the contributing layers with the ratio, in both modes. Per-head
-    q/k norms (Qwen3, Gemma 3) and output biases are ratio-averaged over both layers; per-row q/k norms (OLMo 2)
-    follow their rows. The
+    q/k norms (Qwen3, Gemma 3) are shared by all heads: likewise averaged over the layers whose heads the merge
+    holds, so a merge that keeps one layer's heads only (always, with one KV head) keeps that layer's q/k norms.
+    Output biases are ratio-averaged over both layers; per-row q/k norms (OLMo 2) follow their rows. The
     merged attention type (sliding window or global) is that of the layers whose heads it holds
     (`ModelAdapter.merged_layer_type` when both).
     """
@@ -139,18 +149,18 @@ def concat_layers(
             _set_weight(target, _weighted(src, [1.0 / len(src)] * len(src)))
     for get, pieces in ((adapter.attn_post_norm, attn_groups), (adapter.mlp_post_norm, mlp_channels)):
         target = get(merged)
-        if target is None:
-            continue
-        src = [(get(x).weight, r) for x, p, r in zip(layers, pieces, ratio) if p]
-        total = sum(r for _, r in src)
-        weights = [r / total for _, r in src] if total > 0 else [1.0 / len(src)] * len(src)
-        _set_weight(target, _weighted([w for w, _ in src], weights))
+        if target is not None:
+            _set_weight(target, _contributors_mean([get(x).weight for x in layers], pieces, ratio))
     qk = adapter.qk_norms(merged)
     if qk is not None:
         for i, target in enumerate(qk):
             if adapter.qk_norm_per_head:
+                # shared by every head: the norms of the layers whose heads the merge holds (one layer's own when
+                # it holds only that layer's heads, as with a single KV head)
                 src = [adapter.qk_norms(x)[i].weight for x in layers]
-                _set_weight(target, _weighted(src, list(ratio)))
+                both = all(attn_groups)
+                _set_weight(target, _weighted(src, list(ratio)) if both else _contributors_mean(src, attn_groups,
+                                                                                                 ratio))
             else:
                 _set_weight(target, torch.cat([r[i] for r in qk_rows]))
 

@@ -2,6 +2,7 @@
 faults (a careless or hostile user, a full or read-only disk, SIGKILL/SIGTERM). Tiny models; in-process runs of
 the CLI except where a real process must die."""
 
+import importlib
 import json
 import math
 import os
@@ -17,6 +18,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+import come.distillation.train  # noqa: F401  (bound to the real load_model before no_weights patches it)
 import come.io
 import come.models
 from come.cli import main
@@ -585,3 +587,416 @@ def test_baseline_problems_fail_before_the_model_is_evaluated(base, run, tmp_pat
     t = time.perf_counter()
     one_line_error(*run("eval", model, "--ppl", text, *EVAL, "--baseline", "models/bsae"), "models/bsae")
     assert time.perf_counter() - t < 30
+
+
+# --- every command that writes: one output discipline (distill and compare as prune and apply) ---
+
+DISTILL = ["--train-seq-len", "32", "--train-batch-size", "2", "--steps", "1", "--device", "cpu"]
+
+
+def distill_argv(student, teacher, data, out, *extra):
+    return ["distill", "--student", student, "--teacher", teacher, "--train-data", data, *DISTILL, "--out", out,
+            *extra]
+
+
+def compare_argv(model, calib, text, out, *extra):
+    return ["compare", model, "--target-layers", "5", "--methods", "sleb", "--calib-data", calib, "--calib-samples",
+            "2", "--calib-seq-len", "32", "--ppl-data", text, "--ppl-seq-len", "32", "--ppl-max-windows", "2",
+            "--device", "cpu", "--out", out, *extra]
+
+
+def listing(folder):
+    return sorted(str(p.relative_to(folder)) for p in Path(folder).rglob("*"))
+
+
+def test_distill_and_compare_never_replace_their_inputs(base, plans, run, tmp_path, no_weights):
+    work, model, calib, text = base
+    teacher = tmp_path / "teacher"
+    shutil.copytree(model, teacher)
+    student = plans / "plain"
+    data_dir, ppl_dir = tmp_path / "train", tmp_path / "ppl"
+    data_dir.mkdir()
+    ppl_dir.mkdir()
+    shutil.copy(calib, data_dir / "train.txt")
+    shutil.copy(text, ppl_dir / "ppl.txt")
+    before = {f: listing(f) for f in (teacher, student, data_dir, ppl_dir)}
+    for out in (teacher, student, data_dir, teacher / "inside"):
+        one_line_error(*run(*distill_argv(student, teacher, data_dir / "train.txt", out, "--overwrite")),
+                       "this run reads")
+    one_line_error(*run(*compare_argv(model, calib, ppl_dir / "ppl.txt", ppl_dir, "--overwrite")), "this run reads")
+    one_line_error(*run(*compare_argv(teacher, calib, text, teacher / "cmp")), "lies inside")
+    one_line_error(*run(*prune_argv(teacher, calib, teacher / "pruned")), "lies inside")
+    assert {f: listing(f) for f in (teacher, student, data_dir, ppl_dir)} == before
+
+
+@pytest.mark.parametrize("command", ["prune", "apply", "eval", "compare", "distill"])
+def test_out_that_holds_the_home_folder_is_refused(base, plans, run, tmp_path, monkeypatch, no_weights, command):
+    work, model, calib, text = base
+    home = tmp_path / "users" / "me"
+    home.mkdir(parents=True)
+    (home / "keep.txt").write_text("user data")
+    monkeypatch.setenv("HOME", str(home))
+    for out in (tmp_path / "users", tmp_path):
+        argv = {"prune": prune_argv(model, calib, out),
+                "apply": ["apply", plans / "plain", "--model", model, "--out", out],
+                "eval": ["eval", model, "--ppl", text, *EVAL, "--out", out],
+                "compare": compare_argv(model, calib, text, out),
+                "distill": distill_argv(plans / "plain", model, calib, out)}[command]
+        one_line_error(*run(*argv, "--overwrite"), "a parent of the home folder")
+    assert (home / "keep.txt").read_text() == "user data"
+
+
+def test_eval_may_write_inside_the_model_it_evaluates(base, run, tmp_path):
+    _, model, _, text = base
+    m = tmp_path / "m"
+    shutil.copytree(model, m)
+    assert run("eval", m, "--ppl", text, *EVAL, "--out", m / "eval")[0] == 0
+    assert json.loads((m / "eval" / "eval.json").read_text())["model"]["ppl"]
+
+
+@pytest.mark.parametrize("command", ["prune", "apply", "eval", "compare", "distill"])
+def test_what_appears_in_out_while_a_run_works_is_kept(base, plans, run, tmp_path, monkeypatch, command):
+    """A file written into --out while the run works (another program, the user) is never replaced without
+    --overwrite: the run refuses at the end and keeps its own result beside it."""
+    import come.runstore
+
+    work, model, calib, text = base
+    out = tmp_path / "out"
+    for module in (come.io, come.runstore):
+        real = module.publish
+
+        def publish_after_a_user_wrote(new, target, overwrite, real=real):
+            if target == out:  # (compare's per-method folders inside its run folder are not --out)
+                target.mkdir(exist_ok=True)
+                (target / "notes.txt").write_text("the user's notes")
+            return real(new, target, overwrite)
+
+        monkeypatch.setattr(module, "publish", publish_after_a_user_wrote)
+    argv = {"prune": prune_argv(model, calib, out),
+            "apply": ["apply", plans / "plain", "--model", model, "--out", out],
+            "eval": ["eval", model, "--ppl", text, *EVAL, "--out", out],
+            "compare": compare_argv(model, calib, text, out),
+            "distill": distill_argv(plans / "plain", model, calib, out)}[command]
+    code, err = run(*argv)
+    one_line_error(code, err, "was written to while this run worked (notes.txt)", "not replaced")
+    assert listing(out) == ["notes.txt"] and (out / "notes.txt").read_text() == "the user's notes"
+    kept = Path(err.split("result is in ")[1].split(": move it")[0])
+    assert kept.is_dir() and any(kept.iterdir())
+    assert not [p for p in tmp_path.iterdir() if ".tmp-" in p.name or ".old-" in p.name]
+
+
+def checkpoint_after_one_step(monkeypatch, run, argv):
+    """Run `come prune argv` interrupted (Ctrl-C) right after its first checkpoint."""
+    import come.resume
+
+    real = come.resume.writer
+
+    def writer_then_interrupt(*a, **k):
+        on_step = real(*a, **k)
+
+        def step(ctx):
+            on_step(ctx)
+            raise KeyboardInterrupt
+
+        return step
+
+    monkeypatch.setattr(come.resume, "writer", writer_then_interrupt)
+    assert run(*argv)[0] == 130
+    monkeypatch.setattr(come.resume, "writer", real)
+
+
+def test_a_second_run_on_the_same_out_is_refused_and_the_checkpoint_survives(base, run, tmp_path, monkeypatch):
+    from come.io import output_lock
+
+    _, model, calib, _ = base
+    out = tmp_path / "out"
+    argv = prune_argv(model, calib, out, "--method", "sleb")
+    checkpoint_after_one_step(monkeypatch, run, argv)
+    ck = tmp_path / ".out.resume"
+    saved = (ck / "come_plan.json").read_text()
+    with output_lock(out):  # a first run is still working on --out
+        for extra in ((), ("--resume",), ("--overwrite",)):
+            one_line_error(*run(*argv, *extra), "another come run is working on --out")
+    assert (ck / "come_plan.json").read_text() == saved
+    # a new run (without --resume) stopped before its first step leaves the old checkpoint whole
+    prune_module = importlib.import_module("come.prune")
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(prune_module, "Calibration", interrupted)
+    assert run(*argv)[0] == 130
+    assert (ck / "come_plan.json").read_text() == saved
+    monkeypatch.undo()
+    assert run(*argv, "--resume")[0] == 0 and not ck.exists() and (out / "come_plan.json").exists()
+    assert not (tmp_path / ".out.lock").exists()
+
+
+def test_two_come_processes_on_one_out_one_refuses(base, tmp_path):
+    """Real processes: the lock goes with the process; the second run exits 2 with one line, the first finishes."""
+    _, model, calib, _ = base
+    env = dict(os.environ, PYTHONPATH=str(ROOT / "src"), OMP_NUM_THREADS="1")
+    argv = [sys.executable, "-m", "come.cli", *map(str, prune_argv(model, calib, tmp_path / "out"))]
+    first = subprocess.Popen(argv, env=env, stderr=subprocess.PIPE, text=True)
+    t0 = time.time()
+    while not (tmp_path / ".out.lock").exists() and time.time() - t0 < 120:
+        time.sleep(0.01)
+    first.send_signal(signal.SIGSTOP)  # the first run holds the lock, and keeps holding it while stopped
+    try:
+        second = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=120)
+    finally:
+        first.send_signal(signal.SIGCONT)
+    _, err = first.communicate(timeout=300)
+    assert first.returncode == 0, err[-2000:]
+    lines = [ln for ln in second.stderr.splitlines() if ln.strip()]
+    assert second.returncode == 2 and len(lines) == 1 and "another come run" in lines[0], second.stderr
+    assert (tmp_path / "out" / "come_plan.json").exists() and not (tmp_path / ".out.lock").exists()
+
+
+def test_symlinked_checkpoint_run_folder_or_lock_is_refused(base, plans, run, tmp_path, no_weights):
+    _, model, calib, text = base
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "come_plan.json").write_text("the user's file")
+    for name in (".out.resume", "out.partial", ".out.lock"):
+        link = tmp_path / name
+        link.symlink_to(victim)
+        one_line_error(*run(*prune_argv(model, calib, tmp_path / "out")), "is a symbolic link")
+        one_line_error(*run(*compare_argv(model, calib, text, tmp_path / "out")), "is a symbolic link")
+        one_line_error(*run(*distill_argv(plans / "plain", model, calib, tmp_path / "out")), "is a symbolic link")
+        link.unlink()
+    assert listing(victim) == ["come_plan.json"] and (victim / "come_plan.json").read_text() == "the user's file"
+
+
+def test_overlong_out_names_are_refused_up_front(base, run, tmp_path, no_weights):
+    _, model, calib, _ = base
+    for n in (245, 250, 255):
+        one_line_error(*run(*prune_argv(model, calib, tmp_path / ("x" * n))), "bytes long", "at most 241")
+    assert list(tmp_path.iterdir()) == []
+
+
+# --- a failing save keeps the result ---
+
+def _raiser(kind):
+    if kind == "SafetensorError":
+        from safetensors import SafetensorError
+
+        return SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+    if kind == "tokenizers Exception":
+        return Exception("No space left on device (os error 28)")
+    return OSError(28, "No space left on device")
+
+
+def disk_full_beside(monkeypatch, folder, kind):
+    """Saving a model into `folder` fails with the error type `kind` raises; fallback folders go to folder/rescue."""
+    prune_module = importlib.import_module("come.prune")
+    real_save = prune_module.save_model
+
+    def disk_full_beside_out(m, into, dtype):
+        if Path(into).parent == folder:
+            raise _raiser(kind)
+        real_save(m, into, dtype)
+
+    monkeypatch.setattr(prune_module, "save_model", disk_full_beside_out)
+    monkeypatch.setenv("COME_RESCUE_DIR", str(folder / "rescue"))
+
+
+@pytest.mark.parametrize("kind", ["SafetensorError", "tokenizers Exception", "OSError"])
+def test_any_write_error_lands_in_the_fallback_folder(base, run, tmp_path, monkeypatch, kind):
+    _, model, calib, _ = base
+    disk_full_beside(monkeypatch, tmp_path, kind)
+    code, err = run(*prune_argv(model, calib, tmp_path / "out"))
+    one_line_error(code, err, "No space left on device", "saved in")
+    rescue = Path(err.split("saved in ")[1].split(" instead")[0])
+    assert (rescue / "come_plan.json").exists() and len(load_file(rescue / "model.safetensors")) > 0
+
+
+def test_when_nothing_can_be_written_the_error_says_so(base, run, tmp_path, monkeypatch):
+    prune_module = importlib.import_module("come.prune")
+    _, model, calib, _ = base
+
+    def disk_full(m, folder, dtype):
+        raise _raiser("SafetensorError")
+
+    monkeypatch.setattr(prune_module, "save_model", disk_full)
+    monkeypatch.setenv("COME_RESCUE_DIR", str(tmp_path / "rescue"))
+    code, err = run(*prune_argv(model, calib, tmp_path / "out"))
+    one_line_error(code, err, "No space left on device", "nothing was saved", str(tmp_path / "rescue"))
+    assert not (tmp_path / "out").exists() and not list((tmp_path / "rescue").iterdir())
+
+
+def test_distill_keeps_the_student_when_its_save_fails(base, plans, run, tmp_path, monkeypatch):
+    _, model, calib, _ = base
+    disk_full_beside(monkeypatch, tmp_path, "SafetensorError")
+    code, err = run(*distill_argv(plans / "plain", model, calib, tmp_path / "out"))
+    one_line_error(code, err, "No space left on device", "saved in")
+    rescue = Path(err.split("saved in ")[1].split(" instead")[0])
+    assert (rescue / "distill_summary.json").exists() and (rescue / "model.safetensors").exists()
+
+
+def test_a_checkpoint_that_cannot_be_written_warns_and_the_prune_goes_on(base, tmp_path, monkeypatch, capsys):
+    import come.resume
+
+    _, model, calib, _ = base
+
+    def disk_full(path, text):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(come.resume, "write_text_atomic", disk_full)
+    assert main([str(a) for a in prune_argv(model, calib, tmp_path / "out", "--target-layers", "4")]) == 0
+    err = capsys.readouterr().err
+    assert err.count("could not write the checkpoint") == 1 and "No space left on device" in err
+    assert (tmp_path / "out" / "come_plan.json").exists() and not (tmp_path / ".out.resume").exists()
+
+
+# --- resume checks what it resumes from, not only the paths ---
+
+def test_prune_resume_refuses_other_calibration_text_at_the_same_path(base, run, tmp_path, monkeypatch):
+    from conftest import SAMPLE_TEXT
+
+    _, model, _, _ = base
+    calib = tmp_path / "calib.txt"
+    calib.write_text(SAMPLE_TEXT * 40)
+    argv = prune_argv(model, calib, tmp_path / "out", "--method", "sleb")
+    checkpoint_after_one_step(monkeypatch, run, argv)
+    calib.write_text(SAMPLE_TEXT.upper() * 40)
+    one_line_error(*run(*argv, "--resume"), "made from other calibration windows", "without --resume")
+    assert (tmp_path / ".out.resume" / "come_plan.json").exists()
+
+
+def test_distill_resume_refuses_a_replaced_student_teacher_or_data(base, plans, tmp_path):
+    from come.distillation import DistillConfig, distill
+
+    _, model, calib, _ = base
+    student, teacher, data = tmp_path / "student", tmp_path / "teacher", tmp_path / "train.txt"
+    shutil.copytree(plans / "plain", student)
+    shutil.copytree(model, teacher)
+    shutil.copy(calib, data)
+
+    def cfg(**kw):
+        return DistillConfig(**dict(dict(student=str(student), teacher=str(teacher), out=str(tmp_path / "out"),
+                                         data=str(data), seq_len=32, batch_size=2, steps=3, device="cpu",
+                                         progress=False, checkpoint_every=1, stage="layerwise"), **kw))
+
+    def stop(info):
+        if info["run_step"] >= 1:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        distill(cfg(), on_step=stop)
+    assert (tmp_path / "out.partial" / "checkpoint" / "state.json").exists()
+    shutil.rmtree(student)
+    shutil.copytree(plans / "refit", student)  # another pruning of the same teacher, at the same path
+    with pytest.raises(ComeError, match="student's weights or config differ"):
+        distill(cfg(resume=True))
+    shutil.rmtree(student)
+    shutil.copytree(plans / "plain", student)
+    data.write_text(data.read_text().upper())
+    with pytest.raises(ComeError, match="training windows differ"):
+        distill(cfg(resume=True))
+    shutil.copy(calib, data)
+    assert distill(cfg(resume=True)).out == tmp_path / "out"
+
+
+# --- tracebacks that are one-line errors ---
+
+def test_bad_inputs_are_one_line_errors(base, plans, run, tmp_path, no_weights):
+    _, model, calib, text = base
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    one_line_error(*run(*prune_argv(model, empty, tmp_path / "o")), "is empty")
+    for value in ("nan", "inf", "-inf"):
+        one_line_error(*run(*prune_argv(model, calib, tmp_path / "o", f"--ratio-power={value}")),
+                       "--ratio-power must be a finite number")
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("ratio_power: .nan\n")
+    one_line_error(*run("prune", model, "--config", recipe, "--out", tmp_path / "o"), "must be a finite number")
+    recipe.write_bytes(bytes(range(256)) * 4)
+    one_line_error(*run("prune", model, "--config", recipe, "--out", tmp_path / "o"), "is not a text file")
+    lines = ["method_options:", "  a: &a [x, x, x, x, x, x, x, x, x]"]
+    for prev, name in zip("abcdef", "bcdefg"):
+        lines.append(f"  {name}: &{name} [{', '.join(['*' + prev] * 9)}]")
+    recipe.write_text("\n".join(lines) + "\n")  # ~300 bytes, 9**7 values once expanded
+    t = time.perf_counter()
+    one_line_error(*run("prune", model, "--config", recipe, "--out", tmp_path / "o"), "aliases expanded")
+    assert time.perf_counter() - t < 10
+    assert not (tmp_path / "o").exists()
+
+
+def plan_variant(plans, tmp_path, name, edit):
+    folder = tmp_path / name
+    shutil.copytree(plans / "refit", folder)
+    edit(folder)
+    return folder
+
+
+PLAN_FILES = {
+    "sidecar truncated": (lambda d: (d / "come_plan.safetensors").write_bytes(
+        (d / "come_plan.safetensors").read_bytes()[:100]), "cannot be read"),
+    "sidecar empty": (lambda d: (d / "come_plan.safetensors").write_bytes(b""), "cannot be read"),
+    "sidecar a folder": (lambda d: ((d / "come_plan.safetensors").unlink(), (d / "come_plan.safetensors").mkdir()),
+                         "cannot be read"),
+    "nested 100k deep": (lambda d: (d / "come_plan.json").write_text("[" * 100_000 + "]" * 100_000),
+                         "not a plan come wrote"),
+    "5000-digit integer": (lambda d: (d / "come_plan.json").write_text(
+        (d / "come_plan.json").read_text().replace('"seed": 0', '"seed": ' + "9" * 5000, 1)), "not a plan come wrote"),
+    "no base_model": (lambda d: _edit_json(d, lambda p: p.pop("base_model")), "has no base_model"),
+    "base_model a string": (lambda d: _edit_json(d, lambda p: p.update(base_model="m")),
+                            "base_model must be a JSON object"),
+}
+
+
+def _edit_json(folder, edit):
+    plan = json.loads((folder / "come_plan.json").read_text())
+    edit(plan)
+    (folder / "come_plan.json").write_text(json.dumps(plan))
+
+
+@pytest.mark.parametrize("case", list(PLAN_FILES))
+def test_unreadable_plans_are_one_line_errors(plans, base, run, tmp_path, no_weights, case):
+    _, model, _, _ = base
+    edit, needle = PLAN_FILES[case]
+    folder = plan_variant(plans, tmp_path, "plan", edit)
+    one_line_error(*run("apply", folder, "--model", model, "--out", tmp_path / "o"), needle)
+    assert not (tmp_path / "o").exists()
+
+
+# --- non-finite weights and metrics ---
+
+def test_nonfinite_weights_are_refused_unless_allowed(base, run, tmp_path):
+    _, model, calib, text = base
+
+    def nan_in_layer2(d, sd):
+        sd["model.layers.2.mlp.down_proj.weight"][0, 0] = math.nan
+
+    m = broken_copy(model, tmp_path / "nan", nan_in_layer2)
+    one_line_error(*run(*prune_argv(m, calib, tmp_path / "p")), "model.layers.2.mlp.down_proj.weight",
+                   "NaN or infinite", "--allow-nonfinite")
+    one_line_error(*run("eval", m, "--ppl", text, *EVAL, "--out", tmp_path / "e"), "NaN or infinite")
+    assert not (tmp_path / "p").exists() and not (tmp_path / "e").exists()
+    code, err = run("eval", m, "--ppl", text, *EVAL, "--out", tmp_path / "e", "--allow-nonfinite")
+    assert code == 1 and err.startswith("come: error: not a finite number: model.ppl.") and "\n" not in err, err
+    result = json.loads((tmp_path / "e" / "eval.json").read_text())  # standard JSON: NaN written as null
+    assert next(iter(result["model"]["ppl"].values()))["ppl"] is None
+    assert "NaN" not in (tmp_path / "e" / "eval.json").read_text()
+
+
+# --- a teacher that is not the student's source ---
+
+def test_a_teacher_whose_layers_all_differ_is_warned_about(base, plans, tmp_path, capsys):
+    from come.distillation import DistillConfig, distill
+
+    work, model, calib, _ = base
+    base_sd = load_file(model / "model.safetensors")
+
+    def same_embeddings(d, sd):
+        for k in ("model.embed_tokens.weight", "lm_head.weight"):
+            sd[k] = base_sd[k].clone()
+
+    teacher = broken_copy(work / "seed1", tmp_path / "teacher", same_embeddings)
+    kw = dict(student=str(plans / "plain"), data=str(calib), seq_len=32, batch_size=2, steps=1, device="cpu",
+              progress=False, stage="layerwise")
+    distill(DistillConfig(teacher=str(teacher), out=str(tmp_path / "o1"), **kw))
+    assert "come: warning: the teacher's decoder layers all differ" in capsys.readouterr().err
+    distill(DistillConfig(teacher=str(model), out=str(tmp_path / "o2"), **kw))
+    assert "decoder layers all differ" not in capsys.readouterr().err

@@ -22,9 +22,12 @@ def add_common_model_args(p: argparse.ArgumentParser) -> None:
 
 
 def add_trust_remote_code_arg(p: argparse.ArgumentParser) -> None:
+    """The flags on what a model load accepts: --trust-remote-code and --allow-nonfinite."""
     p.add_argument("--trust-remote-code", action="store_true",
                    help="load a model folder that ships its own Python code (auto_map), RUNNING that code; "
                    "without it such folders are refused")
+    p.add_argument("--allow-nonfinite", action="store_true",
+                   help="load a model whose weights hold NaN or infinite values (refused without it)")
 
 
 def add_output_args(p: argparse.ArgumentParser, required: bool = True) -> None:
@@ -91,7 +94,7 @@ def cmd_prune(args) -> int:
     from come import preflight
     from come.cliargs import config_from_args
     from come.config import PruneConfig
-    from come.io import check_output_dir
+    from come.io import check_output_dir, output_lock
     from come.plan import PLAN_FILE
     from come.prune import SUMMARY_FILE, prune, summary_text
 
@@ -110,18 +113,20 @@ def cmd_prune(args) -> int:
     from come import resume
 
     checkpoint = resume.checkpoint_for(args.out)
-    if checkpoint.exists() and not args.resume:
-        logging.getLogger("come").warning("a checkpoint of an interrupted run is in %s: starting over (pass "
-                                          "--resume to go on from it)", checkpoint)
-        resume.remove(checkpoint)
-    try:
-        result = prune(cfg, checkpoint=checkpoint, resume=args.resume)
-        out = result.save(args.out, args.overwrite)
-    except BaseException:
-        if (checkpoint / PLAN_FILE).exists():
-            logging.getLogger("come").warning("the plan so far is in %s: add --resume to go on from it", checkpoint)
-        raise
-    resume.remove(checkpoint)  # the output is complete: nothing to go on from
+    with output_lock(args.out):  # a second run on this --out is refused: it would replace our checkpoint
+        if checkpoint.exists() and not args.resume:
+            logging.getLogger("come").warning("a checkpoint of an interrupted run is in %s: starting over; it is "
+                                              "replaced once this run has made its first step (pass --resume to "
+                                              "go on from it)", checkpoint)
+        try:
+            result = prune(cfg, checkpoint=checkpoint, resume=args.resume)
+            out = result.save(args.out, args.overwrite)
+        except BaseException:
+            if (checkpoint / PLAN_FILE).exists():
+                logging.getLogger("come").warning("the plan so far is in %s: add --resume to go on from it",
+                                                  checkpoint)
+            raise
+        resume.remove(checkpoint)  # the output is complete: nothing to go on from
     if args.summary:
         print(summary_text(result.plan))
     s = result.plan.stats
@@ -183,7 +188,7 @@ def cmd_apply(args) -> int:
 
     from come import preflight
     from come.card import display_name
-    from come.io import check_output_dir, write_output_dir
+    from come.io import check_output_dir, output_lock, write_output_dir
     from come.models import count_params, load_config, load_model, save_dtype_for
     from come.plan import PLAN_FILE, Plan, apply_plan, base_model_path
     from come.prune import describe, resolve_device, save_model
@@ -196,6 +201,7 @@ def cmd_apply(args) -> int:
         plan, args.plan, name, args.dtype, resolve_device(args.device), args.save_dtype, args.force))
     save_dtype = save_dtype_for(args.save_dtype, load_config(name)[0])
     model, tok, _ = load_model(name, args.dtype, resolve_device(args.device))
+    preflight.check_finite_weights(model, name)
     apply_plan(model, plan)
     plan = dataclasses.replace(plan, stats={**plan.stats, "layers_after": model.config.num_hidden_layers,
                                             "params_after": count_params(model), "replayed": True})
@@ -208,7 +214,8 @@ def cmd_apply(args) -> int:
         plan.save(folder / PLAN_FILE)
         describe(folder, plan, "apply", command)
 
-    write_output_dir(args.out, args.overwrite, write)  # when saving fails: a fallback folder, named in the error
+    with output_lock(args.out):
+        write_output_dir(args.out, args.overwrite, write)  # when saving fails: a fallback folder, named in the error
     print(f"wrote {args.out} ({model.config.num_hidden_layers} layers)")
     return 0
 
@@ -319,6 +326,11 @@ def main(argv: list[str] | None = None) -> int:
 
     handle_sigterm()  # like Ctrl-C: temporaries are removed, a compare keeps its finished rows
     allow_remote_code(getattr(args, "trust_remote_code", False))
+    allow = getattr(args, "allow_nonfinite", False)
+    if allow or "come.preflight" in sys.modules:  # (set or reset; not imported for nothing: it loads the evaluator)
+        from come.preflight import allow_nonfinite
+
+        allow_nonfinite(allow)
     try:
         if getattr(args, "config", None):
             args = with_recipe(parser, argv, args)

@@ -172,6 +172,9 @@ def prune(config: PruneConfig | None = None, checkpoint: str | Path | None = Non
     if cfg.progress:
         print(f"[{cfg.method}] placement: {place.reason}", file=sys.stderr, flush=True)
     model, tokenizer, path = load_model(cfg.model, dtype, device, weights_device=place.weights)
+    from come.preflight import check_finite_weights
+
+    check_finite_weights(model, cfg.model)
     adapter = get_adapter(model)
     n0, p0 = adapter.num_layers, count_params(model)
     base = base_model_info(model, cfg.model)
@@ -182,9 +185,9 @@ def prune(config: PruneConfig | None = None, checkpoint: str | Path | None = Non
     if checkpoint is not None:
         from come import resume as resume_mod
 
-        if resume:
-            resume_mod.continue_from(ctx, checkpoint, base, cfg, method)
-        ctx.on_step = resume_mod.writer(checkpoint, base, cfg, c.seed)
+        inputs = {"calib": resume_mod.fingerprint_of(ids)}
+        replayed = resume_mod.continue_from(ctx, checkpoint, base, cfg, method, inputs) if resume else 0
+        ctx.on_step = resume_mod.writer(checkpoint, base, cfg, c.seed, fresh=not replayed, inputs=inputs)
     method.run(ctx)
     del calib, ctx.calib
     wall = time.perf_counter() - t0

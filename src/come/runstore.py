@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from come.errors import ComeError
-from come.io import atomic_output_dir, clean_stale_temporaries, swap_in, write_text_atomic
+from come.io import OutputTaken, clean_stale_temporaries, publish, swap_in, write_output_dir, write_text_atomic
 
 PARTIAL = ".partial"
 
@@ -111,17 +111,22 @@ class RunFolder:
         return folder if (folder / marker).is_file() else None
 
     # --- finishing ---
-    def publish(self) -> Path:
-        """The finished partial folder becomes `out` (an earlier `out` is replaced only once the new one is in)."""
+    def publish(self, overwrite: bool = True) -> Path:
+        """The finished partial folder becomes `out` (an earlier `out` is replaced only once the new one is in).
+        Without `overwrite`, an `out` that is no longer absent or empty is not replaced: the finished partial
+        folder stays, and the error names it."""
         self.drop_temporaries()
-        swap_in(self.partial, self.out)
+        try:
+            publish(self.partial, self.out, overwrite)
+        except OutputTaken as e:
+            raise ComeError(f"{e}; the finished result is in {self.partial}: move it where you want it") from None
         return self.out
 
-    def publish_new(self, write: Callable[[Path], None]) -> Path:
-        """`out` written afresh by `write(folder)` in a temporary beside it and renamed into place; then the
-        partial folder (checkpoints, what `write` copied from it) is removed."""
-        with atomic_output_dir(self.out, overwrite=True) as tmp:
-            write(tmp)
+    def publish_new(self, write: Callable[[Path], None], overwrite: bool = True) -> Path:
+        """`out` written afresh by `write(folder)` in a temporary beside it and renamed into place (a failing
+        write: into a fallback folder, `come.io.write_output_dir`); then the partial folder (checkpoints, what
+        `write` copied from it) is removed."""
+        write_output_dir(self.out, overwrite, write)
         self.discard()
         return self.out
 

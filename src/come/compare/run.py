@@ -12,10 +12,12 @@ import copy
 import dataclasses
 import gc
 import json
+import os
 import shutil
 import sys
 import tempfile
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 from come.compare.config import CompareConfig
@@ -63,12 +65,22 @@ def _log(cfg: CompareConfig, msg: str) -> None:
 
 def compare(config: CompareConfig | None = None, **kwargs) -> dict:
     """Prune `config.model` with every method, evaluate each and the dense model; write the folder `out`."""
-    from come.models import load_model
-    from come.prune import resolve_device
+    from come.io import output_lock
 
     cfg = config if config is not None else CompareConfig(**kwargs)
     cfg.validate()
     store = _check_out(cfg)
+    with output_lock(cfg.out) if cfg.out is not None else nullcontext():  # a second run on this --out: refused
+        return _compare(cfg, store)
+
+
+def _compare(cfg: CompareConfig, store: RunFolder) -> dict:
+    from come.models import load_model
+    from come.prune import resolve_device
+
+    # what --out may be replaced by at the end: an earlier compare folder this run extends (--resume), or, with
+    # --overwrite, anything; else nothing that appeared there while this run worked
+    replace = cfg.overwrite or (cfg.resume and (store.out / RESULT_FILE).is_file())
     target = check_targets(cfg)
     t_start = time.perf_counter()
     settings = _jsonable(_settings(cfg, target))
@@ -84,6 +96,9 @@ def compare(config: CompareConfig | None = None, **kwargs) -> dict:
     result: dict = {"settings": settings, "rows": [], "complete": False}
     try:
         dense, tokenizer, _ = load_model(cfg.model, cfg.dtype, resolve_device(cfg.device))
+        from come.preflight import check_finite_weights
+
+        check_finite_weights(dense, cfg.model)
         _log(cfg, f"dense model: {dense.config.num_hidden_layers} layers -> target {target}")
         old = previous.get("dense")
         if old is not None and old["eval_key"] == _eval_key(settings):
@@ -121,7 +136,7 @@ def compare(config: CompareConfig | None = None, **kwargs) -> dict:
     if cfg.out is None:
         shutil.rmtree(store.out.parent, ignore_errors=True)
     else:
-        store.publish()  # a failure leaves the old or the new folder whole
+        store.publish(replace)  # a failure leaves the old or the new folder whole
     return result
 
 
@@ -134,9 +149,16 @@ def _check_out(cfg: CompareConfig) -> RunFolder:
         return RunFolder(Path(tempfile.mkdtemp(prefix="come-compare-")) / "out", "compare")
     store = RunFolder(cfg.out, "compare")
     out = store.out
-    inputs = [cfg.model, cfg.calib.data, *(v.calib_data for v in cfg.variants())]
+    from come.eval.ppl import expand_sources
+    from come.io import check_name_length, refuse_linked_siblings
+
+    inputs = [cfg.model, cfg.calib.data, *(v.calib_data for v in cfg.variants()), *expand_sources(cfg.ppl_data)]
     if cfg.resume:
         refuse_protected(out, inputs)
+        check_name_length(out)
+        if out.is_symlink():
+            raise ComeError(f"--out {out} is a symbolic link (to {os.readlink(out)}): pass the folder itself")
+        refuse_linked_siblings(out)
         if out.exists() and not out.is_dir():
             raise ComeError(f"output {out} exists and is a file: pass a folder path")
         if out.is_dir() and any(out.iterdir()) and not (out / RESULT_FILE).is_file():

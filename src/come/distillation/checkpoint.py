@@ -16,12 +16,15 @@ from come.errors import ComeError
 from come.runstore import RunFolder
 
 NAME, STATE = "checkpoint", "state.json"
+INPUT_NAMES = {"student": "student's weights or config", "teacher": "teacher's weights or config",
+               "data": "training windows"}
 
 
 class Checkpoints:
     def __init__(self, store: RunFolder, cfg, d, fsdp: bool):
         self.store, self.cfg, self.d, self.fsdp = store, cfg, d, fsdp
         self.folder = store.partial / NAME
+        self.inputs: dict = {}  # fingerprints of the student, teacher and training windows the run started from
 
     def exists(self) -> bool:
         return self.store.committed(NAME, STATE) is not None
@@ -45,7 +48,8 @@ class Checkpoints:
             torch.save(opt.state_dict(), tmp / f"optim.rank{self.d.rank}.pt")
         self.d.barrier()
         if self.d.main:
-            (tmp / STATE).write_text(json.dumps(dict(state, world=self.d.world, config=self.cfg.fingerprint()),
+            (tmp / STATE).write_text(json.dumps(dict(state, world=self.d.world, config=self.cfg.fingerprint(),
+                                                inputs=self.inputs),
                                                 indent=1))
             self.store.commit(NAME)
         self.d.barrier()
@@ -64,6 +68,12 @@ class Checkpoints:
         if changed:
             raise ComeError(f"--resume with other settings than the interrupted run ({', '.join(changed)}): "
                             "resume with the same settings or start over with --overwrite")
+        recorded = state.get("inputs") or {}
+        changed = [k for k, v in self.inputs.items() if k in recorded and recorded[k] != v]
+        if changed:
+            raise ComeError(f"--resume: the {' and '.join(INPUT_NAMES.get(k, k) for k in changed)} differ from what "
+                            "the interrupted run started from (another model or text at the same path): resume with "
+                            "the same inputs or start over with --overwrite")
         return state
 
     def load_weights(self, model, student=None) -> None:

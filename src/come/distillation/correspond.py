@@ -64,3 +64,23 @@ def check_pair(plan: Plan, teacher, student) -> list[Correspondence]:
     if not torch.equal(t.embed_tokens().weight.cpu(), s.embed_tokens().weight.cpu()):
         raise ComeError("teacher and student have different token embeddings: pass the original model as --teacher")
     return corr
+
+
+def warn_unrelated_teacher(corr: list[Correspondence], teacher, student) -> bool:
+    """Warn (and return True) when no layer the plan kept as it was shares a single tensor with the teacher's
+    layer it came from: the embeddings match, but the decoder layers are another model's (another fine-tune of
+    the same base, say), so the student would be distilled towards a model it was not pruned from."""
+    t, s = get_adapter(teacher), get_adapter(student)
+    kept = [c for c in corr if not c.merged]
+    if not kept:
+        return False
+    for c in kept:
+        ts, ss = t.layers[c.first].state_dict(), s.layers[c.layer].state_dict()
+        if any(torch.equal(ts[k].cpu(), v.cpu()) for k, v in ss.items() if k in ts):
+            return False
+    import sys
+
+    print(f"come: warning: the teacher's decoder layers all differ from the student's source (none of the "
+          f"{len(kept)} layers the plan kept unchanged matches its teacher layer), although the embeddings match: "
+          "pass the model the student was pruned from as --teacher", file=sys.stderr)
+    return True

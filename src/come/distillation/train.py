@@ -12,6 +12,7 @@ stage data-parallel, each process holding 1/world of the weights and optimizer s
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from contextlib import nullcontext
 from pathlib import Path
@@ -30,13 +31,13 @@ from come.distillation.config import (
     DistillResult,
     training_text,
 )
-from come.distillation.correspond import check_pair
+from come.distillation.correspond import check_pair, warn_unrelated_teacher
 from come.distillation.loop import RunState, lr_factor, train_stage
 from come.distillation.lora import add_lora
 from come.distillation.processes import Processes
 from come.distillation.summary import distill_command, make_summary, summary_text
 from come.errors import ComeError
-from come.io import check_output_dir
+from come.io import check_output_dir, output_lock
 from come.models import get_adapter, load_config, load_model, parse_dtype, save_dtype_for
 from come.plan import PLAN_FILE, Plan, base_model_path
 from come.runstore import RunFolder
@@ -70,7 +71,12 @@ class Run:
         teacher = base_model_path(self.plan, cfg.teacher, cfg.student)  # a local base: by name, never the hub
         self.teacher, _, _ = load_model(teacher, self.dtype, where)
         self.student, self.tokenizer, _ = load_model(cfg.student, self.dtype, where)
+        from come.preflight import check_finite_weights
+
+        check_finite_weights(self.teacher, teacher)
+        check_finite_weights(self.student, cfg.student)
         self.corr = check_pair(self.plan, self.teacher, self.student)
+        warn_unrelated_teacher(self.corr, self.teacher, self.student)
         self.teacher.requires_grad_(False)
         self.student.requires_grad_(False)
         self.t_adapter = get_adapter(self.teacher)
@@ -84,6 +90,11 @@ class Run:
             sharding.shard(self.student, get_adapter(self.student).layers, self.d.device, self.dtype)
         ids = tokenize(self.tokenizer, training_text(cfg.data))
         self.windows = split_windows(ids, cfg.seq_len, f"training ({cfg.data})")
+        from come.models import fingerprint
+        from come.resume import fingerprint_of
+
+        self.checkpoints.inputs = {"student": fingerprint(cfg.student), "teacher": fingerprint(teacher),
+                                   "data": fingerprint_of(self.windows)}
         per_step = cfg.batch_size * cfg.grad_accum
         if self.windows.shape[0] < per_step:
             raise ComeError(f"training data {cfg.data} has {self.windows.shape[0]} windows of {cfg.seq_len} tokens, "
@@ -201,7 +212,7 @@ class Run:
                 (tmp / SUMMARY_JSON).write_text(json.dumps(summary, indent=1))
                 (tmp / SUMMARY_MD).write_text(summary_text(summary))
 
-            self.store.publish_new(write)
+            self.store.publish_new(write, self.cfg.overwrite)  # a failing save: the student in a fallback folder
         self.d.barrier()
         return DistillResult(self.store.out, summary)
 
@@ -212,7 +223,20 @@ def distill(config: DistillConfig | None = None, on_step=None, **kwargs) -> Dist
     `on_step({"stage", "step", "run_step", "loss"})` is called after every optimizer step (and its checkpoint), in
     every process; an exception it raises stops the run, which `resume=True` continues from the last checkpoint."""
     cfg = (config or DistillConfig(**kwargs)).validate()
-    check_output_dir(cfg.out, cfg.overwrite)
+    check_output_dir(cfg.out, cfg.overwrite, inputs(cfg))
+    main = os.environ.get("RANK", "0") == "0"
+    with output_lock(cfg.out) if main else nullcontext():  # a second run on this --out is refused
+        return _distill(cfg, on_step)
+
+
+def inputs(cfg: DistillConfig) -> list:
+    """What a distillation reads, that --out must never replace: the student, the teacher, the text files."""
+    plan = Plan.load(cfg.student)  # a missing plan fails before any weights are read
+    teacher = base_model_path(plan, cfg.teacher, cfg.student)
+    return [cfg.student, teacher, cfg.data, cfg.ppl_data]
+
+
+def _distill(cfg: DistillConfig, on_step) -> DistillResult:
     store = RunFolder(cfg.out, "run")
     store.claim(cfg.resume, cfg.overwrite)
     d = Processes(cfg.device, group=cfg.strategy == "fsdp")

@@ -30,20 +30,39 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from come import preflight
     from come.eval.evaluation import evaluate, save
     from come.eval.report import table
-    from come.io import check_output_dir
+    from come.io import check_output_dir, output_lock
 
     cfg = config_from_args(args).validate()
     preflight.evaluation(cfg)  # the models' configs first: a mistyped --baseline fails now, not after a long run
-    if args.out:
-        check_output_dir(args.out, args.overwrite, [cfg.model, cfg.baseline, *cfg.ppl])  # before the expensive part
-    result = evaluate(cfg)
-    print(table(result))
-    if args.out:
+    if not args.out:
+        result = evaluate(cfg)
+        print(table(result))
+        return check_metrics(result)
+    # the model may hold its evaluation (`--out MODEL/eval`: linked from its card), never be replaced by it
+    check_output_dir(args.out, args.overwrite, [cfg.model, cfg.baseline, *cfg.ppl], nest_ok=[cfg.model])
+    with output_lock(args.out):
+        result = evaluate(cfg)
+        print(table(result))
         print(f"wrote {save(result, args.out, args.overwrite)}")
-        card = update_card(args.model, args.out, result)
-        if card is not None:
-            print(f"added the evaluation to the model card {card}")
-    return 0
+    card = update_card(args.model, args.out, result)
+    if card is not None:
+        print(f"added the evaluation to the model card {card}")
+    return check_metrics(result)
+
+
+def check_metrics(result: dict) -> int:
+    """1, with a one-line error naming them, when a metric is not a finite number (NaN in a perplexity: the model
+    computes garbage); else 0."""
+    from come.eval.evaluation import non_finite
+
+    bad = non_finite(result)
+    if not bad:
+        return 0
+    import sys
+
+    print(f"come: error: not a finite number: {', '.join(bad[:4])}{' ...' if len(bad) > 4 else ''} (written as "
+          "null): the model's outputs are not usable", file=sys.stderr)
+    return 1
 
 
 def update_card(model: str, out: str, result: dict):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import json
+import math
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -29,6 +30,9 @@ def evaluate_model(name: str, cfg: EvalConfig) -> dict:
     t0 = time.perf_counter()
     device = resolve_device(cfg.device)
     model, tok, path = models.load_model(name, cfg.dtype, device, weights_device="cpu")
+    from come.preflight import check_finite_weights
+
+    check_finite_weights(model, name)
     where = place_for_inference(model, device)  # one GPU if it fits, else every GPU (accelerate)
     if cfg.ppl:
         check_seq_len(model, cfg.ppl_seq_len)
@@ -140,10 +144,37 @@ def settings(cfg: EvalConfig) -> dict:
     return s
 
 
+METRICS = ("ppl", "nll", "acc", "acc_norm")  # what a model that computes garbage gives as NaN
+
+
+def finite_json(obj):
+    """`obj` with every NaN or infinite float as None: eval.json is standard JSON (`null`), never `NaN`."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: finite_json(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [finite_json(v) for v in obj]
+    return obj
+
+
+def non_finite(obj, where: str = "") -> list[str]:
+    """Where `obj` holds a metric (perplexity, accuracy) that is not a finite number, e.g. `model.ppl.x.ppl`."""
+    found = []
+    items = obj.items() if isinstance(obj, dict) else enumerate(obj) if isinstance(obj, list) else ()
+    for k, v in items:
+        path = f"{where}.{k}" if where else str(k)
+        if isinstance(v, float) and k in METRICS and not math.isfinite(v):
+            found.append(path)
+        elif isinstance(v, (dict, list)):
+            found += non_finite(v, path)
+    return found
+
+
 def save(result: dict, out: str | Path, overwrite: bool = False) -> Path:
-    """Write eval.json and eval.md into `out` (atomically)."""
+    """Write eval.json and eval.md into `out` (atomically); a number that is not finite is `null` in the JSON."""
     def write(folder: Path) -> None:
-        (folder / RESULT_FILE).write_text(json.dumps(result, indent=2) + "\n")
+        (folder / RESULT_FILE).write_text(json.dumps(finite_json(result), indent=2, allow_nan=False) + "\n")
         (folder / REPORT_FILE).write_text(report.markdown(result))
 
     return write_output_dir(out, overwrite, write)

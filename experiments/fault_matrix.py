@@ -434,6 +434,193 @@ def cases(m: Matrix):
         "1024", "--device", "cpu", "--out", w / "cases/ctx-out"])
 
 
+    # --- distill, compare and every writer: the same output discipline ---
+
+    student = str(w / "plans/plain")
+
+    def distill_cmd(out, teacher=base, data=calib):
+        return ["distill", "--student", student, "--teacher", teacher, "--train-data", data, "--train-seq-len", "32",
+                "--train-batch-size", "2", "--steps", "1", "--device", "cpu", "--out", out]
+
+    def distill_out_teacher():
+        teacher = m.model_copy("teacher")
+        before = sorted(p.name for p in teacher.iterdir())
+        r = m.come(*distill_cmd(str(teacher), teacher=str(teacher)), "--overwrite")
+        return r, "teacher " + ("kept" if sorted(p.name for p in teacher.iterdir()) == before else "REPLACED")
+    yield "distill --out TEACHER --overwrite", distill_out_teacher
+
+    def compare_out_holds_ppl():
+        d = w / "cases" / "ppldir"
+        d.mkdir(parents=True)
+        shutil.copy(text, d / "ppl.txt")
+        r = m.come(*compare_cmd(str(d))[:-2], "--ppl-data", d / "ppl.txt", "--out", d, "--overwrite")
+        return r, "evaluation text " + ("kept" if (d / "ppl.txt").exists() else "DELETED")
+    yield "compare --ppl-data DIR/ppl.txt --out DIR --overwrite", compare_out_holds_ppl
+
+    def parent_of_home():
+        d = w / "cases" / "users"
+        (d / "me").mkdir(parents=True)
+        (d / "me" / "keep.txt").write_text("user data")
+        env = m.env
+        m.env = dict(env, HOME=str(d / "me"))
+        try:
+            r = m.come(*prune_cmd(str(d)), "--overwrite")
+        finally:
+            m.env = env
+        return r, "home " + ("kept" if (d / "me" / "keep.txt").exists() else "DELETED")
+    yield "--out a parent of $HOME --overwrite", parent_of_home
+
+    def while_running(d: Path, argv, when: str, act):
+        """Run `come argv` in the background and call act(process) as soon as `d/when*` appears."""
+        d.mkdir(parents=True, exist_ok=True)
+        p = subprocess.Popen([sys.executable, "-m", "come.cli", *map(str, argv)], cwd=w, env=m.env,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        t0 = time.time()
+        while p.poll() is None and time.time() - t0 < 300:
+            if any(x.name.startswith(when) for x in d.iterdir()):
+                act(p)
+                break
+            time.sleep(0.002)
+        _, err = p.communicate()
+        return subprocess.CompletedProcess(p.args, p.returncode, "", err)
+
+    def file_appears():
+        d = w / "cases" / "appears"
+        out = d / "out"
+
+        def write_notes(p):
+            out.mkdir(exist_ok=True)
+            (out / "notes.txt").write_text("the user's notes")
+        r = while_running(d, prune_cmd(str(out)), ".out.tmp-", write_notes)
+        kept = [x.name for x in d.iterdir() if x.name.startswith("come-rescue-")]
+        return r, f"notes {'kept' if (out / 'notes.txt').exists() else 'DELETED'}; result kept beside: {bool(kept)}"
+    yield "a file appears in --out during the save", file_appears
+
+    def second_run():
+        d = w / "cases" / "second"
+        out = d / "out"
+        seen = {}
+
+        def run_second(p):
+            p.send_signal(signal.SIGSTOP)  # the first run holds the lock while stopped
+            try:
+                seen["r"] = m.come(*prune_cmd(str(out)))
+            finally:
+                p.send_signal(signal.SIGCONT)
+        first = while_running(d, prune_cmd(str(out)), ".out.lock", run_second)
+        whole = (out / "come_plan.json").exists()
+        return seen.get("r"), f"first run: exit {first.returncode}; out {'whole' if whole else 'absent'}"
+    yield "a second prune on the same --out while the first runs", second_run
+
+    def linked_checkpoint():
+        d = w / "cases" / "linked"
+        victim = d / "victim"
+        victim.mkdir(parents=True)
+        (victim / "come_plan.json").write_text("the user's file")
+        (d / ".out.resume").symlink_to(victim)
+        r = m.come(*prune_cmd(str(d / "out")))
+        kept = (victim / "come_plan.json").read_text() == "the user's file"
+        return r, "user file " + ("kept" if kept else "OVERWRITTEN")
+    yield "--out's .OUT.resume is a symlink to a user folder", linked_checkpoint
+
+    def full_during_save():
+        from safetensors import safe_open
+
+        with safe_open(str(w / "models/base/model.safetensors"), "pt") as st:
+            sizes = {k: math.prod(st.get_slice(k).get_shape()) for k in st.keys()}
+        layer = sum(n for k, n in sizes.items() if ".layers.0." in k)
+        need = (sum(sizes.values()) - layer) * 4  # what the free-space check asks for 5 of 6 layers: it passes
+        mnt = w / "cases" / "fullsave"
+        if not m.mount(mnt, f"size={need // 1024 + 8}k"):
+            return None, "skipped (mount needs root)"
+        m.env["COME_RESCUE_DIR"] = str(w / "cases" / "rescue")
+        try:
+            r = m.come(*prune_cmd(str(mnt / "out")))
+        finally:
+            del m.env["COME_RESCUE_DIR"]
+        rescued = list((w / "cases" / "rescue").glob("come-rescue-*/model.safetensors"))
+        return r, f"rescue folder with the model: {bool(rescued)}; hidden on the disk: {m.hidden(mnt) or 'none'}"
+    yield "the disk fills up during the save (passes the free-space check)", full_during_save
+
+    yield "--out name of 250 characters", timed("long", prune_cmd(str(w / "cases" / ("x" * 250))))
+
+    def resume_other_calib():
+        d = w / "cases" / "rcal"
+        d.mkdir(parents=True)
+        shutil.copy(calib, d / "calib.txt")
+        argv = ["prune", base, "--target-layers", "4", "--method", "sleb", "--calib-data", d / "calib.txt", *PRUNE,
+                "--out", d / "out"]
+        while_running(d, argv, ".out.resume", lambda p: p.send_signal(signal.SIGKILL))
+        (d / "calib.txt").write_text((d / "calib.txt").read_text().upper())
+        return m.come(*argv, "--resume"), f"checkpoint {'kept' if (d / '.out.resume').exists() else 'gone'}"
+    yield "prune --resume after the calibration text changed", resume_other_calib
+
+    def nonfinite(cmd):
+        def run():
+            from safetensors.torch import load_file, save_file
+
+            d = w / "cases" / "nanmodel"
+            if not d.exists():
+                shutil.copytree(w / "models/base", d)
+                sd = load_file(d / "model.safetensors")
+                sd["model.layers.2.mlp.down_proj.weight"][0, 0] = math.nan
+                save_file(sd, d / "model.safetensors", metadata={"format": "pt"})
+            if cmd == "prune":
+                return m.come("prune", d, "--target-layers", "5", "--calib-data", calib, *PRUNE, "--out",
+                              d.parent / "nan-out"), ""
+            out = d.parent / "nan-eval"
+            r = m.come("eval", d, "--ppl", text, *EVAL, "--out", out, "--allow-nonfinite")
+            raw = (out / "eval.json").read_text() if (out / "eval.json").exists() else ""
+            state = "standard JSON (null)" if raw and "NaN" not in raw else "holds NaN" if raw else "absent"
+            return r, f"eval.json {state}"
+        return run
+    yield "NaN weight in the model (prune)", nonfinite("prune")
+    yield "NaN weight in the model (eval --allow-nonfinite)", nonfinite("eval")
+
+    def small_file(name, content: bytes | str):
+        f = w / "cases" / name
+        f.parent.mkdir(parents=True, exist_ok=True)
+        f.write_bytes(content) if isinstance(content, bytes) else f.write_text(content)
+        return f
+
+    yield "empty .jsonl calibration file", lambda: (m.come("prune", base, "--target-layers", "5", "--calib-data",
+                                                           small_file("empty.jsonl", ""), *PRUNE, "--out",
+                                                           w / "cases/empty-out"), "")
+    yield "--ratio-power nan", lambda: (m.come(*prune_cmd(str(w / "cases/rp")), "--ratio-power", "nan"), "")
+    yield "binary recipe file", lambda: (m.come("prune", base, "--config", small_file("bin.yaml", bytes(range(256))),
+                                                "--out", w / "cases/bin-out"), "")
+    bomb = ["method_options:", "  a: &a [x, x, x, x, x, x, x, x, x]"] + [
+        f"  {n}: &{n} [{', '.join(['*' + p] * 9)}]" for p, n in zip("abcdef", "bcdefg")]
+    yield "YAML alias bomb in a recipe value", timed("bomb", ["prune", base, "--config",
+                                                             small_file("bomb.yaml", "\n".join(bomb) + "\n"),
+                                                             "--out", w / "cases/bomb-out"])
+
+    def plan_file(name, edit):
+        def run():
+            d = m.plan_copy(name, lambda p: None, "refit")
+            edit(d)
+            return m.come("apply", d, "--model", base, "--out", d.with_name(name + "-out")), ""
+        return run
+    yield "apply: come_plan.safetensors empty", plan_file("emptyside", lambda d: (d / "come_plan.safetensors")
+                                                           .write_bytes(b""))
+    yield "apply: plan JSON nested 100k deep", plan_file("deep", lambda d: (d / "come_plan.json").write_text(
+        "[" * 100_000 + "]" * 100_000))
+    yield "apply: plan without base_model", plan_file("nobase", lambda d: (d / "come_plan.json").write_text(
+        json.dumps({k: v for k, v in json.loads((d / "come_plan.json").read_text()).items() if k != "base_model"})))
+
+    def unrelated_teacher():
+        from safetensors.torch import load_file, save_file
+
+        t = m.model_copy("otherteacher", "seed1")
+        sd, ref = load_file(t / "model.safetensors"), load_file(w / "models/base/model.safetensors")
+        for k in ("model.embed_tokens.weight", "lm_head.weight"):
+            sd[k] = ref[k]
+        save_file(sd, t / "model.safetensors", metadata={"format": "pt"})
+        r = m.come(*distill_cmd(str(w / "cases/ot-out"), teacher=str(t)))
+        warned = [ln for ln in r.stderr.splitlines() if ln.startswith("come: warning")]
+        return r, warned[0][:90] if warned else "no warning"
+    yield "distill with a teacher whose layers all differ (same embeddings)", unrelated_teacher
+
 def _empty_cwd(m: Matrix, cmd, name: str):
     def run():
         d = m.w / "cases" / name

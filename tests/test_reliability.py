@@ -50,7 +50,7 @@ def base(tmp_path_factory):
 def plans(base):
     """Plan folders of the base model pruned 6 -> 4: plain CoMe, and CoMe with re-fit tensors."""
     work, model, calib, _ = base
-    for name, extra in (("plain", []), ("refit", ["--reconstruct", "--calib-samples", "4"])):
+    for name, extra in (("plain", []), ("refit", ["--method", "come-plus", "--calib-samples", "4"])):
         assert main(["prune", str(model), "--target-layers", "4", "--calib-data", str(calib), *PRUNE,
                      "--out", str(work / "plans" / name), *extra]) == 0
     return work / "plans"
@@ -206,7 +206,7 @@ def test_read_only_file_system_is_refused_before_weights_load(base, run, tmp_pat
 
 
 def test_a_save_that_fails_anyway_lands_in_a_named_fallback_folder(base, run, tmp_path, monkeypatch):
-    prune_module = sys.modules["come.prune"]  # `come.prune` is also the API function
+    prune_module = importlib.import_module("come.prune")  # the module: `come.prune` is also the API function
     _, model, calib, _ = base
     out = tmp_path / "out"
     real_save = prune_module.save_model
@@ -236,6 +236,9 @@ def test_output_folder_mode_follows_the_umask(base, tmp_path):
     finally:
         os.umask(old)
     assert (tmp_path / "out").stat().st_mode & 0o777 == 0o750
+    # every file too, the weights included (transformers writes model.safetensors 0600 through a temporary file)
+    modes = {p.name: p.stat().st_mode & 0o777 for p in (tmp_path / "out").iterdir()}
+    assert modes["model.safetensors"] == 0o640 and set(modes.values()) == {0o640}, modes
 
 
 # --- temporaries and signals ---
@@ -906,10 +909,10 @@ def test_bad_inputs_are_one_line_errors(base, plans, run, tmp_path, no_weights):
     empty.write_text("")
     one_line_error(*run(*prune_argv(model, empty, tmp_path / "o")), "is empty")
     for value in ("nan", "inf", "-inf"):
-        one_line_error(*run(*prune_argv(model, calib, tmp_path / "o", f"--ratio-power={value}")),
-                       "--ratio-power must be a finite number")
+        one_line_error(*run(*prune_argv(model, calib, tmp_path / "o", f"--laco-t={value}")),
+                       "--laco-t must be a finite number")
     recipe = tmp_path / "r.yaml"
-    recipe.write_text("ratio_power: .nan\n")
+    recipe.write_text("sparsity: .nan\n")
     one_line_error(*run("prune", model, "--config", recipe, "--out", tmp_path / "o"), "must be a finite number")
     recipe.write_bytes(bytes(range(256)) * 4)
     one_line_error(*run("prune", model, "--config", recipe, "--out", tmp_path / "o"), "is not a text file")

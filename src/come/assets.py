@@ -130,6 +130,8 @@ def _convert_gguf(gguf: Path, out: Path) -> None:
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
+    from come.io import readable_as_umask
+
     # The GGUF-loaded config carries a quantization_config that save_pretrained refuses; rebuild a plain model.
     loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
     tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
@@ -146,6 +148,7 @@ def _convert_gguf(gguf: Path, out: Path) -> None:
     try:
         plain.save_pretrained(tmp)
         tok.save_pretrained(tmp)
+        readable_as_umask(tmp)  # a cache other users of the machine may share
         if out.exists():
             shutil.rmtree(out)
         tmp.rename(out)

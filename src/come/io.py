@@ -179,7 +179,7 @@ def atomic_output_dir(out: str | Path, overwrite: bool = False) -> Iterator[Path
     try:
         yield tmp
         (tmp / WRITER_FILE).unlink()
-        tmp.chmod(0o777 & ~_umask())  # mkdtemp's 0700 -> what a plain save_pretrained folder would get
+        readable_as_umask(tmp)
         try:
             publish(tmp, out, overwrite)
         except OutputTaken as e:
@@ -348,6 +348,17 @@ def _alive(pid: int) -> bool:
 
 def _writer() -> dict:
     return {"host": socket.gethostname(), "pid": os.getpid(), "started": time.time()}
+
+
+def readable_as_umask(folder: Path) -> None:
+    """Give `folder` and everything in it the modes the user's umask gives a new folder or file (0755 / 0644
+    under umask 022): mkdtemp makes the folder 0700, and transformers writes model.safetensors 0600 through a
+    temporary file, so without this nobody else on a shared machine could read the weights."""
+    mask = _umask()
+    folder.chmod(0o777 & ~mask)
+    for path in folder.rglob("*"):
+        if not path.is_symlink():
+            path.chmod((0o777 if path.is_dir() else 0o666) & ~mask)
 
 
 def _umask() -> int:

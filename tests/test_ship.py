@@ -114,8 +114,14 @@ def test_card_of_a_bundled_base_says_where_its_weights_came_from_and_reproduces_
 def test_output_folder_has_a_recipe_that_reproduces_the_plan_and_eval_fills_the_limitations(
         run, tiny_dir, tmp_path, monkeypatch):
     path, text = tiny_dir
+    config = json.loads((path / "config.json").read_text())  # as a GGUF conversion leaves it: the file's own name
+    (path / "config.json").write_text(json.dumps({**config, "_model_name_or_path": "Smollm2 135M 8k Lc100K"}))
     monkeypatch.chdir(tmp_path)  # the recipe names the model and the text by their names, as a user shares it
     assert run(*prune_flags(path.name, text.name, "--target-layers", 4, "--out", "out"))[0] == 0
+    saved = {name: json.loads((tmp_path / "out" / name).read_text()) for name in ("config.json",
+                                                                                  "tokenizer_config.json")}
+    assert not {"_model_name_or_path", "_name_or_path"} & set(saved["config.json"])
+    assert not {"is_local", "local_files_only"} & set(saved["tokenizer_config.json"])
     rec = yaml.safe_load((tmp_path / "out" / "recipe.yaml").read_text())
     assert rec["model"] == "tiny-llama" and rec["target_layers"] == 4 and str(tmp_path) not in str(rec)
     code, _, err = run("prune", "--config", "out/recipe.yaml", "--out", "again")
@@ -354,16 +360,15 @@ def test_dry_run_never_says_it_fits_beside_a_peak_above_the_gpu(run, name, gpu):
             assert "even with the weights and the cache in CPU memory" in warning
 
 
-def test_dry_run_counts_the_re_fit_passes_four_times_with_cross_fit(run):
-    """come-plus, 32 -> 24 layers: 8 steps of 3 ratio trials, each re-fitting the merged layer with 2 passes of it
-    (8 with --cross-fit, one fit per fold): 24 * 2 / 32 and 24 * 8 / 32 full-pass equivalents on top of
-    1 + 8 + 24."""
+def test_dry_run_counts_the_re_fit_passes(run):
+    """come-plus, 32 -> 24 layers: 8 steps of 3 ratio trials, each re-fitting the merged layer with 2 passes of it:
+    24 * 2 / 32 full-pass equivalents on top of 1 + 8 + 24; with --pair-score drop each step tries every removal
+    (32 at most) and the ratios of two pairs."""
     args = (CONFIGS / "llama-3-8b", "--target-layers", 24, "--method", "come-plus", "--gpu-memory", "80GiB")
     _, plain = dry(run, *args)
-    _, crossed = dry(run, *args, "--cross-fit")
+    _, drop = dry(run, *args, "--pair-score", "drop")
     assert "(each with 2 passes of the merged layer" in plain["calibration"]
-    assert "(each with 8 passes of the merged layer" in crossed["calibration"]
-    assert "at most 35 full-pass" in plain["calibration"] and "at most 39 full-pass" in crossed["calibration"]
+    assert "at most 35 full-pass" in plain["calibration"] and "+ 304 loss trials" in drop["calibration"]
 
 
 @pytest.mark.parametrize("name,target", [("qwen2.5-7b", 21), ("mistral-7b-v0.1", 24), ("mistral-7b-v0.3", 24)])
@@ -395,7 +400,7 @@ def test_version_and_help(run, capsys):
     from come.methods import METHODS
 
     with pytest.raises(SystemExit):
-        main(["prune", "--help"])
+        main(["prune", "--help-all"])  # --help names the methods most runs use, --help-all every one
     text = " ".join(capsys.readouterr().out.split())
     assert all(m in text for m in METHODS)
     assert "(default: come)" in text and "(default: 2048)" in text and "(default: auto)" in text

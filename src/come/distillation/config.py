@@ -82,6 +82,10 @@ class DistillConfig:
         return LossWeights.parse(self.loss, self.temperature)
 
     def validate(self) -> DistillConfig:
+        if self.student:  # the folder first: a wrong path is the likelier mistake than a missing --tokens
+            from come.plan import Plan
+
+            Plan.load(self.student)  # a folder without a readable come_plan.json: one line naming it
         check_choices(self)  # --stage, --train, --strategy, --save-dtype
         if self.stage == "lora" or (self.train == "lora" and self.stage in ("global", "both")):
             from come.extras import require
@@ -89,8 +93,11 @@ class DistillConfig:
             require("peft", "distill", "LoRA (--stage lora, --train lora)")
         if (self.tokens is None) == (self.steps is None):
             raise ComeError("give exactly one of --tokens and --steps")
-        from come.data import check_separate
+        from come.data import check_separate, check_source
 
+        check_source(self.data, flag_name(DistillConfig, "data"))  # before --tokens/--steps and any model loads
+        if self.ppl_data:
+            check_source(self.ppl_data, "--ppl-data")
         check_separate(self.data, [self.ppl_data], flag_name(DistillConfig, "data"), "--ppl-data")
         if self.seq_len < 2:
             raise ComeError(f"{flag_name(DistillConfig, 'seq_len')} must be at least 2, got {self.seq_len}")

@@ -66,6 +66,10 @@ class EvalConfig:
         if self.num_fewshot < 0:
             raise ComeError(f"--num-fewshot {self.num_fewshot} must be at least 0")
         self.ppl = expand_sources(self.ppl)  # `ood` = the held-out domains of the out-of-domain suite
+        from come.data import check_source
+
+        for source in self.ppl:  # a mistyped name or a missing file fails now, not after the model loaded
+            check_source(source, "--ppl")
         if not (self.ppl or self.tasks or self.speed):
             raise ComeError("nothing to evaluate: pass --ppl SOURCES, --tasks LIST|all and/or --speed")
         if self.limit is not None and self.limit < 1:

@@ -344,3 +344,10 @@ def test_cli_baseline_reuses_an_earlier_eval_json(tiny_dir, tmp_path, capsys):
     assert rc == 2
     err = capsys.readouterr().err
     assert "ppl_max_windows=2" in err and "re-run it with the same flags" in err
+
+
+def test_tasks_list_prints_the_bundled_tasks(capsys):
+    assert main(["eval", "any-model", "--tasks", "list"]) == 0  # no model is needed to list them
+    out = capsys.readouterr().out
+    assert "boolq, piqa, hellaswag, winogrande, arc_easy, arc_challenge, openbookqa" in out
+    assert "lm-eval ls tasks" in out

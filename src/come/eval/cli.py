@@ -32,6 +32,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from come.eval.report import table
     from come.io import check_output_dir, output_lock
 
+    if getattr(args, "tasks", None) in (["list"], "list"):
+        return list_tasks()
     cfg = config_from_args(args).validate()
     preflight.evaluation(cfg)  # the models' configs first: a mistyped --baseline fails now, not after a long run
     if not args.out:
@@ -48,6 +50,17 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if card is not None:
         print(f"added the evaluation to the model card {card}")
     return check_metrics(result)
+
+
+def list_tasks() -> int:
+    """`--tasks list`: the tasks `come eval` runs offline (the paper's seven) and how to reach lm-eval's others."""
+    from come.eval.harness import TASKS, offline_default
+
+    print("zero-shot tasks bundled for offline use; --tasks all runs these seven (the paper's):")
+    print("  " + ", ".join(TASKS))
+    state = "off: HF_HUB_OFFLINE is set" if offline_default() else "on"
+    print(f"any other lm-eval task runs with the Hugging Face hub on (now {state}); `lm-eval ls tasks` lists them")
+    return 0
 
 
 def check_metrics(result: dict) -> int:

@@ -178,3 +178,30 @@ def test_cheap_refusals_come_before_any_weights_load(run, monkeypatch, tmp_path,
     code, err = run(*argv)
     assert (code, needle in err) == (2, True), err
     assert time.perf_counter() - t0 < 10  # seconds: no model, no data read
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (["prune", "m", "--target-layers", "abc"], "argument --target-layers: invalid int value: 'abc'"),
+    (["eval", "m", "--eval-batch-size", "auto"], "argument --eval-batch-size: invalid int value: 'auto'"),
+    ([], "the following arguments are required: command"),
+])
+def test_argparse_errors_are_one_line(capsys, argv, needle):
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 2 and len(err) == 1 and err[0].startswith("come: error: ") and needle in err[0], err
+
+
+def test_quiet_prints_only_the_result(tiny_dir, tmp_path, capsys, monkeypatch):
+    """--quiet: no progress bar of ours or of the libraries (transformers' "Loading weights", "Writing model
+    shards"); the one result line on stdout."""
+    from transformers.utils import logging as hf_logging
+
+    path, text = tiny_dir
+    monkeypatch.setenv("HF_HUB_DISABLE_PROGRESS_BARS", "0")  # restored after the test, as the bars below
+    try:
+        code = main(["-q", *map(str, prune_args(path, text, tmp_path / "out", "--target-layers", 4))])
+    finally:
+        hf_logging.enable_progress_bar()
+    out, err = capsys.readouterr()
+    assert code == 0 and err == "" and out.startswith("wrote ") and len(out.splitlines()) == 1, (out, err)

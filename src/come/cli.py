@@ -253,8 +253,15 @@ def version() -> str:
     return come.__version__
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse's parser whose errors are one line, like every other refusal (not the whole usage block)."""
+
+    def error(self, message: str):
+        self.exit(2, f"come: error: {message} (`{self.prog} --help` lists the flags)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="come", description="Compress LLMs by merging their layers (CoMe).")
+    parser = Parser(prog="come", description="Compress LLMs by merging their layers (CoMe).")
     parser.add_argument("-v", "--verbose", action="store_true", help="show library logs and full tracebacks")
     parser.add_argument("-q", "--quiet", action="store_true",
                         help="no progress bars or step messages: only results, warnings and errors")
@@ -298,6 +305,17 @@ def setup_logging(quiet: bool) -> None:
     log.setLevel(logging.WARNING if quiet else logging.INFO)
 
 
+def quiet_libraries() -> None:
+    """Switch off the progress bars of transformers, huggingface_hub and datasets for this process."""
+    os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
+    os.environ["HF_DATASETS_DISABLE_PROGRESS_BARS"] = "1"
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    if "datasets" in sys.modules:
+        sys.modules["datasets"].disable_progress_bars()
+
+
 class _Stderr(logging.StreamHandler):
     """A handler writing to whatever sys.stderr is at the time of the message (a caller may replace it)."""
 
@@ -320,6 +338,8 @@ def main(argv: list[str] | None = None) -> int:
     if not args.verbose:
         logging.getLogger("transformers").setLevel(logging.ERROR)
         os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    if args.quiet:  # the libraries' own bars too (transformers' "Loading weights", the hub's and datasets')
+        quiet_libraries()
     setup_logging(args.quiet)
     from come.io import Terminated, handle_sigterm
     from come.models import allow_remote_code

@@ -188,6 +188,7 @@ def cmd_apply(args) -> int:
 
     from come import preflight
     from come.card import display_name
+    from come.finite import check_finite_weights
     from come.io import check_output_dir, output_lock, write_output_dir
     from come.models import count_params, load_config, load_model, save_dtype_for
     from come.plan import PLAN_FILE, Plan, apply_plan, base_model_path
@@ -201,7 +202,7 @@ def cmd_apply(args) -> int:
         plan, args.plan, name, args.dtype, resolve_device(args.device), args.save_dtype, args.force))
     save_dtype = save_dtype_for(args.save_dtype, load_config(name)[0])
     model, tok, _ = load_model(name, args.dtype, resolve_device(args.device))
-    preflight.check_finite_weights(model, name)
+    check_finite_weights(model, name)
     apply_plan(model, plan)
     plan = dataclasses.replace(plan, stats={**plan.stats, "layers_after": model.config.num_hidden_layers,
                                             "params_after": count_params(model), "replayed": True})
@@ -347,8 +348,8 @@ def main(argv: list[str] | None = None) -> int:
     handle_sigterm()  # like Ctrl-C: temporaries are removed, a compare keeps its finished rows
     allow_remote_code(getattr(args, "trust_remote_code", False))
     allow = getattr(args, "allow_nonfinite", False)
-    if allow or "come.preflight" in sys.modules:  # (set or reset; not imported for nothing: it loads the evaluator)
-        from come.preflight import allow_nonfinite
+    if allow or "come.finite" in sys.modules:  # set, or reset after an earlier call in this process
+        from come.finite import allow_nonfinite
 
         allow_nonfinite(allow)
     try:

@@ -6,35 +6,13 @@ error in seconds, not after a model has loaded (or, for `come eval`, after it ha
 
 from __future__ import annotations
 
-from come.data import NAMED_SOURCES, load_text
+from come.data import HUB_SOURCES, NAMED_SOURCES, load_text
 from come.errors import ComeError
 from come.eval.evaluation import baseline_result_file
 from come.models import get_adapter, load_config, meta_model, parse_device, parse_dtype, save_dtype_for
 from come.placement import resolve_device
 from come.plan_check import check_base_model, geometry_of, validate_plan
 from come.prune import resolve_target
-
-HUB_SOURCES = ("wikitext2", "wikitext-2", "c4")  # named text sources that come from the hub (datasets caches them)
-_allow_nonfinite = False  # --allow-nonfinite: a model whose weights hold NaN or inf is loaded anyway
-
-
-def allow_nonfinite(allow: bool) -> None:
-    global _allow_nonfinite
-    _allow_nonfinite = bool(allow)
-
-
-def check_finite_weights(model, name: str) -> None:
-    """Refuse a loaded model whose weights hold NaN or infinite values (unless --allow-nonfinite): every
-    computation on it would be NaN, and a pruned copy of it would be saved as if it were sound."""
-    if _allow_nonfinite:
-        return
-    import torch
-
-    for key, p in model.named_parameters():
-        if p.is_floating_point() and p.device.type != "meta" and not bool(torch.isfinite(p).all()):
-            bad = int((~torch.isfinite(p)).sum())
-            raise ComeError(f"model {name}: weight {key} holds {bad} NaN or infinite values: pass a sound "
-                            "checkpoint (or --allow-nonfinite to use it anyway)")
 
 
 def check_text_source(source: str, flag: str) -> None:

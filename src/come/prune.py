@@ -175,7 +175,7 @@ def prune(config: PruneConfig | None = None, checkpoint: str | Path | None = Non
     if cfg.progress:
         print(f"[{cfg.method}] placement: {place.reason}", file=sys.stderr, flush=True)
     model, tokenizer, path = load_model(cfg.model, dtype, device, weights_device=place.weights)
-    from come.preflight import check_finite_weights
+    from come.finite import check_finite_weights
 
     check_finite_weights(model, cfg.model)
     adapter = get_adapter(model)

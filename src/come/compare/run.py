@@ -96,7 +96,7 @@ def _compare(cfg: CompareConfig, store: RunFolder) -> dict:
     result: dict = {"settings": settings, "rows": [], "complete": False}
     try:
         dense, tokenizer, _ = load_model(cfg.model, cfg.dtype, resolve_device(cfg.device))
-        from come.preflight import check_finite_weights
+        from come.finite import check_finite_weights
 
         check_finite_weights(dense, cfg.model)
         _log(cfg, f"dense model: {dense.config.num_hidden_layers} layers -> target {target}")

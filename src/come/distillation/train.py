@@ -71,7 +71,7 @@ class Run:
         teacher = base_model_path(self.plan, cfg.teacher, cfg.student)  # a local base: by name, never the hub
         self.teacher, _, _ = load_model(teacher, self.dtype, where)
         self.student, self.tokenizer, _ = load_model(cfg.student, self.dtype, where)
-        from come.preflight import check_finite_weights
+        from come.finite import check_finite_weights
 
         check_finite_weights(self.teacher, teacher)
         check_finite_weights(self.student, cfg.student)

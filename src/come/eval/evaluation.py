@@ -30,7 +30,7 @@ def evaluate_model(name: str, cfg: EvalConfig) -> dict:
     t0 = time.perf_counter()
     device = resolve_device(cfg.device)
     model, tok, path = models.load_model(name, cfg.dtype, device, weights_device="cpu")
-    from come.preflight import check_finite_weights
+    from come.finite import check_finite_weights
 
     check_finite_weights(model, name)
     where = place_for_inference(model, device)  # one GPU if it fits, else every GPU (accelerate)

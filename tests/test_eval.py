@@ -67,6 +67,26 @@ def test_perplexity_with_bos_prepends_it(tiny, text_file):
     assert r["ppl"] == pytest.approx(hand_ppl(model, windows), rel=1e-5)
 
 
+def test_bos_follows_the_tokenizer_unless_asked(tiny, text_file):
+    """By default a window starts with BOS exactly when the tokenizer starts encoded text with BOS itself (Gemma,
+    Llama-3), as the model was trained; a tokenizer that adds none (SmolLM2, the tiny one) gets none."""
+    from tokenizers.processors import TemplateProcessing
+
+    from come.eval.ppl import adds_bos
+
+    model, _ = tiny
+    tok = tiny_tokenizer()  # its own: the module's is shared
+    assert not adds_bos(tok)
+    assert perplexity(model, tok, str(text_file), seq_len=32, max_windows=2, progress=False)["bos"] is False
+    tok.backend_tokenizer.post_processor = TemplateProcessing(
+        single=f"{tok.bos_token} $A", special_tokens=[(tok.bos_token, tok.bos_token_id)])
+    assert adds_bos(tok)
+    auto = perplexity(model, tok, str(text_file), seq_len=32, max_windows=2, progress=False)
+    forced = perplexity(model, tok, str(text_file), seq_len=32, max_windows=2, bos=True, progress=False)
+    assert auto["bos"] is True and auto["window_nll"] == forced["window_nll"]
+    assert perplexity(model, tok, str(text_file), seq_len=32, max_windows=2, bos=False, progress=False)["bos"] is False
+
+
 def test_perplexity_refuses_windows_longer_than_the_context(tiny, text_file):
     model, tok = tiny  # max_position_embeddings 512
     with pytest.raises(ComeError, match="exceeds the model context"):

@@ -22,7 +22,7 @@ def _tasks_help() -> str:
 
 
 def _on_or_none(on: bool) -> bool | None:
-    return True if on else None  # the switch left out: the environment decides (come.eval.harness.offline_default)
+    return True if on else None  # the switch left out: decided later (the environment, the tokenizer)
 
 
 @dataclass
@@ -36,7 +36,9 @@ class EvalConfig:
                          help="comma list of text sources: wiki-passages, wikitext2, c4, ood, or files")
     ppl_seq_len: int = arg(2048, group=PERPLEXITY, help="tokens per window (LLM-Pruner used 128)")
     ppl_max_windows: int | None = arg(None, group=PERPLEXITY, help="score only the first N windows")
-    ppl_bos: bool = arg(False, group=PERPLEXITY, help="start every window with BOS (default: no BOS)")
+    ppl_bos: bool | None = arg(None, group=PERPLEXITY, parse=_on_or_none,
+                               help="start every window with BOS (default: when the tokenizer adds BOS to text "
+                               "itself, as Gemma's and Llama-3's do and SmolLM2's does not)")
     tasks: list[str] = arg(default_factory=list, group=ZERO_SHOT, help=_tasks_help)  # harness.TASKS, or ["all"]
     limit: int | None = arg(None, group=ZERO_SHOT, help="only the first N items of each task")
     # None: offline when HF_HUB_OFFLINE / HF_DATASETS_OFFLINE is set

@@ -34,11 +34,24 @@ def check_seq_len(model, seq_len: int) -> None:
         raise ComeError(f"--ppl-seq-len {seq_len} exceeds the model context ({ctx}): pass at most {ctx}")
 
 
-def eval_windows(tokenizer, source: str, seq_len: int, bos: bool = False, max_windows: int | None = None):
-    """Token windows [n, seq_len] of the evaluation part of `source`; with `bos` each starts with BOS.
+def adds_bos(tokenizer) -> bool:
+    """Whether the tokenizer starts the text it encodes with BOS (Gemma's and Llama's do, SmolLM2's does not): a
+    model trained that way is measured that way, or its first tokens score far worse than it deserves."""
+    bos = getattr(tokenizer, "bos_token_id", None)
+    if bos is None:
+        return False
+    ids = tokenizer("a", add_special_tokens=True, return_attention_mask=False)["input_ids"]
+    return bool(ids) and ids[0] == bos
+
+
+def eval_windows(tokenizer, source: str, seq_len: int, bos: bool | None = None, max_windows: int | None = None):
+    """Token windows [n, seq_len] of the evaluation part of `source`; with `bos` each starts with BOS (None: when
+    the tokenizer adds BOS itself, `adds_bos`).
 
     With BOS a window holds BOS + seq_len - 1 text tokens, so windows stay `seq_len` long either way.
     """
+    if bos is None:
+        bos = adds_bos(tokenizer)
     tokens = tokenize(tokenizer, load_text(source, "eval"))
     if not bos:
         windows = split_windows(tokens, seq_len, f"perplexity ({source})")
@@ -77,11 +90,14 @@ def window_nll(model, windows: torch.Tensor, batch_size: int = 8, progress: bool
 
 
 def perplexity(model, tokenizer, source: str, seq_len: int = 2048, max_windows: int | None = None,
-               batch_size: int = 8, bos: bool = False, progress: bool = True) -> dict:
-    """exp(mean next-token NLL) over non-overlapping `seq_len` windows of the evaluation part of `source`."""
+               batch_size: int = 8, bos: bool | None = None, progress: bool = True) -> dict:
+    """exp(mean next-token NLL) over non-overlapping `seq_len` windows of the evaluation part of `source`; `bos`:
+    see `eval_windows` (the result records what was used)."""
     check_seq_len(model, seq_len)
     if batch_size < 1:
         raise ComeError(f"--eval-batch-size {batch_size} must be at least 1")
+    if bos is None:
+        bos = adds_bos(tokenizer)
     windows = eval_windows(tokenizer, source, seq_len, bos, max_windows)
     per_window: list[float] = []
     nll, count = window_nll(model, windows, batch_size, progress, per_window)

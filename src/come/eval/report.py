@@ -162,7 +162,7 @@ def markdown(result: dict) -> str:
         notes.append(
             f"- perplexity: evaluation part of each source, non-overlapping windows of {s['ppl_seq_len']} "
             "tokens, "
-            f"BOS {'prepended' if s['ppl_bos'] else 'not added'}, {p['windows']} windows, "
+            f"BOS {'prepended' if p.get('bos', s['ppl_bos']) else 'not added'}, {p['windows']} windows, "
             f"{p['tokens_scored']:,} tokens scored; [lo, hi] = {stats.LEVEL:.0%} t-interval over the windows "
             "(of the mean window NLL, through exp)"
         )

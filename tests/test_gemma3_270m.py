@@ -43,13 +43,16 @@ def test_alias_loads_the_converted_model_and_generates(dense):
 
 @gemma
 def test_dense_perplexity_in_band_with_and_without_bos(dense):
-    """With BOS 13.3 on two 256-token windows of sports-history; without BOS (the default protocol) 33.9: this
-    model needs its BOS, a broken conversion (a lost 1 + w offset) would be in the thousands."""
+    """With BOS 13.3 on two 256-token windows of sports-history; without BOS 33.9: this model needs its BOS (the
+    default follows its tokenizer, which adds it), a broken conversion (a lost 1 + w offset) would be in the
+    thousands."""
     model, tok, _ = dense
     kw = dict(source="sports-history", seq_len=256, max_windows=2, progress=False)
-    with_bos, without = perplexity(model, tok, bos=True, **kw)["ppl"], perplexity(model, tok, **kw)["ppl"]
+    default = perplexity(model, tok, **kw)
+    with_bos, without = perplexity(model, tok, bos=True, **kw)["ppl"], perplexity(model, tok, bos=False, **kw)["ppl"]
     print(f"dense Gemma 3 270M sports-history: {with_bos:.1f} with BOS, {without:.1f} without")
     assert 6 < with_bos < 30 and with_bos < without < 100, (with_bos, without)
+    assert default["bos"] is True and default["ppl"] == with_bos
 
 
 @gemma

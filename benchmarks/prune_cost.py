@@ -139,13 +139,13 @@ def measure(method: str, a: dict) -> dict:
     mbase.PruneContext.__post_init__ = post_init
     calib_cfg = CalibConfig(a["calib_data"], a["samples"], a["seq_len"], a["batch_size"], 0)
     cfg = PruneConfig(model=a["model"], target_layers=min(depths), method=method, calib=calib_cfg, device=a["device"],
-                      dtype=a["dtype"], offload=a["offload"], progress=False, grid_search=a["grid_search"])
+                      dtype=a["dtype"], offload=a["offload"], progress=False)
     t_start[0] = time.perf_counter()
     res = prune(cfg)
     sync()
     total_s = time.perf_counter() - t_start[0]
     handle.remove()
-    if a["plans"]:  # the plan, to check decisions against another run (say --grid-search full vs walk)
+    if a["plans"]:  # the plan, to check decisions against another run
         folder = Path(a["plans"]) / method
         folder.mkdir(parents=True, exist_ok=True)
         res.plan.save(folder / "come_plan.json")
@@ -212,7 +212,6 @@ def main() -> int:
     ap.add_argument("--dense-repeats", type=int, default=3, help="dense passes timed; the fastest is the unit")
     ap.add_argument("--out", default="runs/prune_cost.json")
     ap.add_argument("--rerun", action="store_true", help="measure again the methods already in --out")
-    ap.add_argument("--grid-search", default="full", choices=["full", "walk"], help="come-p's --grid-search")
     ap.add_argument("--plans", default="", help="save each method's plan under this folder (METHOD/come_plan.json)")
     args = ap.parse_args()
     depths = sorted((int(d) for d in args.depths.split(",")), reverse=True)
@@ -221,7 +220,7 @@ def main() -> int:
     a = {"model": args.model, "depths": depths, "calib_data": args.calib_data, "samples": args.calib_samples,
          "seq_len": args.calib_seq_len, "batch_size": args.batch_size, "device": args.device, "dtype": args.dtype,
          "offload": args.offload,
-         "threads": args.threads, "dense_repeats": args.dense_repeats, "grid_search": args.grid_search,
+         "threads": args.threads, "dense_repeats": args.dense_repeats,
          "plans": args.plans}
     ctx = mp.get_context("spawn")
     for method in args.methods.split(","):

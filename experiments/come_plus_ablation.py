@@ -16,65 +16,38 @@ The JSON file: {variant: {"prune_wall_s": s, "depths": {"24": scores, "20": scor
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
-import math
 from pathlib import Path
-from unittest import mock
 
-from come import CalibConfig, reconstruct
+import come_variants  # noqa: F401  (registers the research variants; experiments/ is this script's folder)
+
+from come import CalibConfig
 from come.compare import CompareConfig, Variant, compare, fmt_ppl
 from come.corpora import OOD_DOMAINS
 from come.runstore import RunFolder
 
+# The research variants are method records of come_variants.py (registered on import). The rows of --cross-fit and
+# --refit-anchor stay in docs/results.md; those variants left with their flags (commit bcfc332 made them).
 VARIANTS = [
     Variant("come-plus (held-out decisions), mix", "come-plus", calib_data="mix"),
     Variant("come-plus (held-out decisions), wiki-passages", "come-plus", calib_data="wiki-passages"),
-    Variant("come-plus, prior zero, mix", "come-plus", {"refit_prior": "zero"}, calib_data="mix"),
-    Variant("come-plus + drop candidates, mix", "come-plus", {"drop_candidates": True}, calib_data="mix"),
-    Variant("come + re-fit (no ratio choice), mix", "come", {"reconstruct": True}, calib_data="mix"),
+    Variant("come-plus, prior zero, mix", "come-plus:prior-zero", calib_data="mix"),
+    Variant("come-plus + drop candidates, mix", "come-plus:drop-candidates", calib_data="mix"),
+    Variant("come + re-fit (no ratio choice), mix", "come:refit", calib_data="mix"),
     Variant("come, mix", "come", calib_data="mix"),
     Variant("come-plus, pairs around SLEB's choice (--pair-score drop), mix", "come-plus", {"pair_score": "drop"},
             calib_data="mix"),
     Variant("come, pairs around SLEB's choice (--pair-score drop), mix", "come", {"pair_score": "drop"},
             calib_data="mix"),
-    Variant("come-plus, --pair-score drop, cross-fitted decisions, mix", "come-plus",
-            {"pair_score": "drop", "cross_fit": True}, calib_data="mix"),
-    Variant("come-plus, cross-fitted decisions, mix", "come-plus", {"cross_fit": True}, calib_data="mix"),
     Variant("come-p, pairs around SLEB's choice (--pair-score drop), --grid 10, mix", "come-p",
             {"pair_score": "drop", "grid": 10}, calib_data="mix"),
-    Variant("come-plus, --refit-anchor 8 (the model's own text in every fit), mix", "come-plus",
-            {"refit_anchor": 8}, calib_data="mix"),
-    Variant("come-plus, --pair-score drop, --refit-anchor 8, mix", "come-plus",
-            {"pair_score": "drop", "refit_anchor": 8}, calib_data="mix"),
-    Variant("come-plus, --refit-anchor 32, mix", "come-plus", {"refit_anchor": 32}, calib_data="mix"),
+    # the re-fit's parts: which projections it fits, how hard the ridge pulls toward the merged weights
+    Variant("come-plus, o_proj re-fit only (down_proj left merged), mix", "come-plus:o_proj-only", calib_data="mix"),
+    Variant("come-plus, down_proj re-fit only (o_proj left merged), mix", "come-plus:down_proj-only",
+            calib_data="mix"),
+    Variant("come-plus, strong pull to the merged weights (ridge strength 10 or 100 only), mix",
+            "come-plus:strong-pull", calib_data="mix"),
 ]
-
-
-def _left_out(kind: str) -> dict:
-    """A patch of come.reconstruct: the re-fit of sub-layer `kind`'s output projection ("attn": o_proj, "mlp":
-    down_proj) is left out, as if its held-out search had kept the plain merge; the other is fitted as usual."""
-    real = reconstruct._fit_projection
-
-    def fit(calib, adapter, layer, inputs, proj, k, *rest, **kw):
-        if k == kind:
-            return reconstruct.RidgeResult(None, math.inf, 0.0, 0.0, {"left out": 0.0})
-        return real(calib, adapter, layer, inputs, proj, k, *rest, **kw)
-
-    return {"_fit_projection": fit}
-
-
-# Ablations of the re-fit's parts that no flag offers: default come-plus with come.reconstruct patched while the
-# variant prunes (such a variant runs alone, one per call). The plans of these rows are not replayable by come.
-# {name: (patch of come.reconstruct, come-plus settings)}
-PATCHED = {
-    "come-plus, o_proj re-fit only (down_proj left merged), mix": (_left_out("mlp"), {}),
-    "come-plus, down_proj re-fit only (o_proj left merged), mix": (_left_out("attn"), {}),
-    "come-plus, strong pull to the merged weights (ridge strength 10 or 100 only), mix":
-        ({"LAMBDAS_MERGED": (10.0, 100.0), "SEARCH_START": 10.0}, {}),
-    "come-plus, down_proj re-fit only, --refit-anchor 32, mix": (_left_out("attn"), {"refit_anchor": 32}),
-}
-VARIANTS += [Variant(name, "come-plus", settings, calib_data="mix") for name, (_, settings) in PATCHED.items()]
 SOURCES = ["wiki-passages", *OOD_DOMAINS]
 SCORES = ("layers", "params", "ppl", "ppl_by_source", "ppl_ood_gmean", "eval_wall_s")  # of a row, as evaluated
 
@@ -122,12 +95,7 @@ def main() -> None:
     todo = [n for n in wanted if n not in results]
     if todo:
         keep = earlier_names(folder)
-        patched = [n for n in todo + sorted(keep) if n in PATCHED]
-        if patched and len(todo) + len(keep) > 1:
-            raise SystemExit(f"{patched[0]!r} patches come.reconstruct: run it alone, with an --out of its own")
-        with mock.patch.multiple(reconstruct, **PATCHED[patched[0]][0]) if patched else contextlib.nullcontext():
-            result = compare(config(args, [v for v in VARIANTS if v.name in todo or v.name in keep], folder,
-                                    depths))
+        result = compare(config(args, [v for v in VARIANTS if v.name in todo or v.name in keep], folder, depths))
         for row in result["rows"][1:]:
             results.setdefault(row["method"], as_entry(row))
             print(row["method"], {d: round(p["ppl_ood_gmean"], 1) for d, p in

@@ -53,7 +53,7 @@ class Matrix:
             tok.save_pretrained(self.w / "models" / name)
         (self.w / "calib.txt").write_text(SAMPLE_TEXT * 40)
         (self.w / "eval.txt").write_text(SAMPLE_TEXT[::-1] * 40)  # perplexity text: never the calibration file
-        for out, extra in (("plain", []), ("refit", ["--reconstruct", "--calib-samples", "4"])):
+        for out, extra in (("plain", []), ("refit", ["--method", "come-plus", "--calib-samples", "4"])):
             r = self.come("prune", "models/base", "--target-layers", "4", "--calib-data", "calib.txt", *PRUNE,
                           "--out", f"plans/{out}", *extra)
             assert r.returncode == 0, r.stderr
@@ -586,7 +586,7 @@ def cases(m: Matrix):
     yield "empty .jsonl calibration file", lambda: (m.come("prune", base, "--target-layers", "5", "--calib-data",
                                                            small_file("empty.jsonl", ""), *PRUNE, "--out",
                                                            w / "cases/empty-out"), "")
-    yield "--ratio-power nan", lambda: (m.come(*prune_cmd(str(w / "cases/rp")), "--ratio-power", "nan"), "")
+    yield "--laco-t nan", lambda: (m.come(*prune_cmd(str(w / "cases/rp")), "--laco-t", "nan"), "")
     yield "binary recipe file", lambda: (m.come("prune", base, "--config", small_file("bin.yaml", bytes(range(256))),
                                                 "--out", w / "cases/bin-out"), "")
     bomb = ["method_options:", "  a: &a [x, x, x, x, x, x, x, x, x]"] + [

@@ -67,10 +67,15 @@ def test_come_help_loads_no_torch():
     assert "come.cli" in loaded and "torch" not in loaded
 
 
-def test_builtin_method_names_are_the_registered_ones():
-    from come.methods import BUILTIN_NAMES, METHODS
+def test_every_method_module_is_found_without_a_list():
+    """The registry imports every module of come.methods on first use: a new method is one file there."""
+    loaded = fresh("import sys\nfrom come.methods import METHODS\nlen(METHODS)\n"
+                   "print(' '.join(m for m in sorted(sys.modules) if m.startswith('come.methods.')))").split()
+    import pkgutil
 
-    assert sorted(METHODS) == sorted(BUILTIN_NAMES)
+    import come.methods
+
+    assert {f"come.methods.{m.name}" for m in pkgutil.iter_modules(come.methods.__path__)} <= set(loaded)
 
 
 def test_the_public_names_load_on_use():

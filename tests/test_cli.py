@@ -40,7 +40,7 @@ def prune_args(path, text, out, *extra):
     (["--target-layers", 4, "--method", "laco", "--option", "X=1"], "method laco has no option 'X': its options"),
     (["--target-layers", 4, "--method", "laco", "--option", "T=high"], "option T='high' of laco must be a float"),
     (["--target-layers", 4, "--method", "laco", "--option", "T"], "must look like KEY=VALUE"),
-    (["--target-layers", 4, "--option", "T=0.5"], "method come has no option 'T': its options are none"),
+    (["--target-layers", 4, "--option", "T=0.5"], "method come has no option 'T': its options are pair_tokens ("),
     (["--target-layers", 4, "--norm", "max"], "--norm must be one of mean, fold, got 'max'"),
     (["--target-layers", 4, "--calib-batch-size", 0], "--calib-batch-size must be >= 1, got 0"),
     (["--target-layers", 4, "--batch-size", 0], "--calib-batch-size must be >= 1, got 0"),  # the older name

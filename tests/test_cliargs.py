@@ -42,30 +42,32 @@ def test_defaults_come_from_the_dataclass():
 
 def test_every_flag_reaches_its_field():
     cfg = prune_config(
-        "m", "--sparsity", 0.25, "--method", "come-p", "--norm", "fold", "--pair-score", "loss", "--pair-tokens",
-        "all", "--remerge", "--ratio-power", 2.5, "--grid", 7, "--loss-samples", 3, "--reconstruct",
-        "--refit-target", "dense", "--refit-prior", "zero", "--option", "A=1", "--option", "B=x", "--drop-candidates",
-        "--calib-data", "c4", "--calib-samples", 5, "--calib-seq-len", 64, "--calib-batch-size", 2, "--calib-seed", 3,
+        "m", "--sparsity", 0.25, "--method", "come-p", "--norm", "fold", "--pair-score", "drop", "--pair-tokens",
+        "all", "--remerge", "--grid", 7, "--loss-samples", 3, "--option", "A=1", "--option", "B=x", "--calib-data",
+        "c4", "--calib-samples", 5, "--calib-seq-len", 64, "--calib-batch-size", 2, "--calib-seed", 3,
         "--dtype", "bfloat16", "--save-dtype", "float16", "--device", "cpu", "--offload", "never",
         "--store-device", "cpu")
     assert cfg == PruneConfig(
-        model="m", sparsity=0.25, method="come-p", norm="fold", pair_score="loss", pair_tokens="all", remerge=True,
-        ratio_power=2.5, grid=7, loss_samples=3, reconstruct=True, refit_target="dense", refit_prior="zero",
-        method_options={"A": "1", "B": "x"}, drop_candidates=True,
+        model="m", sparsity=0.25, method="come-p", loss_samples=3,
+        method_options={"A": "1", "B": "x", "norm": "fold", "pair_score": "drop", "pair_tokens": "all", "remerge": True,
+                        "grid": 7},
         calib=CalibConfig(data="c4", samples=5, seq_len=64, batch_size=2, seed=3), dtype="bfloat16",
         save_dtype="float16", device="cpu", offload="never", store_device="cpu")
 
 
-# every option string `come prune` had before its flags came from PruneConfig
+# every option string `come prune` had before its flags came from PruneConfig, but the research settings that left
+# for experiments/come_variants.py (--reconstruct, --refit-target, --refit-prior, --drop-candidates)
 OLD_PRUNE_FLAGS = ["--target-layers", "--sparsity", "--method", "--norm", "--pair-score", "--pair-tokens", "--remerge",
-                   "--grid", "--reconstruct", "--refit-target", "--refit-prior", "--save-dtype", "--option",
-                   "--drop-candidates", "--loss-samples", "--calib-data", "--calib-samples", "--calib-seq-len",
-                   "--batch-size", "--seed", "--dtype", "--device", "--trust-remote-code", "--offload",
-                   "--store-device", "--dry-run", "--gpu-memory", "--out", "--overwrite", "--config", "--print-config"]
+                   "--grid", "--save-dtype", "--option", "--loss-samples", "--calib-data", "--calib-samples",
+                   "--calib-seq-len", "--batch-size", "--seed", "--dtype", "--device", "--trust-remote-code",
+                   "--offload", "--store-device", "--dry-run", "--gpu-memory", "--out", "--overwrite", "--config",
+                   "--print-config"]
 
 
 def test_every_flag_of_before_is_still_accepted():
-    accepted = {s for a in subparser("prune")._actions for s in a.option_strings}
+    prune = subparser("prune")
+    prune.parse_known_args(["m", "--grid", "3"])  # a method's option: its flags join the parser
+    accepted = {s for a in prune._actions for s in a.option_strings}
     assert set(OLD_PRUNE_FLAGS) <= accepted
     apply = {s for a in subparser("apply")._actions for s in a.option_strings}
     assert {"--model", "--target-layers", "--dtype", "--device", "--save-dtype", "--force", "--out"} <= apply
@@ -81,12 +83,12 @@ def test_prune_flags_are_the_config_fields():
 
 def test_choices_are_those_the_code_accepts():
     from come.merge import NORM_MODES
+    from come.methods.come import ComeOptions
     from come.models import DTYPES
     from come.placement import OFFLOAD_MODES
-    from come.reconstruct import PRIORS
 
     choices = {f.name: set(f.choices) for f in flags(PruneConfig) if f.choices}
-    assert choices["norm"] == set(NORM_MODES) and choices["refit_prior"] == set(PRIORS)
+    assert {f.name: set(f.choices) for f in flags(ComeOptions) if f.choices}["norm"] == set(NORM_MODES)
     assert choices["offload"] == set(OFFLOAD_MODES) and {"auto", *DTYPES} >= choices["save_dtype"]
 
 
@@ -136,20 +138,38 @@ def test_a_value_outside_the_choices_is_a_one_line_error(capsys, argv, needle):
 
 
 def test_validate_refuses_what_the_flags_refuse():
+    with pytest.raises(ComeError, match="--offload must be one of auto, always, never, got 'x'"):
+        check_choices(PruneConfig(model="m", target_layers=4, offload="x"))
     with pytest.raises(ComeError, match="--pair-tokens must be one of last, all, got 'first'"):
-        check_choices(PruneConfig(model="m", target_layers=4, pair_tokens="first"))
-    with pytest.raises(ComeError, match="--refit-prior must be one of merged, zero, got 'one'"):
-        PruneConfig(model="m", target_layers=4, refit_prior="one").validate()
+        PruneConfig(model="m", target_layers=4, method_options={"pair_tokens": "first"}).validate()
+    with pytest.raises(ComeError, match="--norm must be one of mean, fold, got 'one'"):
+        PruneConfig(model="m", target_layers=4, method="come-plus", method_options={"norm": "one"}).validate()
 
 
-def test_help_shows_each_default():
-    text = " ".join(subparser("prune").format_help().split())
+def help_text(*argv, capsys) -> str:
+    with pytest.raises(SystemExit):
+        main(["prune", *argv])
+    return " ".join(capsys.readouterr().out.split())
+
+
+def test_help_shows_each_default(capsys):
+    text = help_text("--help-all", capsys=capsys)
     for needle in ("--calib-batch-size CALIB_BATCH_SIZE calibration windows per forward pass (default: 8)",
                    "--calib-seed CALIB_SEED seed of the choice of windows (default: 0)",
-                   "--ratio-power RATIO_POWER", "(default: 1.0)", "--norm {mean,fold}",
-                   "norm handling of a merged layer (default: mean)", "--grid GRID", "(default: 20)"):
+                   "--laco-t LACO_T", "(default: 0.65)", "--norm {mean,fold}",
+                   "norm handling of a merged layer (come, come-p, come-plus) (default: mean)", "--grid GRID"):
         assert needle in text, needle
     assert "--batch-size" not in text.replace("--calib-batch-size", "")  # aliases stay out of the help
+
+
+def test_the_front_door_shows_what_most_runs_need(capsys):
+    """`come prune --help` lists the flags most runs need; --help-all the rest, the methods' options included."""
+    text = help_text("--help", capsys=capsys)
+    shown = {w.rstrip(",") for w in text.split() if w.startswith("--")}
+    for needle in ("--target-layers", "--method", "--calib-data", "--out", "--config", "--help-all"):
+        assert needle in shown, needle
+    for hidden in ("--calib-seed", "--store-device", "--grid", "--pair-score", "--laco-t"):
+        assert hidden not in shown, hidden
 
 
 # --- a printed command line parses back to its config ---------------------------------------------------------
@@ -159,9 +179,8 @@ def test_help_shows_each_default():
     PruneConfig(model="smollm2-135m", target_layers=20),
     PruneConfig(model="smollm2-135m", sparsity=0.3, method="laco", method_options={"T": 0.5, "C": 3},
                 calib=CalibConfig(data="c4", samples=16, seq_len=256, batch_size=4, seed=7)),
-    PruneConfig(model="smollm2-135m", target_layers=18, method="come-p", norm="fold", pair_score="loss",
-                pair_tokens="all", remerge=True, ratio_power=2.0, grid=5, loss_samples=8, reconstruct=True,
-                refit_target="dense", refit_prior="zero", drop_candidates=True, dtype="bfloat16",
+    PruneConfig(model="smollm2-135m", target_layers=18, method="come-p", loss_samples=8, dtype="bfloat16",
+                method_options={"norm": "fold", "pair_score": "drop", "pair_tokens": "all", "remerge": True, "grid": 5},
                 save_dtype="float16", device="cpu", offload="always", store_device="cpu"),
 ], ids=["defaults", "laco-calib", "every-setting"])
 def test_printed_command_line_parses_back_to_the_same_config(cfg, capsys):
@@ -228,7 +247,7 @@ def test_like_shares_a_flag_and_type_leaves_the_words_to_parse():
     add_config_args(p, Other)
     args = p.parse_args(["--target-layers", "3", "--depths", "5,4,6"])
     assert config_from_args(Other, args) == Other(3, "auto", [4, 5, 6])
-    mine, theirs = (" ".join(x.format_help().split()) for x in (p, subparser("prune")))
+    mine, theirs = (" ".join(x.format_help().split()) for x in (p, subparser("apply")))  # prune: --help-all
     dtype_help = "--dtype DTYPE auto (float32 on CPU, else the checkpoint dtype), float32, bfloat16, float16"
     assert dtype_help in mine and dtype_help in theirs
 

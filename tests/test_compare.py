@@ -210,12 +210,11 @@ def test_resume_extends_a_finished_compare_by_replaying_plans(tiny_dir, tmp_path
     # a plan made under another setting the compare key does not hold (e.g. an older version's default) is redone
     plan_file = out / "methods" / "come" / "come_plan.json"
     plan = json.loads(plan_file.read_text())
-    plan["settings"]["norm"] = "fold"
+    plan["settings"]["method_options"]["norm"] = "fold"
     plan_file.write_text(json.dumps(plan))
     sleb_file = out / "methods" / "sleb" / "come_plan.json"  # a setting sleb does not read: still reused
     plan = json.loads(sleb_file.read_text())
-    del plan["settings"]["refit_prior"]
-    plan["settings"]["norm"] = "fold"
+    plan["settings"]["norm"] = "fold"  # (an older version's plan kept come's options beside the others)
     sleb_file.write_text(json.dumps(plan))
     again = compare(CompareConfig(out=str(out), ppl_max_windows=4, resume=True, **dict(kw, calib=CalibConfig(
         data=str(text), samples=4, seq_len=32, batch_size=2, seed=1))))
@@ -279,7 +278,8 @@ def test_variants_are_rows_with_their_own_settings_and_resume_by_them(tiny_dir, 
     changed = Variant("come, fold", "come", {"norm": "fold", "remerge": True})
     compare(CompareConfig(methods=["come", changed, elsewhere], out=str(out), resume=True, **kw))
     assert prunes == ["come"]  # only the variant whose settings changed is pruned again
-    assert json.loads((out / "methods" / "come, fold" / "come_plan.json").read_text())["settings"]["remerge"]
+    settings = json.loads((out / "methods" / "come, fold" / "come_plan.json").read_text())["settings"]
+    assert settings["method_options"]["remerge"]
 
 
 @pytest.mark.parametrize("methods,message", [

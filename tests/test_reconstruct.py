@@ -5,7 +5,6 @@ import math
 import pytest
 import torch
 from conftest import tiny_model
-from test_families import tiny_family
 
 from come.capture import Calibration
 from come.merge import concat_layers, replace_pair
@@ -15,9 +14,9 @@ from come.reconstruct import (
     LAMBDAS,
     LAMBDAS_MERGED,
     PRIORS,
-    Anchor,
     Gram,
     HeldOut,
+    RefitProblem,
     attention_updates,
     held_out_windows,
     refit_merged,
@@ -150,7 +149,7 @@ def test_double_width_refit_reproduces_the_pair_and_never_hurts():
     replace_pair(a, l, merged)
     # o_proj: the merged attention holds both layers' heads; with their own o_proj columns the update is exact
     # up to the input of layer l+1 (h_out(l) vs h_in(l)); the refit must lower the error and be applied.
-    weights, report = refit_merged(calib, a, a.layers[l], calib.hidden[l], attn_t, out_t)
+    weights, report = refit_merged(RefitProblem(calib, a, a.layers[l], calib.hidden[l], attn_t, out_t, prior="zero"))
     for name in ("o_proj", "down_proj"):
         r = report[name]
         assert r["error_after"] <= r["error_before"]
@@ -170,7 +169,8 @@ def test_lambda_selection_is_deterministic():
         merged = concat_layers(a, a.layers[l], a.layers[l + 1], ([0], [1]), (list(range(64)), list(range(64, 128))),
                                (0.5, 0.5), "mean")
         replace_pair(a, l, merged)
-        weights, report = refit_merged(calib, a, a.layers[l], calib.hidden[l], attn_t, out_t)
+        weights, report = refit_merged(RefitProblem(calib, a, a.layers[l], calib.hidden[l], attn_t, out_t,
+                                                    prior="zero"))
         reports.append((report, weights))
     assert reports[0][0] == reports[1][0]
     assert all(torch.equal(reports[0][1][k], reports[1][1][k]) for k in reports[0][1])
@@ -191,7 +191,8 @@ def test_refit_reproduces_a_reachable_layer_output_exactly():
     h1.remove()
     with torch.no_grad():
         down.weight.add_(0.05 * torch.randn_like(down.weight))  # move away from W*, keep o_proj exact
-    weights, report = refit_merged(calib, a, a.layers[l], calib.hidden[l], seen["attn"], targets)
+    weights, report = refit_merged(RefitProblem(calib, a, a.layers[l], calib.hidden[l], seen["attn"], targets,
+                                                prior="zero"))
     assert report["down_proj"]["applied"]
     with torch.no_grad():
         got = [merged(h, **kw) for h, kw in zip(calib.hidden[l], calib.layer_kwargs)]
@@ -212,13 +213,13 @@ def test_the_fit_never_sees_the_held_out_windows(monkeypatch):
     merged = concat_layers(a, a.layers[l], a.layers[l + 1], ([0], [1]), (list(range(64)), list(range(64, 128))),
                            (0.5, 0.5), "mean")
     replace_pair(a, l, merged)
-    refit_merged(calib, a, a.layers[l], calib.hidden[l], attn_t, out_t, prior="merged")
+    refit_merged(RefitProblem(calib, a, a.layers[l], calib.hidden[l], attn_t, out_t, prior="merged"))
     assert solved and set(solved) == {6 * 24}  # 6 of the 8 windows of 24 tokens; windows 3 and 7 never
 
 
 @pytest.mark.parametrize("fold", range(HOLDOUT_EVERY))
 def test_each_fold_is_kept_out_of_its_fit(monkeypatch, fold):
-    """--cross-fit re-fits with each fold of windows held out in turn: the targets of fold `fold`'s windows never
+    """A re-fit may hold any fold of windows out (`RefitProblem.fold`): the targets of fold `fold`'s windows never
     change a solution of the fit that holds it out, and those of any other window do."""
     assert held_out_windows(8, fold).tolist() == [i % HOLDOUT_EVERY == fold for i in range(8)]
     real = Gram.solve
@@ -233,7 +234,7 @@ def test_each_fold_is_kept_out_of_its_fit(monkeypatch, fold):
         merged = concat_layers(a, a.layers[l], a.layers[l + 1], ([0], [1]),
                                (list(range(64)), list(range(64, 128))), (0.5, 0.5), "mean")
         replace_pair(a, l, merged)
-        refit_merged(calib, a, a.layers[l], calib.hidden[l], attn_t, out_t, prior="merged", fold=fold)
+        refit_merged(RefitProblem(calib, a, a.layers[l], calib.hidden[l], attn_t, out_t, prior="merged", fold=fold))
         return got
 
     base = solutions(None)
@@ -241,48 +242,3 @@ def test_each_fold_is_kept_out_of_its_fit(monkeypatch, fold):
     common = base.keys() & inside.keys()
     assert common and all(torch.equal(base[k], inside[k]) for k in common)
     assert any(not torch.equal(base[k], outside[k]) for k in base.keys() & outside.keys())
-
-
-@pytest.mark.parametrize("family", ["qwen2", "gemma2"])  # gemma2: the post-norm surrogate fit takes it too
-def test_anchor_windows_enter_every_fit_whole_and_choose_nothing(monkeypatch, family):
-    """--refit-anchor: the anchor's windows go into each solved fit, all of them (none is held out), their
-    targets move the solutions, and the held-out scores that choose lambda never see them."""
-    real, solved = Gram.solve, []
-
-    def run(anchored: bool, moved: bool = False):
-        got: dict = {}
-        monkeypatch.setattr(Gram, "solve", lambda self, lam, prior=None: solved.append(self.n) or got.setdefault(
-            (self.xx.shape[0], lam), real(self, lam, prior)))
-        model = tiny_model(family) if family == "qwen2" else tiny_family(family)
-        a = get_adapter(model)
-        torch.manual_seed(1)
-        calib = Calibration(model, a, torch.randint(0, 512, (8, 24)), batch_size=4, progress=False)
-        other = Calibration(model, a, torch.randint(0, 512, (4, 24)), batch_size=4, progress=False)
-        for cache in (calib, other):
-            cache.run(0)
-        l = 2
-        anchor = None
-        if anchored:
-            out = [h.clone() for h in other.hidden[l + 2]]
-            if moved:
-                out[0][1] += 1.0
-            anchor = Anchor(other, other.hidden[l], attention_updates(other, a, l), out)
-        attn_t, out_t = attention_updates(calib, a, l), calib.hidden[l + 2]
-        half = model.config.intermediate_size // 2
-        merged = concat_layers(a, a.layers[l], a.layers[l + 1], ([0], [0]),
-                               (list(range(half)), list(range(half, 2 * half))), (0.5, 0.5), "mean")
-        replace_pair(a, l, merged)
-        _, report = refit_merged(calib, a, a.layers[l], calib.hidden[l], attn_t, out_t, prior="merged",
-                                 anchor=anchor)
-        return got, report, model.config.intermediate_size
-
-    plain, plain_report, d_ff = run(False)
-    solved.clear()
-    anchored, report, _ = run(True)
-    assert solved and set(solved) == {6 * 24 + 4 * 24}  # the 6 fit windows and all 4 anchor windows
-    # the plain merge's held-out error is scored on the calibration's held-out windows alone
-    assert report["o_proj"]["error_before"] == plain_report["o_proj"]["error_before"]
-    assert any(not torch.equal(plain[k], anchored[k]) for k in plain.keys() & anchored.keys())
-    moved, _, _ = run(True, moved=True)  # an anchor window's output target moved: down_proj's fits change
-    down = [k for k in anchored.keys() & moved.keys() if k[0] == d_ff]
-    assert down and any(not torch.equal(anchored[k], moved[k]) for k in down)

@@ -9,7 +9,7 @@ from test_families import POST_NORM, attn_out, tiny_family
 from come.capture import Calibration
 from come.merge import concat_layers, replace_pair
 from come.models import get_adapter
-from come.reconstruct import FOLD, attention_updates, held_out_windows, refit_merged
+from come.reconstruct import FOLD, RefitProblem, attention_updates, held_out_windows, refit_merged
 
 WINDOWS, BATCH, TOKENS = 16, 4, 24  # 12 fit windows x 24 = 288 equations, more than a double-width down_proj's 256
 
@@ -88,7 +88,7 @@ def test_granite_refit_recovers_a_reachable_output_and_reports_the_true_error():
         for p in projs:  # move both away from W*
             p.weight.add_(0.05 * torch.randn_like(p.weight))
     before = held_error(calib, merged, calib.hidden[l], targets)
-    weights, report = refit_merged(calib, a, merged, calib.hidden[l], attn_targets, targets, "zero")
+    weights, report = refit_merged(RefitProblem(calib, a, merged, calib.hidden[l], attn_targets, targets, prior="zero"))
     for name, p in zip(("o_proj", "down_proj"), projs):
         assert report[name]["applied"] and torch.equal(weights[name], p.weight)
     torch.testing.assert_close(projs[1].weight, w_star[1], rtol=1e-2, atol=1e-2)  # (o_proj's input is ill-conditioned)
@@ -115,7 +115,8 @@ def test_post_norm_refit_never_worsens_the_true_held_out_output(family, prior, k
     attn_t, out_t = attention_updates(calib, a, l), calib.hidden[l + 2]
     merged = merge(a, model, l, kind)
     plain = held_error(calib, merged, calib.hidden[l], out_t, fold)
-    weights, report = refit_merged(calib, a, merged, calib.hidden[l], attn_t, out_t, prior, fold)
+    weights, report = refit_merged(RefitProblem(calib, a, merged, calib.hidden[l], attn_t, out_t,
+                                                prior=prior, fold=fold))
     after = held_error(calib, merged, calib.hidden[l], out_t, fold)
     assert close(report["plain_error"], plain)
     assert after <= plain * (1 + 1e-5)
@@ -144,7 +145,7 @@ def test_post_norm_refit_moves_back_toward_a_reachable_output(family):
     with torch.no_grad():
         down.weight.add_(0.3 * down.weight.std() * torch.randn_like(down.weight))
     before = held_error(calib, merged, calib.hidden[l], targets)
-    weights, report = refit_merged(calib, a, merged, calib.hidden[l], seen, targets, "zero")
+    weights, report = refit_merged(RefitProblem(calib, a, merged, calib.hidden[l], seen, targets, prior="zero"))
     after = held_error(calib, merged, calib.hidden[l], targets)
     assert "down_proj" in weights and after < 0.1 * before
     assert close(report["down_proj"]["error_after"], after, rel=1e-3)
@@ -162,7 +163,7 @@ def test_post_norm_refit_is_undone_when_the_layer_output_gets_worse(family):
     with torch.no_grad():
         plain_out = [layer_out(merged, h, kw).clone() for h, kw in zip(calib.hidden[l], kws)]
     o_before = a.o_proj(merged).weight.detach().clone()
-    weights, report = refit_merged(calib, a, merged, calib.hidden[l], attn_t, plain_out, "merged")
+    weights, report = refit_merged(RefitProblem(calib, a, merged, calib.hidden[l], attn_t, plain_out, prior="merged"))
     assert report["o_proj"]["error_after"] < report["o_proj"]["error_before"]  # the attention fit did help ...
     assert report["plain_error"] == 0.0 and weights == {}  # ... but the layer output did not: nothing installed
     assert not report["o_proj"]["applied"] and "plain merge" in report["o_proj"]["reason"]

@@ -49,7 +49,7 @@ def decisions(plan) -> dict:
 @pytest.mark.parametrize("fields,kill_after", [
     ({"method": "come-plus", "target_layers": 3}, 3),  # merge + re-fit, merge + re-fit: killed after 2 merges
     ({"method": "sleb", "target_layers": 3}, 2),
-    ({"method": "come", "target_layers": 3, "drop_candidates": True, "pair_score": "loss"}, 1),
+    ({"method": "come", "target_layers": 3, "method_options": {"pair_score": "drop"}}, 1),
 ])
 def test_sigkilled_prune_resumes_to_the_uninterrupted_plan(tiny_dir, tmp_path, fields, kill_after):
     path, text = tiny_dir

@@ -252,19 +252,32 @@ def _settings_lines(plan) -> list[str]:
     if calib:
         lines.append(f"- calibration: {calib.get('samples')} windows of {calib.get('seq_len')} tokens of "
                      f"{display_name(calib.get('data'))} (seed {calib.get('seed')})")
-    keys = ("norm", "pair_score", "pair_tokens", "remerge", "reconstruct", "refit_target", "refit_prior",
-            "drop_candidates", "loss_samples", "grid")
-    shown = [f"{k}={s[k]}" for k in keys if k in s]
-    if shown:
-        lines.append("- settings: " + ", ".join(shown))
-    if s.get("method_options"):
-        lines.append("- method options: " + ", ".join(f"{k}={v}" for k, v in s["method_options"].items()))
+    options = _options_of(plan.method, s)
+    if options:
+        lines.append("- method options: " + ", ".join(f"{k}={v}" for k, v in options.items()))
+    if s.get("loss_samples") is not None:
+        lines.append(f"- loss trials on {s['loss_samples']} windows")
+    from come.config import RETIRED_AFTER, retired_settings
+
+    retired = retired_settings(s)
+    if retired:
+        lines.append(f"- made with settings come offered until commit {RETIRED_AFTER}: {', '.join(retired)}")
     if st.get("dtype"):
         lines.append(f"- computed in {st['dtype']} on {st.get('device', '?')}, saved in {st.get('save_dtype', '?')}")
     v = plan.versions or {}
     if v:
         lines.append("- versions: " + ", ".join(f"{k} {v[k]}" for k in ("come", "torch", "transformers") if k in v))
     return lines
+
+
+def _options_of(method: str, settings: dict) -> dict:
+    """The options a plan's method ran with (those an older version's plan kept beside its other settings too)."""
+    from come.methods import get_method
+
+    try:
+        return get_method(method).recorded_options(settings)
+    except ComeError:  # a method this installation does not register (a research variant): as recorded
+        return dict(settings.get("method_options") or {})
 
 
 def scrubbed(recipe: dict, hub: bool = False) -> dict:

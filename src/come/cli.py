@@ -73,7 +73,7 @@ def print_recipe(cfg, out: str | None) -> int:
 
 
 def add_prune_parser(sub) -> None:
-    from come.cliargs import add_config_args
+    from come.cliargs import add_config_args, more
     from come.config import PruneConfig
 
     p = sub.add_parser("prune", help="compress a model by merging (or dropping) layers; writes an HF folder + plan")
@@ -87,6 +87,8 @@ def add_prune_parser(sub) -> None:
                    "an uninterrupted run")
     g.add_argument("--summary", action="store_true", help="print the whole summary (merge tree, steps) to stdout")
     add_recipe_args(p)
+    # the front door lists what most runs need; --help-all the rest
+    more(p, "--trust-remote-code", "--allow-nonfinite", "--gpu-memory", "--summary", "--print-config")
     p.set_defaults(func=cmd_prune)
 
 

@@ -23,6 +23,11 @@ Metadata keys of a field (all optional but `help`):
   parse       a function of the parsed value (a string, a list of strings) to the field's value
   format      its inverse: the field's value to what the command line gives (recipes, printed command lines)
   nested      on a field whose type is a config dataclass: that class's flags stand for the field
+  more        the flag is listed by --help-all only, not by --help (the front door shows what most runs need)
+  options_of  on the field holding a method's options: a function returning (a line naming every method, the flags
+              of every method's options: come.methods.option_flags). They load the methods (and torch), so they
+              join the parser only when a word on the command line needs them or --help-all lists them; the given
+              ones fill the field.
 
 Types: int, float and str (Optional or not) are parsed as such; a bool is a switch (store_true; a True default
 needs a flag --no-NAME, which stores False); list[int | float | str] is a comma list.
@@ -80,6 +85,8 @@ class Flag:
     format: Callable | None = None
     negated: bool = False  # a --no-NAME switch of a bool field whose default is True
     config: type | None = None  # kind nested: the config dataclass
+    more: bool = False  # listed by --help-all only
+    options_of: Callable[[], tuple[str, tuple]] | None = None  # the methods' options (see the module's doc)
 
     @property
     def shown(self) -> str:
@@ -182,7 +189,8 @@ def flags(cls: type, prefix: str = "") -> tuple[Flag, ...]:
             name=f.name, dest=dest, flag=flag, kind=kind, type=converter, default=default, help=meta["help"],
             aliases=tuple(meta.get("aliases", ())), choices=tuple(meta["choices"]) if "choices" in meta else None,
             group=meta.get("group"), exclusive=meta.get("exclusive"), metavar=meta.get("metavar"),
-            nargs=meta.get("nargs"), parse=meta.get("parse"), format=meta.get("format"), negated=negated))
+            nargs=meta.get("nargs"), parse=meta.get("parse"), format=meta.get("format"), negated=negated,
+            more=bool(meta.get("more")), options_of=meta.get("options_of")))
     return tuple(out)
 
 
@@ -292,9 +300,75 @@ def add_config_args(parser, cls: type, *, only: Iterable[str] | None = None, exc
         default = {"switch": False, "append": spec.raw(spec.default) or None}.get(spec.kind, spec.default)
         default = copy.deepcopy(default)  # a list default is not shared between parses
         where.add_argument(spec.flag, dest=spec.dest, default=default, help=_help_text(spec), **common)
+        if spec.more and only is None:  # for --help-all (a command that picks its flags shows them)
+            more(parser, spec.flag)
         for alias in spec.aliases:
             where.add_argument(alias, dest=spec.dest, default=argparse.SUPPRESS, help=argparse.SUPPRESS,
                                new_flag=spec.flag, **common)
+        if spec.options_of is not None and isinstance(parser, argparse.ArgumentParser):
+            _late_options(parser, spec.options_of)
+
+
+def _add_options(parser: argparse.ArgumentParser, options_of: Callable[[], tuple]) -> None:
+    """The flags of the methods' options on `parser`, once; none given leaves its option's value alone."""
+    if getattr(parser, "_options_added", False):
+        return
+    parser._options_added = True
+    methods, specs = options_of()
+    group = parser.add_argument_group("method options", f"{methods}. Each option is also --option KEY=VALUE; a "
+                                      "method refuses the options of another")
+    for spec in specs:
+        metavar = spec.metavar or ("{" + ",".join(map(str, spec.choices)) + "}" if spec.choices else
+                                   spec.flag.lstrip("-").replace("-", "_").upper())
+        group.add_argument(spec.flag, dest=f"option_{spec.name}", default=argparse.SUPPRESS, help=_help_text(spec),
+                           action=ConfigAction, kind=spec.kind, type=spec.type, choices_=spec.choices,
+                           metavar=metavar)
+    _loaded_options.add(options_of)
+
+
+_loaded_options: set = set()  # the option-flag providers whose flags some parser holds
+
+
+def more(parser: argparse.ArgumentParser, *option_strings: str) -> None:
+    """List these flags of `parser` under --help-all only (the `more` of a config field, for flags a command adds
+    itself)."""
+    for action in parser._actions:
+        if set(action.option_strings) & set(option_strings):
+            action.full_help, action.help = action.help, argparse.SUPPRESS
+
+
+class HelpAll(argparse.Action):
+    """--help-all: every flag, those the front door leaves out and the methods' options included."""
+
+    def __init__(self, option_strings, dest, options_of=None, **kwargs):
+        self.options_of = options_of
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS,
+                         help="show every flag, the methods' options included, and exit")
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        for action in parser._actions:
+            if getattr(action, "full_help", None) is not None:
+                action.help = action.full_help
+        _add_options(parser, self.options_of)
+        parser.print_help()
+        parser.exit()
+
+
+def _late_options(parser: argparse.ArgumentParser, options_of: Callable[[], tuple]) -> None:
+    """Parse the methods' option flags only when the command line holds a word the other flags do not take:
+    then they join `parser` and it parses again (building the parser and --help stay light)."""
+    parser.add_argument("--help-all", action=HelpAll, options_of=options_of)
+    plain = parser.parse_known_args
+
+    def parse_known_args(args=None, namespace=None):
+        got, rest = plain(args, namespace)
+        if rest and not getattr(parser, "_options_added", False):
+            _add_options(parser, options_of)
+            with quiet_aliases():  # the first parse printed them
+                got, rest = plain(args, namespace)
+        return got, rest
+
+    parser.parse_known_args = parse_known_args
 
 
 def config_from_args(cls: type, args: argparse.Namespace, *, prefix: str = "", **overrides):
@@ -309,6 +383,10 @@ def config_from_args(cls: type, args: argparse.Namespace, *, prefix: str = "", *
             kwargs[spec.name] = config_from_args(spec.config, args)
         elif hasattr(args, spec.dest):
             kwargs[spec.name] = spec.value(getattr(args, spec.dest))
+        if spec.options_of is not None and spec.options_of in _loaded_options and spec.name in kwargs:
+            given = {o.name: o.value(getattr(args, f"option_{o.name}")) for o in spec.options_of()[1]
+                     if hasattr(args, f"option_{o.name}")}
+            kwargs[spec.name] = {**kwargs[spec.name], **given}  # a flag of its own wins over --option
     if getattr(args, "quiet", False) and "progress" not in overrides and \
             any(f.name == "progress" for f in dataclasses.fields(cls)):
         kwargs["progress"] = False
@@ -322,6 +400,8 @@ def arg(default=dataclasses.MISSING, *, default_factory=dataclasses.MISSING, **m
 
 def like(cls: type, name: str, **changes) -> dataclasses.Field:
     """A field with the default and flag metadata of field `name` of `cls` (`changes`: metadata to replace), so
-    that configs sharing a setting (--dtype, --target-layers, ...) declare its flag once."""
+    that configs sharing a setting (--dtype, --target-layers, ...) declare its flag once; where `come prune` lists
+    it (`more`) and its methods' option flags (`options_of`) stay prune's."""
     f = next(f for f in dataclasses.fields(cls) if f.name == name)
-    return dataclasses.field(default=f.default, default_factory=f.default_factory, metadata={**f.metadata, **changes})
+    own = {k: v for k, v in f.metadata.items() if k not in ("more", "options_of")}  # `come prune`'s own
+    return dataclasses.field(default=f.default, default_factory=f.default_factory, metadata={**own, **changes})

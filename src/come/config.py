@@ -15,9 +15,44 @@ SAVE_DTYPES = ["auto", "float32", "bfloat16", "float16"]
 
 
 def _method_help() -> str:
-    from come.methods import BUILTIN_NAMES  # the names alone: --help does not import the methods (and torch)
+    # the names are not listed here: --help does not import the methods (and torch); --help-all does
+    return ("come (the paper's), come-p, come-plus (ours, the strongest measured), sleb, shortgpt, ...: "
+            "`--help-all` lists every method and its options; docs/methods.md")
 
-    return f"one of {', '.join(sorted(BUILTIN_NAMES))}; docs/methods.md"
+
+def _option_flags() -> tuple[str, tuple]:
+    from come.methods import METHODS, option_flags
+
+    return f"Methods: {', '.join(METHODS)}", option_flags()
+
+
+# Fields that older versions of PruneConfig had, with their default: the CoMe family's are options of its methods
+# now ("" below: `method_options`), the research ones left for experiments/ (where they went is said) or for good.
+# A recipe or plan that holds one at its default means nothing by it.
+RETIRED_AFTER = "bcfc332"  # the last commit whose PruneConfig had them
+FORMER_FIELDS = {
+    "ratio_power": (1.0, "retired; its rows are in docs/results.md"),
+    "grid_search": ("full", "retired; its rows are in docs/results.md"),
+    "reconstruct": (False, "the variants come:refit and come-p:refit of experiments/come_variants.py"),
+    "refit_target": ("pair", "the variant come:refit-dense of experiments/come_variants.py"),
+    "refit_prior": ("merged", "the variant come-plus:prior-zero of experiments/come_variants.py"),
+    "cross_fit": (False, "retired; its rows are in docs/results.md"),
+    "refit_anchor": (0, "retired; its rows are in docs/results.md"),
+    "drop_candidates": (False, "the variant come-plus:drop-candidates of experiments/come_variants.py"),
+    "pair_score": ("angular", "the variants METHOD:pair-loss of experiments/come_variants.py"),  # its value loss
+    "norm": ("mean", ""), "pair_tokens": ("last", ""), "remerge": (False, ""), "grid": (20, ""),
+}
+
+
+def retired_settings(settings: dict) -> list[str]:
+    """The settings of an older version's plan or recipe that today's come no longer offers, as "KEY=VALUE (where
+    it went)": a retired one away from its unused value, or --pair-score loss."""
+    out = []
+    for key, (unused, went) in FORMER_FIELDS.items():
+        value = settings.get(key, unused)
+        if went and value != unused and not (key == "pair_score" and value == "drop"):
+            out.append(f"{key}={value} ({went})")
+    return out
 
 
 def _option_dict(items: list[str] | None) -> dict:
@@ -37,9 +72,9 @@ class CalibConfig:
                     "wiki-passages (contaminates BoolQ), wikitext2, c4, or a .txt/.jsonl/.parquet/datasets folder")
     samples: int = arg(32, flag="--calib-samples", group=CALIBRATION, help="number of windows")
     seq_len: int = arg(2048, flag="--calib-seq-len", group=CALIBRATION, help="tokens per window")
-    batch_size: int = arg(8, flag="--calib-batch-size", aliases=["--batch-size"], group=CALIBRATION,
+    batch_size: int = arg(8, flag="--calib-batch-size", aliases=["--batch-size"], group=CALIBRATION, more=True,
                           help="calibration windows per forward pass")
-    seed: int = arg(0, flag="--calib-seed", aliases=["--seed"], group=CALIBRATION,
+    seed: int = arg(0, flag="--calib-seed", aliases=["--seed"], group=CALIBRATION, more=True,
                     help="seed of the choice of windows")
 
     @classmethod
@@ -64,7 +99,8 @@ class CalibConfig:
 
 @dataclass
 class PruneConfig:
-    """What `come.prune` does. Give exactly one of `target_layers` and `sparsity`."""
+    """What `come.prune` does. Give exactly one of `target_layers` and `sparsity`; `method_options` are the
+    method's own (its record's `options`: e.g. {"pair_score": "drop"} for come-plus, {"T": 0.5} for laco)."""
 
     model: str = arg(positional=True, nargs="?",
                      help="HF model folder, hub id, or alias (smollm2-135m, gemma3-270m); or `model:` in --config")
@@ -72,54 +108,36 @@ class PruneConfig:
     sparsity: float | None = arg(None, exclusive="target",
                                  help="fraction of ALL parameters to remove, rounded to whole layers")
     method: str = arg("come", help=_method_help)
-    norm: str = arg("mean", choices=["mean", "fold"],  # mean (authors' code) | fold (ours)
-                    help="norm handling of a merged layer")
-    pair_score: str = arg("angular", choices=["angular", "loss", "drop"],
-                          help="how the pair is chosen: angular (the paper), loss (calibration NLL of each "
-                          "candidate merge), drop (the pairs around the layer whose removal costs least, "
-                          "the plain drop competing)")
-    pair_tokens: str = arg("last", choices=["last", "all"], help="tokens of the angular score")
-    remerge: bool = arg(False, help="allow merging layers that are already merges")
-    ratio_power: float = arg(1.0, help="p of the merge ratio r_i = BI_i^p / sum BI^p (1: the paper's)")
-    grid: int = arg(20, help="CoMe-P ratio grid size g (ratios 0, 1/g, ..., 1)")
-    grid_search: str = arg("full", choices=["full", "walk"],
-                           help="CoMe-P: try every ratio of the grid, or walk it downhill from the point nearest "
-                           "r_BI (far fewer trials; a local minimum: the NLL has several along the grid)")
-    loss_samples: int | None = arg(None, help="windows used for loss trials (sleb, laco, come-p, --pair-score "
-                                   "loss, --drop-candidates), rounded up to whole batches (default: all)")
-    reconstruct: bool = arg(False, help="come/come-p: ridge re-fit of each merged layer's o_proj/down_proj (always "
-                            "on in come-plus)")
-    refit_target: str = arg("pair", choices=["pair", "dense"],
-                            help="come-plus: re-fit to the current pair's output or to the dense model's")
-    refit_prior: str = arg("merged", choices=["merged", "zero"],
-                           help="re-fit: the ridge pulls toward the merged layer's own weights or toward zero")
-    cross_fit: bool = arg(False, help="come-plus: judge each choice on every calibration window instead of one "
-                          "held-out quarter (each quarter scored with a re-fit that did not see it: 4 re-fits per "
-                          "trial; the applied re-fit is unchanged)")
-    refit_anchor: int = arg(0, metavar="N", help="come-plus (experimental): also fit every re-fit to N windows of "
-                            "text that the unpruned model samples itself (no data; the calibration's window length), "
-                            "so the fit keeps the pair's function beyond the calibration text; 0: off")
     method_options: dict = arg(default_factory=dict, flag="--option", repeat=True, metavar="KEY=VALUE",
-                               parse=_option_dict, format=_option_words,
-                               help="a method option, repeatable (laco: C=4, I=2, T=0.65, L=1; docs/methods.md)")
-    drop_candidates: bool = arg(False, help="come family: each step, SLEB's best single-layer drop competes with "
-                                "the merge by calibration NLL")
+                               parse=_option_dict, format=_option_words, options_of=_option_flags,
+                               help="an option of the method, repeatable (come-plus: pair_score=drop; laco: T=0.5); "
+                               "each is also a flag of its own (--pair-score drop), listed by --help-all")
+    loss_samples: int | None = arg(None, more=True, help="windows used for loss trials (sleb, laco, come-p, "
+                                   "come-plus), rounded up to whole batches (default: all)")
     calib: CalibConfig | None = arg(None, nested=True)
-    dtype: str = arg("auto", help="auto (float32 on CPU, else the checkpoint dtype), float32, bfloat16, float16")
-    save_dtype: str = arg("auto", choices=SAVE_DTYPES, help="dtype of the saved weights (auto: the original "
-                          "checkpoint's, whatever --dtype computed in)")
+    dtype: str = arg("auto", more=True,
+                     help="auto (float32 on CPU, else the checkpoint dtype), float32, bfloat16, float16")
+    save_dtype: str = arg("auto", choices=SAVE_DTYPES, more=True, help="dtype of the saved weights (auto: the "
+                          "original checkpoint's, whatever --dtype computed in)")
     device: str = arg("auto", help="auto (cuda if available), cpu, cuda, cuda:N")
-    offload: str = arg("auto", choices=["auto", "always", "never"], group=MEMORY,
+    offload: str = arg("auto", choices=["auto", "always", "never"], group=MEMORY, more=True,
                        help="keep the weights in CPU memory and stream one layer at a time to the GPU (auto: when "
                        "the weights do not fit in 80%% of its free memory; this is how a 70B model prunes on one GPU)")
-    store_device: str | None = arg(None, group=MEMORY, help="where the cached hidden states live (default: the GPU "
-                                   "if they fit beside the weights, else cpu)")
+    store_device: str | None = arg(None, group=MEMORY, more=True, help="where the cached hidden states live "
+                                   "(default: the GPU if they fit beside the weights, else cpu)")
     progress: bool = True  # the Python API's progress bars; not a flag
 
     def __post_init__(self) -> None:
         self.calib = CalibConfig.coerce(self.calib)
 
-    def validate(self) -> None:
+    @property
+    def options(self):
+        """The method's options as it reads them (an instance of its record's `options` dataclass)."""
+        from come.methods import get_method
+
+        return get_method(self.method).parse_options(self.method_options)
+
+    def validate(self) -> PruneConfig:
         from come.methods import get_method, method_options
 
         method = get_method(self.method)
@@ -133,35 +151,23 @@ class PruneConfig:
             raise ComeError("give exactly one of --target-layers and --sparsity")
         if self.sparsity is not None and not 0 < self.sparsity < 1:
             raise ComeError(f"--sparsity must be in (0, 1), got {self.sparsity}")
-        check_choices(self, skip=("save_dtype",))  # --norm, --pair-score, --pair-tokens, --refit-*, --offload
+        check_choices(self, skip=("save_dtype",))  # --offload
         from come.models import parse_device, parse_dtype
 
         if self.save_dtype != "auto":
             parse_dtype(self.save_dtype)  # the flag's names, and through the API also bf16, fp16, fp32
         if self.store_device is not None:
             parse_device(self.store_device, "--store-device")
-        if self.grid < 1:
-            raise ComeError(f"--grid must be >= 1, got {self.grid}")
         if self.loss_samples is not None and self.loss_samples < 1:
             raise ComeError(f"--loss-samples must be >= 1, got {self.loss_samples}")
-        if self.cross_fit and self.method != "come-plus":
-            raise ComeError(f"--cross-fit judges come-plus's re-fitted choices, not {self.method}'s: drop it or "
-                            "pass --method come-plus")
-        if self.refit_anchor < 0:
-            raise ComeError(f"--refit-anchor must be >= 0, got {self.refit_anchor}")
-        if self.refit_anchor and not (self.method == "come-plus" or self.reconstruct):
-            raise ComeError(f"--refit-anchor feeds the re-fit, and {self.method} re-fits nothing: drop it, or pass "
-                            "--method come-plus or --reconstruct")
-        if self.refit_anchor and self.refit_target == "dense":
-            raise ComeError("--refit-anchor fits to the current pair's output: drop --refit-target dense or the "
-                            "anchor")
         self.calib.validate()
-        need = getattr(method, "min_calib_samples", lambda _cfg: 1)(self)
+        need = method.min_calib_samples(self)
         if self.calib.samples < need:
             raise MethodRefusal(
                 f"{self.method} needs at least {need} calibration windows (its re-fit holds every {need}th window "
                 f"out to decide on it), got {self.calib.samples}: pass --calib-samples {need} or more"
             )
+        return self
 
     def to_dict(self) -> dict:
         return asdict(self)

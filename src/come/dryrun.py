@@ -7,7 +7,6 @@ needs. The memory figures are estimates from the shapes (stated in the output), 
 
 from __future__ import annotations
 
-import math
 import re
 from dataclasses import dataclass, field
 
@@ -17,17 +16,14 @@ from come import placement
 from come.config import PruneConfig
 from come.errors import ComeError
 from come.methods import get_method
-from come.methods.come import refits
 from come.models import count_params, get_adapter, load_config, meta_model, parse_device, parse_dtype
 from come.names import display_name
 from come.placement import gib, resolve_device
 from come.prune import check_reachable, decide_placement, resolve_target
-from come.reconstruct import HOLDOUT_EVERY
 
 RUNTIME = 2**30  # CPU memory of Python, torch and transformers themselves, roughly
 UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "m": 10**6, "mb": 10**6, "g": 10**9, "gb": 10**9,
          "t": 10**12, "tb": 10**12, "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
-COME_FAMILY = ("come", "come-p", "come-plus", "wsum", "mka")
 
 
 def parse_size(text: str) -> int:
@@ -108,7 +104,7 @@ def dry_run(cfg: PruneConfig, gpu_memory: str | None = None) -> DryRun:
     weights = p0 * dtype.itemsize
     cache = placement.cache_bytes(config, c.samples, c.seq_len, dtype)
     gpu, cpu, notes = peak_memory(cfg, config, skeleton, place, dtype, weights, cache)
-    passes, text = calibration_passes(cfg, n0, target)
+    passes, text = get_method(cfg.method).passes(cfg, n0, target)
     warnings = []
     if gpu is not None and free is not None and gpu > placement.HEADROOM * free:
         warnings.append(peak_warning(cfg, config, skeleton, device, dtype, free, weights, cache, gpu))
@@ -144,9 +140,9 @@ def peak_memory(cfg: PruneConfig, config, skeleton, place: placement.Placement, 
 
     Resident: the weights (or, streamed, one merge's worth of layers plus the embedding or LM head for their
     turn) and the cache where they live; working: one layer's activations over a batch, or the logits of two
-    windows in float32 for a loss trial; the CoMe family keeps the dense model's boundary states beside the
-    cache (up to twice the cache); the re-fit (come-plus, --reconstruct) holds float64 Gram matrices of the
-    down_proj input on the compute device."""
+    windows in float32 for a loss trial; a merging method keeps the dense model's boundary states beside the
+    cache (up to twice the cache, its record's `keeps_dense_states`); a re-fit (come-plus) holds float64 Gram
+    matrices of the down_proj input on the compute device."""
     c, item = cfg.calib, dtype.itemsize
     hidden, inter, vocab = config.hidden_size, config.intermediate_size, config.vocab_size
     tokens = min(c.batch_size, c.samples) * c.seq_len
@@ -157,17 +153,14 @@ def peak_memory(cfg: PruneConfig, config, skeleton, place: placement.Placement, 
     work = max(layer_act, logits)
     notes = []
     cache_peak = cache
-    if cfg.method in COME_FAMILY:
+    method = get_method(cfg.method)
+    if method.keeps_dense_states:
         cache_peak = 2 * cache
-        notes.append("the CoMe family keeps the dense model's boundary states beside the cache: up to 2x the cache")
+        notes.append(f"{cfg.method} keeps the dense model's boundary states beside the cache: up to 2x the cache")
     refit = 0
-    if refits(cfg):
+    if method.refits:
         refit = 5 * inter * inter * 8 + 3 * inter * hidden * 8
         notes.append(f"the re-fit's float64 Gram matrices of the down_proj input ({inter} wide): ~{gib(refit)}")
-    if refits(cfg) and cfg.refit_anchor:  # --refit-anchor: a second cache, of the sampled windows
-        anchor = cache_peak * cfg.refit_anchor // c.samples
-        cache_peak += anchor
-        notes.append(f"--refit-anchor {cfg.refit_anchor}: a second cache of the sampled windows, ~{gib(anchor)}")
     if getattr(skeleton.model.config, "tie_word_embeddings", False):
         big = vocab * hidden * item
     else:
@@ -182,55 +175,3 @@ def peak_memory(cfg: PruneConfig, config, skeleton, place: placement.Placement, 
                                                                        else cache_peak))
     notes.append("CPU: the checkpoint is read into CPU memory first (its full size) before it moves to the GPU")
     return gpu, cpu, notes
-
-
-def calibration_passes(cfg: PruneConfig, layers: int, target: int) -> tuple[float, str]:
-    """(full-pass equivalents, at most; one line): forwards of the decoder stack over the calibration windows.
-
-    A re-run after a merge at layer l or a loss trial from layer l runs only layers l.. (counted as a full pass
-    here: an upper bound); loss trials run on --loss-samples windows when given."""
-    k = layers - target
-    c = cfg.calib
-    trial = 1.0 if cfg.loss_samples is None else min(1.0, cfg.loss_samples / c.samples)
-    on = f" over {c.samples} x {c.seq_len} tokens"
-    m = cfg.method
-    if m in ("reverse", "reverse-keep-last", "magnitude", "magnitude+"):
-        return 0.0, "none: the ranking reads the weights only"
-    if m in ("taylor", "taylor+"):
-        return 1.0, f"1 forward and backward pass of the whole model{on}"
-    if m in ("shortgpt", "angular"):
-        return 1.0, f"1 full pass{on}"
-    if m == "sleb":
-        trials = sum(n for n in range(layers, target, -1))  # every remaining layer is a candidate each step
-        total = 1 + k + trials * trial
-        return total, (f"1 full pass + {k} re-runs + {trials} removal trials{on} (trials from the removed layer "
-                       f"on: at most {total:.0f} full-pass equivalents)")
-    if m == "laco":
-        return 1.0 + layers * (1 + trial), (f"1 full pass + one trial per layer the walk tries and a re-run per "
-                                           f"merge{on} (at most {1 + layers * (1 + trial):.0f} full-pass "
-                                           "equivalents, data dependent)")
-    if m in COME_FAMILY:
-        per_step = {"come-p": cfg.grid + 1, "come-plus": 3}.get(m, 0)
-        if m in ("come", "come-p") and cfg.pair_score == "loss":
-            per_step += layers - 1
-        if cfg.pair_score == "loss" and m == "come-plus":
-            per_step += layers - 1
-        if cfg.drop_candidates and m.startswith("come"):
-            per_step += layers
-        if cfg.pair_score == "drop":  # every removal, then the ratios of up to two pairs
-            per_step = layers + 2 * per_step
-        trials = k * per_step
-        total = 1 + k + trials * trial
-        extra = f" + {trials} loss trials" if trials else ""
-        if refits(cfg):  # each re-fit runs the merged layer twice (o_proj, then down_proj)
-            fits = 2 * (HOLDOUT_EVERY if cfg.cross_fit else 1)
-            total += trials * fits / layers
-            extra += f" (each with {fits} passes of the merged layer to re-fit it)"
-            if cfg.refit_anchor:  # a second cache over the sampled windows: its runs, re-runs and re-fit passes
-                share = cfg.refit_anchor / cfg.calib.samples
-                total += share * (2 + k + trials * fits / layers)  # sampling them costs about one pass too
-                extra += (f", and the same over the {cfg.refit_anchor} windows --refit-anchor samples (one token at a "
-                          f"time, {cfg.calib.seq_len} steps of the unpruned model)")
-        return total, (f"1 full pass + {k} re-runs from each merged layer on{extra}{on} (at most {math.ceil(total)} "
-                       "full-pass equivalents)")
-    return float("nan"), f"not estimated for {m}"

@@ -15,7 +15,7 @@ from pathlib import Path
 import yaml
 
 from come import cliargs
-from come.config import CalibConfig, PruneConfig
+from come.config import FORMER_FIELDS, RETIRED_AFTER, CalibConfig, PruneConfig, retired_settings
 from come.errors import ComeError
 
 COMMANDS = ("prune", "compare", "distill")
@@ -106,6 +106,8 @@ def load(path: str | Path, command: str) -> dict:
         raise ComeError(f"--config {path} is a `come {wanted}` recipe: run `come {wanted} --config {path}`")
     flat = flatten(data)
     valid = valid_keys(command)
+    if command == "prune":
+        flat = _options_beside(flat, valid, path)
     unknown = [k for k in flat if k not in valid]
     if unknown:
         from come.names import did_you_mean
@@ -116,6 +118,35 @@ def load(path: str | Path, command: str) -> dict:
     for key, value in flat.items():
         _check_type(command, key, value, path)
     return flat
+
+
+def _options_beside(flat: dict, valid: list[str], path) -> dict:
+    """A prune recipe's keys that are options of its method, into `method_options` (a recipe of an older version
+    held the CoMe family's beside the other settings); those of an older version's PruneConfig at their default
+    are dropped, another value of one that left is refused, naming where it went."""
+    names = []
+    if any(k not in valid for k in flat):
+        from come.methods import get_method  # loads torch: only for a recipe that holds such keys
+
+        method = get_method(flat.get("method", "come"))
+        names = [f.name for f in dataclasses.fields(method.options)]
+    moved, out = {}, {}
+    for key, value in flat.items():
+        if key in valid:
+            out[key] = value
+        elif key in names:
+            moved[key] = value
+        elif key in FORMER_FIELDS and value == FORMER_FIELDS[key][0]:
+            continue
+        elif key in FORMER_FIELDS:
+            gone = retired_settings({key: value}) or [f"{key}={value} (an option of other methods)"]
+            raise ComeError(f"--config {path}: {gone[0]}: a setting come offered until commit {RETIRED_AFTER}; "
+                            "drop it from the recipe")
+        else:
+            out[key] = value  # refused below as unknown
+    if moved:
+        out["method_options"] = {**moved, **(flat.get("method_options") or {})}
+    return out
 
 
 def flatten(data: dict) -> dict:
@@ -228,16 +259,26 @@ def command_line(recipe: dict, out: str = "OUT") -> str:
         elif key in defaults and value == defaults[key] or value is None:
             continue
         if key == "method_options":
-            value = _changed_options(recipe.get("method", "come"), value)
+            words += _option_words(recipe.get("method", "come"), value, flag_of(command, key))
+            continue
         words += flag_of(command, key).words(value)
     return shlex.join(words)
 
 
-def _changed_options(method: str, options: dict) -> dict:
+def _option_words(method: str, options: dict, option_flag: cliargs.Flag) -> list[str]:
+    """The words of the options that differ from the method's defaults: each option's own flag (`--grid 10`);
+    --option KEY=VALUE for what the method does not declare (or an unknown method)."""
     from come.methods import get_method  # loads torch: only when a recipe's method options are written out
 
     try:
-        declared = get_method(method).options
+        declared = {spec.name: spec for spec in cliargs.flags(get_method(method).options)}
     except ComeError:
-        return options
-    return {k: v for k, v in (options or {}).items() if k not in declared or declared[k].default != v}
+        declared = {}
+    words, rest = [], {}
+    for key, value in (options or {}).items():
+        spec = declared.get(key)
+        if spec is None:
+            rest[key] = value
+        elif value != spec.default:
+            words += spec.words(value)
+    return words + option_flag.words(rest)

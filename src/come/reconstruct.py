@@ -9,7 +9,8 @@ candidates, so a fit is applied only when it beats the plain merge on windows it
 pulls toward zero (`prior "zero"`) or toward the merged layer's own weights (`prior "merged"`: a strong ridge then
 keeps the plain merge, so with few calibration tokens the fit moves only as far as the held-out windows support).
 A residual multiplier (Granite) enters the fit exactly; behind a post-norm (Gemma 2/3, OLMo 2) the fit is a
-surrogate and its candidates are scored by their true held-out error (see `refit_merged`). The weights are
+surrogate and its candidates are scored by their true held-out error (see `refit_merged`). One re-fit is one
+`RefitProblem` (the merged layer, its inputs, the two targets, the prior, the held-out fold). The weights are
 stored with the plan (safetensors) and installed by its `refit` step (`come.ops`), so replay is bit for bit.
 """
 
@@ -39,7 +40,7 @@ FOLD = HOLDOUT_EVERY - 1  # the held-out fold of the applied re-fit: the last wi
 def held_out_windows(n_windows: int, fold: int = FOLD) -> torch.Tensor:
     """Boolean mask of the held-out calibration windows: fold `fold` (0 <= fold < HOLDOUT_EVERY) holds every
     window whose index is `fold` modulo HOLDOUT_EVERY; the default is the last of each group. The folds together
-    cover every window once (what `--cross-fit` scores on)."""
+    cover every window once."""
     return torch.arange(n_windows) % HOLDOUT_EVERY == fold
 
 
@@ -127,27 +128,19 @@ class RidgeResult:
     val_errors: dict = field(default_factory=dict)
 
 
-@dataclass
-class Anchor:
-    """What --refit-anchor adds to a re-fit: a second cache of windows (text the unpruned model sampled), the merged
-    layer's inputs there, and the same two targets as the calibration's (attention_updates, the pair's output)."""
-
-    calib: Calibration
-    inputs: Sequence[torch.Tensor]
-    attn_target: Sequence[torch.Tensor]
-    out_target: Sequence[torch.Tensor]
-
-
-def _prior_grid(w0: torch.Tensor, prior: str) -> tuple[tuple[float, ...], torch.Tensor | None]:
-    """The prior's ridge strengths and what it pulls toward (None: zero; see ridge_fit)."""
+def _prior_grid(w0: torch.Tensor, prior: str, lambdas: tuple[float, ...] | None = None
+                ) -> tuple[tuple[float, ...], torch.Tensor | None]:
+    """The ridge strengths (`lambdas`, else the prior's grid) and what the ridge pulls toward (None: zero)."""
     if prior not in PRIORS:
         raise ValueError(f"prior must be one of {PRIORS}, got {prior!r}")
-    return (LAMBDAS, None) if prior == "zero" else (LAMBDAS_MERGED, w0.T.double())
+    grid = LAMBDAS if prior == "zero" else LAMBDAS_MERGED
+    return tuple(lambdas or grid), (None if prior == "zero" else w0.T.double())
 
 
-def ridge_candidates(fit: Gram, w0: torch.Tensor, prior: str = "zero") -> dict[float, torch.Tensor]:
-    """{lambda: W^T} solved on `fit` for every lambda of the prior's grid (see ridge_fit)."""
-    lambdas, center = _prior_grid(w0, prior)
+def ridge_candidates(fit: Gram, w0: torch.Tensor, prior: str = "zero", lambdas: tuple[float, ...] | None = None
+                     ) -> dict[float, torch.Tensor]:
+    """{lambda: W^T} solved on `fit` for every lambda of the grid (see ridge_fit)."""
+    lambdas, center = _prior_grid(w0, prior, lambdas)
     return {lam: fit.solve(lam, center) for lam in lambdas}
 
 
@@ -162,7 +155,8 @@ def pick(solutions: dict[float, torch.Tensor], val_errors: dict[float, float], w
     return RidgeResult(solutions[lam].T.to(w0.dtype).contiguous(), lam, before, val_errors[lam], shown)
 
 
-def ridge_fit(fit: Gram, val: Gram | HeldOut, w0: torch.Tensor, prior: str = "zero") -> RidgeResult:
+def ridge_fit(fit: Gram, val: Gram | HeldOut, w0: torch.Tensor, prior: str = "zero",
+              lambdas: tuple[float, ...] | None = None) -> RidgeResult:
     """Solve on `fit` and keep the lambda with the lowest error on the held-out `val` windows, with "keep `w0`"
     (lambda = infinity) as a candidate: the result's weight is None when no fit beats `w0` there. The ridge pulls
     toward zero (`prior="zero"`) or toward `w0` (`"merged"`). error_before / error_after are the held-out errors of
@@ -171,8 +165,9 @@ def ridge_fit(fit: Gram, val: Gram | HeldOut, w0: torch.Tensor, prior: str = "ze
     The held-out error is unimodal along the lambda grid on every re-fit measured (54 of 54 on SmolLM2-135M), so
     instead of solving for every lambda the search starts at SEARCH_START and walks the grid downhill: the same
     choice as trying them all whenever the curve is unimodal, with 3-4 solves instead of 5-7 (the solves and their
-    errors are most of come-plus's cost). `val_errors` holds the lambdas it tried."""
-    lambdas, center = _prior_grid(w0, prior)
+    errors are most of come-plus's cost). `val_errors` holds the lambdas it tried. `lambdas`: another grid (the
+    walk then starts at SEARCH_START if it holds it, else at its first)."""
+    lambdas, center = _prior_grid(w0, prior, lambdas)
     solutions: dict[float, torch.Tensor] = {}
     val_errors: dict[float, float] = {}
 
@@ -183,7 +178,7 @@ def ridge_fit(fit: Gram, val: Gram | HeldOut, w0: torch.Tensor, prior: str = "ze
             val_errors[lam] = val.error(solutions[lam])
         return val_errors[lam], lam  # the order of `pick` (ties: the smaller lambda)
 
-    downhill(len(lambdas), lambdas.index(SEARCH_START), key)
+    downhill(len(lambdas), lambdas.index(SEARCH_START) if SEARCH_START in lambdas else 0, key)
     val_errors[math.inf] = val.error(w0.T)  # no re-fit: the merged weights as they are
     return pick(solutions, val_errors, w0)
 
@@ -241,22 +236,41 @@ def attention_updates(calib: Calibration, adapter: ModelAdapter, l: int) -> list
     return updates
 
 
-def refit_merged(calib: Calibration, adapter: ModelAdapter, layer: nn.Module, inputs: Sequence[torch.Tensor],
-                 attn_target: Sequence[torch.Tensor], out_target: Sequence[torch.Tensor], prior: str = "zero",
-                 fold: int = FOLD, anchor: Anchor | None = None) -> tuple[dict[str, torch.Tensor], dict]:
-    """Ridge re-fit (in place) of o_proj then down_proj of a merged `layer` that runs on `inputs` (per batch);
-    returns (weights, report). `attn_target`: per batch, the attention residual update to match (see
-    attention_updates); `out_target`: the layer output to match. `prior`: what the ridge pulls toward (see
-    ridge_fit).
+@dataclass
+class RefitProblem:
+    """One re-fit: a merged `layer` that runs on `inputs` (per batch of `calib`'s windows) and the residual updates
+    it should produce. `attn_target`: per batch, the attention update to match (attention_updates); `out_target`:
+    the layer output to match. `prior`: what the ridge pulls toward (ridge_fit). `fold`: the calibration windows
+    held out of the fit (held_out_windows), on which the ridge strength is chosen. `fit`: the projections
+    re-fitted (the others keep the plain merge's weights); `lambdas`: the ridge strengths tried (None: the
+    prior's grid)."""
+
+    calib: Calibration
+    adapter: ModelAdapter
+    layer: nn.Module
+    inputs: Sequence[torch.Tensor]
+    attn_target: Sequence[torch.Tensor]
+    out_target: Sequence[torch.Tensor]
+    prior: str = "merged"
+    fold: int = FOLD
+    fit: tuple[str, ...] = ("o_proj", "down_proj")
+    lambdas: tuple[float, ...] | None = None
+
+    @property
+    def starts(self) -> list[int]:
+        """The global index of each batch's first window."""
+        sizes = [h.shape[0] for h in self.inputs]
+        return [sum(sizes[:b]) for b in range(len(sizes))]
+
+
+def refit_merged(p: RefitProblem) -> tuple[dict[str, torch.Tensor], dict]:
+    """Ridge re-fit (in place) of o_proj then down_proj of the merged layer of `p`; returns (weights, report).
 
     Each sub-layer adds `residual_update(y)` to the residual, y its output projection's output. Without a post-norm
     that is m (x W^T + b), linear in W (m: the residual multiplier, 1 but for Granite): the fit solves
     ||(m x) W^T - (T - m b)||^2 exactly and its held-out error is the true error of the update (of the layer
-    output, for down_proj). Behind a post-norm (Gemma 2/3, OLMo 2) it is not linear: see `_post_norm_fit`.
-    `fold`: the calibration windows held out of the fit (held_out_windows), on which the ridge strength is chosen.
-    `anchor` (--refit-anchor): more windows, all of them in the fit and none held out (they choose nothing)."""
-    sizes = [h.shape[0] for h in inputs]
-    starts = [sum(sizes[:b]) for b in range(len(sizes))]
+    output, for down_proj). Behind a post-norm (Gemma 2/3, OLMo 2) it is not linear: see `_post_norm_fit`."""
+    adapter, layer, starts = p.adapter, p.layer, p.starts
     weights, report = {}, {}
     o, down = adapter.o_proj(layer), adapter.down_proj(layer)
     post = adapter.attn_post_norm(layer) is not None or adapter.mlp_post_norm(layer) is not None
@@ -264,34 +278,28 @@ def refit_merged(calib: Calibration, adapter: ModelAdapter, layer: nn.Module, in
 
     def attn_t(b, h, out):
         if post:
-            held = _held(h, starts[b], fold)
-            plain[b] = float(((out[held].double() - out_target[b][held].to(out.device).double()) ** 2).sum())
-        return attn_target[b]
+            held = _held(h, starts[b], p.fold)
+            plain[b] = float(((out[held].double() - p.out_target[b][held].to(out.device).double()) ** 2).sum())
+        return p.attn_target[b]
 
-    extra = None if anchor is None else (anchor.calib, anchor.inputs, lambda b, h, out: anchor.attn_target[b])
-    o_res = _fit_projection(calib, adapter, layer, inputs, o, "attn", attn_t, starts, prior, fold, extra)
+    o_res = _fit_projection(p, "o_proj", o, "attn", attn_t)
     # the plain merge's weights, to go back to (only behind post-norms, and only if o_proj changes)
-    plain_w = [p.weight.detach().clone() for p in (o, down)] if post and o_res.weight is not None else None
-    _install("o_proj", o, o_res, weights, report, prior)
+    plain_w = [q.weight.detach().clone() for q in (o, down)] if post and o_res.weight is not None else None
+    _install("o_proj", o, o_res, weights, report, p.prior)
 
     attn_out: dict = {}
     handle = o.register_forward_hook(lambda _m, _a, y: attn_out.__setitem__("y", y.detach()))
 
-    def mlp_target(outs: Sequence[torch.Tensor]) -> Callable:
-        def t(b, h, out):
-            # the merged layer's own post-attention residual: what its MLP's update adds to
-            u = h.float() + adapter.residual_update(layer, "attn", attn_out["y"]).float()
-            return outs[b].to(h.device).float() - u
+    def mlp_t(b, h, out):
+        # the merged layer's own post-attention residual: what its MLP's update adds to
+        u = h.float() + adapter.residual_update(layer, "attn", attn_out["y"]).float()
+        return p.out_target[b].to(h.device).float() - u
 
-        return t
-
-    extra = None if anchor is None else (anchor.calib, anchor.inputs, mlp_target(anchor.out_target))
     try:
-        down_res = _fit_projection(calib, adapter, layer, inputs, down, "mlp", mlp_target(out_target), starts, prior,
-                                   fold, extra)
+        down_res = _fit_projection(p, "down_proj", down, "mlp", mlp_t)
     finally:
         handle.remove()
-    _install("down_proj", down, down_res, weights, report, prior)
+    _install("down_proj", down, down_res, weights, report, p.prior)
     if post:
         report["plain_error"] = sum(plain.values())
         for name in ("o_proj", "down_proj"):
@@ -308,46 +316,40 @@ def refit_merged(calib: Calibration, adapter: ModelAdapter, layer: nn.Module, in
     return weights, report
 
 
-def _fit_projection(calib: Calibration, adapter: ModelAdapter, layer: nn.Module, inputs: Sequence[torch.Tensor],
-                    proj: nn.Linear, kind: str, target: Callable, starts: list[int], prior: str, fold: int,
-                    extra: tuple | None = None) -> RidgeResult:
-    """Fit `proj` (the output projection of sub-layer `kind`) so the sub-layer's residual update matches
+def _fit_projection(p: RefitProblem, name: str, proj: nn.Linear, kind: str, target: Callable) -> RidgeResult:
+    """Fit `proj` (the output projection `name` of sub-layer `kind`) so the sub-layer's residual update matches
     target(batch, layer_input, layer_output) on the fit windows; the result's errors are the true held-out ones,
-    sum over held-out tokens of ||residual_update(kind, x W^T + b) - target||^2. `extra`: (cache, inputs, target)
-    of more windows that go into the fit whole (the anchor)."""
-    post = adapter.attn_post_norm(layer) if kind == "attn" else adapter.mlp_post_norm(layer)
+    sum over held-out tokens of ||residual_update(kind, x W^T + b) - target||^2. A projection `p.fit` leaves out
+    keeps its weights, as if the held-out search had kept the plain merge."""
+    if name not in p.fit:
+        return RidgeResult(None, math.inf, 0.0, 0.0, {"left out": 0.0})
+    post = p.adapter.attn_post_norm(p.layer) if kind == "attn" else p.adapter.mlp_post_norm(p.layer)
     if post is not None:
-        return _post_norm_fit(calib, adapter, layer, inputs, proj, kind, post, target, starts, prior, fold, extra)
-    m = adapter.residual_multiplier(layer)
+        return _post_norm_fit(p, proj, kind, post, target)
+    m = p.adapter.residual_multiplier(p.layer)
     fit, val = Gram(), HeldOut()
 
     def row(t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return t - m * proj.bias.float() if proj.bias is not None else t
 
-    _collect(calib, layer, inputs, proj, target, row, fit, val, starts, fold, m, extra)
-    return ridge_fit(fit, val, proj.weight.detach(), prior)
+    _collect(p, proj, target, row, fit, val, m)
+    return ridge_fit(fit, val, proj.weight.detach(), p.prior, p.lambdas)
 
 
-def _collect(calib: Calibration, layer: nn.Module, inputs: Sequence[torch.Tensor], proj: nn.Linear,
-             target: Callable, row: Callable, fit: Gram, val: HeldOut | None, starts: list[int], fold: int,
-             scale: float, extra: tuple | None) -> None:
-    """Run `layer` over its calibration `inputs` and add, per batch, (scale * proj's input, row(target, proj's
-    output)) to `fit`, or to `val` for the windows of the held-out `fold` (left out when `val` is None); then the
-    same over the windows of `extra` = (cache, inputs, target), all of them to `fit` (the anchor)."""
+def _collect(p: RefitProblem, proj: nn.Linear, target: Callable, row: Callable, fit: Gram, val: HeldOut | None,
+             scale: float) -> None:
+    """Run the layer over its calibration inputs and add, per batch, (scale * proj's input, row(target, proj's
+    output)) to `fit`, or to `val` for the windows of the held-out fold (left out when `val` is None)."""
+    starts = p.starts
 
-    def rows(tgt: Callable, sink: Callable) -> Callable:
-        return lambda b, h, x, y, out: sink(b, x, row(tgt(b, h, out).to(x.device).float(), y))
+    def add(b, h, x, y, out):
+        t = row(target(b, h, out).to(x.device).float(), y)
+        _split_add(fit, val, x, t, starts[b], p.fold, scale)
 
-    capture(calib, layer, inputs, proj,
-            rows(target, lambda b, x, t: _split_add(fit, val, x, t, starts[b], fold, scale)))
-    if extra is not None:
-        cache, extra_inputs, extra_target = extra
-        capture(cache, layer, extra_inputs, proj, rows(extra_target, lambda b, x, t: fit.add(x, t, scale)))
+    capture(p.calib, p.layer, p.inputs, proj, add)
 
 
-def _post_norm_fit(calib: Calibration, adapter: ModelAdapter, layer: nn.Module, inputs: Sequence[torch.Tensor],
-                   proj: nn.Linear, kind: str, post: nn.Module, target: Callable, starts: list[int], prior: str,
-                   fold: int, extra: tuple | None = None) -> RidgeResult:
+def _post_norm_fit(p: RefitProblem, proj: nn.Linear, kind: str, post: nn.Module, target: Callable) -> RidgeResult:
     """Behind a post-norm the update m PN(x W^T + b) is not linear in W. An RMSNorm keeps only the direction of
     its input, so the fit matches a pre-norm target that the norm maps onto the target's direction: per token,
     (T / m) g / (g^2 + eps) (g: the norm's scale, eps = 1e-3 of its mean square, for channels it nearly
@@ -355,6 +357,7 @@ def _post_norm_fit(calib: Calibration, adapter: ModelAdapter, layer: nn.Module, 
     weights' is the natural one). That is a surrogate, so the candidates (every lambda and "no re-fit") are
     then scored by their true error on the held-out windows, in a second pass with the re-fitted weights as
     they would be installed."""
+    adapter, layer, starts = p.adapter, p.layer, p.starts
     m = adapter.residual_multiplier(layer)
     g = adapter.norm_scale(post)
     inv = g / (g * g + 1e-3 * (g * g).mean()) / m
@@ -366,15 +369,15 @@ def _post_norm_fit(calib: Calibration, adapter: ModelAdapter, layer: nn.Module, 
         z = v * (rms_y / rms_v.clamp_min(1e-12))
         return z - proj.bias.float() if proj.bias is not None else z
 
-    _collect(calib, layer, inputs, proj, target, row, fit, None, starts, fold, 1.0, extra)
+    _collect(p, proj, target, row, fit, None, 1.0)
     w0 = proj.weight.detach()
-    solutions = ridge_candidates(fit, w0, prior)
+    solutions = ridge_candidates(fit, w0, p.prior, p.lambdas)
     installed = {lam: wt.T.to(w0.dtype) for lam, wt in solutions.items()}
     installed[math.inf] = w0
     errors = dict.fromkeys(installed, 0.0)
 
     def score(b, h, x, y, out):
-        held = _held(x, starts[b], fold)
+        held = _held(x, starts[b], p.fold)
         if not held.any():
             return
         t = target(b, h, out)[held].to(x.device).double()
@@ -382,7 +385,7 @@ def _post_norm_fit(calib: Calibration, adapter: ModelAdapter, layer: nn.Module, 
             upd = adapter.residual_update(layer, kind, nn.functional.linear(x[held], w.to(x.device), proj.bias))
             errors[lam] += float(((upd.double() - t) ** 2).sum())
 
-    capture(calib, layer, inputs, proj, score)
+    capture(p.calib, layer, p.inputs, proj, score)
     return pick(solutions, errors, w0)
 
 

@@ -22,8 +22,9 @@ SHARED = ("model", "target_layers", "sparsity", "method", "calib", "loss_samples
 @dataclass
 class Variant:
     """One row of a compare: method `method` pruned with its own PruneConfig `settings` (e.g.
-    {"refit_prior": "zero"}) and, when given, its own calibration text `calib_data` (the same windows otherwise).
-    A plain method name in `CompareConfig.methods` is the variant of that name with no settings."""
+    {"pair_score": "drop"}: the method's options, or PruneConfig fields such as `method_options`) and, when
+    given, its own calibration text `calib_data` (the same windows otherwise). A plain method name in
+    `CompareConfig.methods` is the variant of that name with no settings."""
 
     name: str
     method: str
@@ -42,8 +43,8 @@ class Variant:
         if not self.name or self.name == "dense" or "/" in self.name or self.name.startswith("."):
             raise ComeError(f"variant name {self.name!r} must be non-empty, not 'dense', without '/' and not "
                             "start with '.': it names the row and its folder")
-        get_method(self.method)
-        allowed = [f.name for f in dataclasses.fields(PruneConfig) if f.name not in SHARED]
+        options = [f.name for f in dataclasses.fields(get_method(self.method).options)]
+        allowed = [f.name for f in dataclasses.fields(PruneConfig) if f.name not in SHARED] + options
         bad = [k for k in self.settings if k not in allowed]
         if bad:
             raise ComeError(f"variant {self.name!r}: {', '.join(bad)} cannot be set per variant; its settings may "
@@ -188,8 +189,9 @@ class CompareConfig:
         calib = copy.deepcopy(self.calib)
         if v.calib_data is not None:
             calib.data = v.calib_data
-        settings = dict(v.settings)
-        options = {**settings.pop("method_options", {}),
+        fields = {f.name for f in dataclasses.fields(PruneConfig)}
+        settings = {k: x for k, x in v.settings.items() if k in fields}
+        options = {**settings.pop("method_options", {}), **{k: x for k, x in v.settings.items() if k not in fields},
                    **{k.partition(".")[2]: x for k, x in self.options.items() if k.partition(".")[0] == name}}
         sparsity = None if target_layers is not None else self.sparsity
         return PruneConfig(model=self.model, target_layers=target_layers or self.target_layers, sparsity=sparsity,

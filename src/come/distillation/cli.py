@@ -31,13 +31,13 @@ def cmd_distill(args) -> int:
 
     require(args, "student")
     cfg = config_from_args(DistillConfig, args)
+    if args.print_config:  # as every command: the recipe, then the dry run
+        return print_recipe(cfg.validate(), None)
     if args.dry_run:
         from come.distillation.memory import dry_run
 
         print(dry_run(cfg, args.world_size), end="")
         return 0
-    if args.print_config:
-        return print_recipe(cfg.validate(), None)
     require(args, "out")
     from come.distillation.train import distill, summary_text
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from come.methods.base import PruneContext
 from come.methods.oneshot import drop_ranked
-from come.methods.registry import Method, register
+from come.methods.registry import Method, one_pass, register
 from come.scores import angular_distance
 
 
@@ -32,4 +32,4 @@ def angular(ctx: PruneContext) -> None:
 
 
 register(Method("angular", angular, "The Unreasonable Ineffectiveness of the Deeper Layers (ICLR 2025)",
-                prefix_consistent=False))  # each depth picks its own block
+                passes=one_pass, prefix_consistent=False))  # each depth picks its own block

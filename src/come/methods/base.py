@@ -28,11 +28,15 @@ class PruneContext:
     started: float = field(default_factory=time.perf_counter)
     on_step: object = None  # called with the context after every step (e.g. to write a checkpoint)
     bar: object = None  # the progress bar of layers removed (with --progress)
-    anchor: Calibration | None = None  # --refit-anchor: a second cache, of text the unpruned model sampled itself
+    options: object = None  # the method's options (an instance of its record's `options`), from the config
 
     def __post_init__(self) -> None:
         if not self.tree:
             self.tree = [[i] for i in range(self.adapter.num_layers)]
+        if self.options is None:
+            from come.methods.registry import get_method
+
+            self.options = get_method(self.config.method).parse_options(self.config.method_options)
 
     def trials(self, items, what: str):
         """`items` with a progress bar of their own (a step's trials can take minutes), when progress is on."""
@@ -65,18 +69,9 @@ class PruneContext:
                 self.bar.close()
 
     def refresh(self, l: int) -> None:
-        """After a step changed layer `l`: bring the calibration cache (and the anchor's) up to date from it, when
-        another decision will read it (Calibration.refresh)."""
-        needed = self.num_layers > self.target_layers
-        for cache in (self.calib, self.anchor):
-            if cache is not None:
-                cache.refresh(l, needed)
-
-    def option(self, key: str):
-        """The value of the method's option `key` (its default unless --option set it)."""
-        from come.methods.registry import method_options
-
-        return method_options(self.config.method, self.config.method_options)[key]
+        """After a step changed layer `l`: bring the calibration cache up to date from it, when another decision
+        will read it (Calibration.refresh)."""
+        self.calib.refresh(l, self.num_layers > self.target_layers)
 
     @property
     def loss_batches(self) -> int | None:

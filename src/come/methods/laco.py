@@ -12,18 +12,22 @@ the layers' residual functions); states are the true last-layer outputs (before 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from come.capture import cos_rows
+from come.cliargs import arg
 from come.errors import ComeError
 from come.merge import rdsc_layer  # the merge itself; the `rdsc` plan op is in come.ops
 from come.methods.base import PruneContext
-from come.methods.registry import Method, Option, register
+from come.methods.registry import Method, register, trial_share, windows_of
 
-OPTIONS = {
-    "C": Option(int, 4, "layers merged into one, the first included"),
-    "I": Option(int, 2, "layers the walk jumps down after an accepted merge"),
-    "T": Option(float, 0.65, "similarity threshold of the last hidden states"),
-    "L": Option(int, 1, "lowest layer a merge may start at"),
-}
+
+@dataclass
+class LacoOptions:
+    C: int = arg(4, flag="--laco-c", help="layers merged into one, the first included")
+    I: int = arg(2, flag="--laco-i", help="layers the walk jumps down after an accepted merge")  # noqa: E741
+    T: float = arg(0.65, flag="--laco-t", help="similarity threshold of the last hidden states")
+    L: int = arg(1, flag="--laco-l", help="lowest layer a merge may start at")
 
 
 def final_similarity(states, reference) -> float:
@@ -38,7 +42,8 @@ def final_similarity(states, reference) -> float:
 
 
 def laco(ctx: PruneContext) -> None:
-    C, I, T, LOWEST = (ctx.option(k) for k in ("C", "I", "T", "L"))
+    o = ctx.options
+    C, I, T, LOWEST = o.C, o.I, o.T, o.L
     if C < 2 or I < 0 or not -1 <= T <= 1 or LOWEST < 0:
         raise ComeError(f"laco options out of range (C={C} >= 2, I={I} >= 0, T={T} in [-1, 1], L={LOWEST} >= 0)")
     calib = ctx.calib
@@ -73,5 +78,12 @@ def laco(ctx: PruneContext) -> None:
         )
 
 
+def passes(cfg, layers: int, target: int) -> tuple[float, str]:
+    """A full pass, then a trial per layer the walk tries and a re-run per merge (data dependent)."""
+    total = 1.0 + layers * (1 + trial_share(cfg))
+    return total, (f"1 full pass + one trial per layer the walk tries and a re-run per merge{windows_of(cfg)} (at "
+                   f"most {total:.0f} full-pass equivalents, data dependent)")
+
+
 register(Method("laco", laco, "LaCo: Large Language Model Pruning via Layer Collapse (Findings of EMNLP 2024)",
-                options=OPTIONS))
+                options=LacoOptions, passes=passes))

@@ -12,7 +12,7 @@ import torch
 
 from come.methods.base import PruneContext
 from come.methods.oneshot import drop_ranked, rank_lowest
-from come.methods.registry import Limit, Method, register
+from come.methods.registry import Limit, Method, register, weights_only, windows_of
 
 KEEP_FIRST, KEEP_LAST = 4, 2
 PAPER = ("Shortened LLaMA: Depth Pruning for Large Language Models with Comparison of Retraining Methods "
@@ -90,8 +90,14 @@ def _removable(n: int, cfg=None) -> int:
 KEEP_ENDS = Limit(_removable, f"keeping the first {KEEP_FIRST} and last {KEEP_LAST} layers",
                   "raise the target or use magnitude/taylor")
 
-register(Method("magnitude", magnitude, PAPER))
-register(Method("magnitude+", magnitude_plus, PAPER, limit=KEEP_ENDS))
+
+
+def gradient_pass(cfg, layers: int, target: int) -> tuple[float, str]:
+    return 1.0, f"1 forward and backward pass of the whole model{windows_of(cfg)}"
+
+
+register(Method("magnitude", magnitude, PAPER, passes=weights_only))
+register(Method("magnitude+", magnitude_plus, PAPER, passes=weights_only, limit=KEEP_ENDS))
 # the gradient needs every layer on the compute device at once
-register(Method("taylor", taylor, PAPER, needs_whole_model=True))
-register(Method("taylor+", taylor_plus, PAPER, limit=KEEP_ENDS, needs_whole_model=True))
+register(Method("taylor", taylor, PAPER, passes=gradient_pass, needs_whole_model=True))
+register(Method("taylor+", taylor_plus, PAPER, passes=gradient_pass, limit=KEEP_ENDS, needs_whole_model=True))

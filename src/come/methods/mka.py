@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from come.capture import cos_rows
 from come.methods.base import PruneContext
-from come.methods.registry import Method, register
+from come.methods.registry import Method, merges_passes, register
 
 
 def output_similarity(hidden) -> list[float]:
@@ -39,4 +39,4 @@ def mka(ctx: PruneContext) -> None:
 
 
 register(Method("mka", mka, "Pruning via Merging: Compressing LLMs via Manifold Alignment Based Layer Merging "
-                "(EMNLP 2024)"))
+                "(EMNLP 2024)", passes=merges_passes, keeps_dense_states=True))

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from come.methods.base import PruneContext
 from come.methods.oneshot import drop_ranked
-from come.methods.registry import Method, register
+from come.methods.registry import Method, register, weights_only
 from come.methods.shortgpt import PAPER as SHORTGPT
 
 
@@ -22,5 +22,5 @@ def reverse_keep_last(ctx: PruneContext) -> None:
     drop_ranked(ctx, list(range(ctx.num_layers - 2, -1, -1)))
 
 
-register(Method("reverse", reverse, f"{SHORTGPT}, its reverse-order baseline"))
-register(Method("reverse-keep-last", reverse_keep_last, "ours"))
+register(Method("reverse", reverse, f"{SHORTGPT}, its reverse-order baseline", passes=weights_only))
+register(Method("reverse-keep-last", reverse_keep_last, "ours", passes=weights_only))

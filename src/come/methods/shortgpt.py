@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from come.methods.base import PruneContext
 from come.methods.oneshot import drop_ranked, rank_lowest
-from come.methods.registry import Method, register
+from come.methods.registry import Method, one_pass, register
 
 PAPER = "ShortGPT: Layers in Large Language Models are More Redundant Than You Expect (Findings of ACL 2025)"
 
@@ -20,4 +20,4 @@ def shortgpt(ctx: PruneContext) -> None:
     drop_ranked(ctx, rank_lowest(bi), {"bi": bi})
 
 
-register(Method("shortgpt", shortgpt, PAPER))
+register(Method("shortgpt", shortgpt, PAPER, passes=one_pass))

@@ -8,7 +8,7 @@ Differs from the authors' code: a trial at layer i re-runs only layers i+1.. fro
 from __future__ import annotations
 
 from come.methods.base import PruneContext
-from come.methods.registry import Method, always, register
+from come.methods.registry import Method, always, register, trial_share, windows_of
 
 
 def removal_nll(ctx: PruneContext, n_batches: int | None = None, windows=None) -> list[float]:
@@ -40,5 +40,14 @@ def sleb(ctx: PruneContext) -> None:
         drop_layer(ctx, l, {"removal_nll": nll})
 
 
+def passes(cfg, layers: int, target: int) -> tuple[float, str]:
+    """A full pass, a re-run after each removal, and a removal trial of every remaining layer each step."""
+    k = layers - target
+    trials = sum(n for n in range(layers, target, -1))
+    total = 1 + k + trials * trial_share(cfg)
+    return total, (f"1 full pass + {k} re-runs + {trials} removal trials{windows_of(cfg)} (trials from the removed "
+                   f"layer on: at most {total:.0f} full-pass equivalents)")
+
+
 register(Method("sleb", sleb, "SLEB: Streamlining LLMs through Redundancy Verification and Elimination of "
-                "Transformer Blocks (ICML 2024)", resumable=always))
+                "Transformer Blocks (ICML 2024)", passes=passes, resumable=always))

@@ -20,6 +20,8 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent.parent))  # tests/ (conftest's tiny models)
+sys.path.insert(0, str(HERE.parents[2] / "experiments"))  # the research variants some cases run
+import come_variants  # noqa: E402, F401  (registers them)
 
 # Small enough that a re-fit's tensors stay a few hundred kB; a Qwen2 model covers biases.
 MODEL = dict(hidden_size=32, intermediate_size=48, num_attention_heads=4, num_key_value_heads=2)
@@ -27,16 +29,17 @@ MODEL = dict(hidden_size=32, intermediate_size=48, num_attention_heads=4, num_ke
 # base models: name -> (family, config overrides); magnitude+/taylor+ keep the first 4 and last 2 layers
 BASES = {"llama": ("llama", {}), "qwen2": ("qwen2", {}), "llama-deep": ("llama", {"num_hidden_layers": 10})}
 
-# name -> (base, PruneConfig fields beyond model/calib)
+# name -> (base, PruneConfig fields beyond model/calib). Research variants are records of experiments/come_variants.py
+# (`come-plus:prior-zero`); the settings that asked for them until commit bcfc332 are in each case's expected.json.
 CASES = {
     "come": ("llama", dict(method="come", target_layers=4)),
-    "come-fold-loss": ("llama", dict(method="come", target_layers=4, norm="fold", pair_score="loss")),
-    "come-refit-dense": ("llama", dict(method="come", target_layers=4, reconstruct=True, refit_target="dense")),
-    "come-remerge": ("llama", dict(method="come", target_layers=2, remerge=True)),
-    "come-p": ("llama", dict(method="come-p", target_layers=4, grid=4)),
+    "come-fold-loss": ("llama", dict(method="come:pair-loss", target_layers=4, method_options={"norm": "fold"})),
+    "come-refit-dense": ("llama", dict(method="come:refit-dense", target_layers=4)),
+    "come-remerge": ("llama", dict(method="come", target_layers=2, method_options={"remerge": True})),
+    "come-p": ("llama", dict(method="come-p", target_layers=4, method_options={"grid": 4})),
     "come-plus": ("llama", dict(method="come-plus", target_layers=4)),
-    "come-plus-zero": ("llama", dict(method="come-plus", target_layers=4, refit_prior="zero")),
-    "come-plus-drop": ("llama", dict(method="come-plus", target_layers=3, drop_candidates=True)),
+    "come-plus-zero": ("llama", dict(method="come-plus:prior-zero", target_layers=4)),
+    "come-plus-drop": ("llama", dict(method="come-plus:drop-candidates", target_layers=3)),
     "come-plus-qwen2": ("qwen2", dict(method="come-plus", target_layers=4)),
     "laco": ("llama", dict(method="laco", target_layers=4, method_options={"T": 0.0})),
     "wsum": ("llama", dict(method="wsum", target_layers=4)),
@@ -111,8 +114,13 @@ def prune_case(base: Path, text: Path, fields: dict):
 
 
 def comparable(plan_json: dict) -> dict:
-    """What must not change between the fixture and a re-run: the decisions, not paths, versions or timings."""
-    return {k: plan_json[k] for k in ("method", "steps", "tree", "seed")}
+    """What must not change between the fixture and a re-run: the decisions, not paths, versions or timings. A
+    research variant's plan compares with those of the method it varies (what its case asked for before it became
+    a record of its own)."""
+    from come.methods import get_method
+
+    method = get_method(plan_json["method"])
+    return {"method": method.variant_of or method.name, **{k: plan_json[k] for k in ("steps", "tree", "seed")}}
 
 
 def main(dest: Path = HERE) -> None:

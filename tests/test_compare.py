@@ -261,13 +261,14 @@ def test_variants_are_rows_with_their_own_settings_and_resume_by_them(tiny_dir, 
     rows = {r["method"]: r for r in result["rows"]}
     assert list(rows) == ["dense", "come", "come, fold", "come on other text"]
     plans = {m: json.loads((out / "methods" / m / "come_plan.json").read_text()) for m in list(rows)[1:]}
-    assert plans["come, fold"]["settings"]["norm"] == "fold" and plans["come"]["settings"]["norm"] == "mean"
+    options = {m: plans[m]["settings"]["method_options"] for m in plans}
+    assert options["come, fold"]["norm"] == "fold" and options["come"]["norm"] == "mean"
     # each variant is exactly `come prune` with its settings
     for name, extra in (("come, fold", {"norm": "fold"}), ("come on other text", {})):
         c = CalibConfig(data=str(other), samples=4, seq_len=32, batch_size=2) if name == "come on other text" \
             else calib
         alone = prune(PruneConfig(model=str(path), target_layers=4, method="come", calib=c, device="cpu",
-                                  progress=False, **extra))
+                                  progress=False, method_options=extra))
         assert plans[name]["steps"] == json.loads(json.dumps(alone.plan.steps)), name
     assert plans["come"]["steps"] != plans["come, fold"]["steps"] != plans["come on other text"]["steps"]
     assert "- variants: come, fold = come, norm fold" in (out / "compare.md").read_text()

@@ -4,6 +4,7 @@ import importlib.metadata
 import json
 import re
 import shlex
+import shutil
 import sys
 from pathlib import Path
 
@@ -415,7 +416,10 @@ def test_missing_extras_are_one_line_errors_before_loading(run, tiny_dir, tmp_pa
     code, _, err = run("eval", path, "--tasks", "piqa", "--device", "cpu")
     assert code == 2 and "pip install 'come[eval]'" in err
     monkeypatch.setitem(sys.modules, "peft", None)
-    code, _, err = run("distill", "--student", path, "--stage", "lora", "--steps", 1, "--out", tmp_path / "d")
+    student = tmp_path / "student"  # a folder `come prune` wrote, as far as the checks before loading can tell
+    shutil.copytree(path, student)
+    shutil.copy(ROOT / "tests" / "data" / "replay" / "shortgpt" / "come_plan.json", student)
+    code, _, err = run("distill", "--student", student, "--stage", "lora", "--steps", 1, "--out", tmp_path / "d")
     assert code == 2 and "pip install 'come[distill]'" in err
     monkeypatch.setitem(sys.modules, "gguf", None)
     from come.assets import _convert_gguf

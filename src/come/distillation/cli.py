@@ -40,6 +40,9 @@ def cmd_distill(args) -> int:
         return 0
     require(args, "out")
     from come.distillation.train import distill, summary_text
+    from come.plan import Plan
+
+    Plan.load(cfg.student)  # the student folder first: a wrong path is likelier than a missing --tokens
 
     result = distill(cfg)
     if os.environ.get("RANK", "0") == "0":

@@ -82,10 +82,6 @@ class DistillConfig:
         return LossWeights.parse(self.loss, self.temperature)
 
     def validate(self) -> DistillConfig:
-        if self.student:  # the folder first: a wrong path is the likelier mistake than a missing --tokens
-            from come.plan import Plan
-
-            Plan.load(self.student)  # a folder without a readable come_plan.json: one line naming it
         check_choices(self)  # --stage, --train, --strategy, --save-dtype
         if self.stage == "lora" or (self.train == "lora" and self.stage in ("global", "both")):
             from come.extras import require

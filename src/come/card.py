@@ -196,8 +196,9 @@ def card_text(plan, kind: str = "prune", recipe: dict | None = None, command: st
              f"This is [{base_name}](https://huggingface.co/{repo})" if repo else f"This is {base_name}",
              f"compressed from {n0} to {n1} decoder layers {how} "
              f"([CoMe]({PAPER_URL}): layers merged by concatenating their most sensitive pieces, or dropped). "
-             "It is a stock Hugging Face folder: `AutoModelForCausalLM.from_pretrained` loads it, and serving "
-             "stacks that read a Llama/Mistral/Qwen config serve it unchanged.", "",
+             "It is a stock Hugging Face folder of the base model's architecture "
+             f"(`{base.get('model_type') or 'its model_type'}`, only fewer layers): `AutoModelForCausalLM."
+             "from_pretrained` loads it, and a serving stack that supports the base model serves it unchanged.", "",
              "| | before | after |", "|---|---:|---:|", f"| decoder layers | {n0} | {n1} |"]
     if p0 and p1:
         lines += [f"| parameters | {p0:,} | {p1:,} ({1 - p1 / p0:.1%} fewer) |"]

@@ -852,6 +852,24 @@ def test_a_checkpoint_that_cannot_be_written_warns_and_the_prune_goes_on(base, t
     assert (tmp_path / "out" / "come_plan.json").exists() and not (tmp_path / ".out.resume").exists()
 
 
+def test_a_distill_checkpoint_that_cannot_be_written_warns_and_the_training_goes_on(
+        base, plans, run, tmp_path, monkeypatch, capsys):
+    from come.distillation.checkpoint import Checkpoints
+
+    _, model, calib, _ = base
+
+    def disk_full(*a, **k):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(Checkpoints, "save", disk_full)
+    argv = distill_argv(plans / "plain", model, calib, tmp_path / "out", "--checkpoint-every", "1")
+    argv[argv.index("--steps") + 1] = "2"
+    assert main([str(a) for a in argv]) == 0
+    err = capsys.readouterr().err
+    assert err.count("could not write the checkpoint") == 1 and "No space left on device" in err
+    assert (tmp_path / "out" / "model.safetensors").exists()
+
+
 # --- resume checks what it resumes from, not only the paths ---
 
 def test_prune_resume_refuses_other_calibration_text_at_the_same_path(base, run, tmp_path, monkeypatch):

@@ -21,7 +21,7 @@ import torch
 
 from come.data import split_windows, tokenize
 from come.distillation import stages
-from come.distillation.checkpoint import Checkpoints
+from come.distillation.checkpoint import NAME, Checkpoints
 from come.distillation.config import (
     LOG_FILE,
     STAGES,
@@ -55,6 +55,7 @@ class Run:
         self.peft = None  # under FSDP, the peft model a LoRA stage trains (adapters added before sharding)
         self.store = RunFolder(cfg.out, "run")
         self.checkpoints = Checkpoints(self.store, cfg, d, self.fsdp)
+        self.checkpoint_warned = False  # a checkpoint that could not be written is said once
         self.state = RunState()
         self.steps_run = 0
         self.autocast = (lambda: torch.autocast(torch.device(d.device).type, dtype=torch.bfloat16)) \
@@ -135,7 +136,25 @@ class Run:
         self.state.log_lines += 1
 
     def save_checkpoint(self, model, opt) -> None:
-        self.checkpoints.save(model, self.student, opt, self.state.to_dict())
+        """The checkpoint for `--resume`. On one process a checkpoint that cannot be written (a full disk) is a
+        warning and the training goes on, as in `come prune`: the student in memory is the result, the checkpoint
+        only insurance. Several processes write it together, so there a failure stops the run."""
+        if self.d.world > 1:
+            self.checkpoints.save(model, self.student, opt, self.state.to_dict())
+            return
+        try:
+            self.checkpoints.save(model, self.student, opt, self.state.to_dict())
+        except Exception as e:
+            shutil.rmtree(self.checkpoints.store.staging(NAME), ignore_errors=True)
+            if not self.checkpoint_warned:
+                import logging
+
+                from come.io import describe_error
+
+                logging.getLogger("come").warning(
+                    "could not write the checkpoint in %s (%s): going on without it (a run stopped now resumes "
+                    "from the last checkpoint written, if any)", self.store.partial, describe_error(e))
+                self.checkpoint_warned = True
 
     def perplexity(self, key: str) -> None:
         """Perplexity of the student on the evaluation part, stored under `key` (rank 0 measures; under FSDP

@@ -122,7 +122,7 @@ def cases(m: Matrix):
         return ["eval", base, "--ppl", text, *EVAL, "--out", out]
 
     def compare_cmd(out):
-        return ["compare", base, "--target-layers", "5", "--methods", "sleb", "--ppl-data", text,
+        return ["compare", base, "--target-layers", "5", "--methods", "sleb", "--ppl", text,
                 "--ppl-seq-len", "32", "--ppl-max-windows", "2", "--calib-data", calib, "--calib-samples", "2",
                 "--calib-seq-len", "32", "--device", "cpu", "--out", out]
 
@@ -453,7 +453,7 @@ def cases(m: Matrix):
         d = w / "cases" / "ppldir"
         d.mkdir(parents=True)
         shutil.copy(text, d / "ppl.txt")
-        r = m.come(*compare_cmd(str(d))[:-2], "--ppl-data", d / "ppl.txt", "--out", d, "--overwrite")
+        r = m.come(*compare_cmd(str(d))[:-2], "--ppl", d / "ppl.txt", "--out", d, "--overwrite")
         return r, "evaluation text " + ("kept" if (d / "ppl.txt").exists() else "DELETED")
     yield "compare --ppl-data DIR/ppl.txt --out DIR --overwrite", compare_out_holds_ppl
 

@@ -84,7 +84,7 @@ def test_a_missing_calibration_file_is_refused_before_any_model_loads(run, tiny_
     monkeypatch.setattr(come.models, "load_model", fail)
     path, text = tiny_dir
     for command in (["prune", path, "--target-layers", 4], ["compare", path, "--methods", "come,sleb",
-                                                            "--target-layers", 4, "--ppl-data", text]):
+                                                            "--target-layers", 4, "--ppl", text]):
         code, err = run(*command, "--calib-data", tmp_path / "no-such.txt", "--out", tmp_path / "o")
         assert code == 2 and err.startswith("come: error: --calib-data ") and "neither a file nor" in err, err
         assert not (tmp_path / "o").exists() and not (tmp_path / "o.partial").exists()

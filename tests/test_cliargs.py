@@ -328,6 +328,8 @@ def test_eval_lists_accept_what_the_comma_strings_did(monkeypatch):
     ("distill", ["--student", "s"], "--seq-len", "--train-seq-len", 64, lambda c: c.seq_len),
     ("distill", ["--student", "s"], "--batch-size", "--train-batch-size", 2, lambda c: c.batch_size),
     ("distill", ["--student", "s"], "--seed", "--train-seed", 7, lambda c: c.seed),
+    ("compare", ["m"], "--ppl-data", "--ppl", "c4", lambda c: c.ppl_data),  # --ppl, as `come eval` names it
+    ("distill", ["--student", "s"], "--ppl-data", "--ppl", "c4", lambda c: c.ppl_data),
 ])
 def test_every_deprecated_alias_works_and_notes_the_new_flag(capsys, command, argv, alias, new, value, read):
     build = {"eval": eval_config, "compare": compare_config, "distill": distill_config}[command]

@@ -12,7 +12,7 @@ from come.methods import METHODS
 
 
 def args(path, text, out, *extra):
-    return [str(path), "--target-layers", "4", "--eval", "ppl", "--ppl-data", str(text.with_name("eval.txt")),
+    return [str(path), "--target-layers", "4", "--eval", "ppl", "--ppl", str(text.with_name("eval.txt")),
             "--ppl-seq-len", "32",
             "--ppl-max-windows", "4", "--calib-data", str(text), "--calib-samples", "4", "--calib-seq-len", "32",
             "--device", "cpu", "--out", str(out), *extra]

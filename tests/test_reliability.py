@@ -101,7 +101,7 @@ def test_out_that_is_the_current_folder_or_a_parent_is_refused(base, plans, run,
             "apply": ["apply", plans / "plain", "--model", model, "--out", target],
             "eval": ["eval", model, "--ppl", text, *EVAL, "--out", target],
             "compare": ["compare", model, "--target-layers", "5", "--methods", "sleb", "--calib-data", calib,
-                        "--ppl-data", text, "--out", target]}[command]
+                        "--ppl", text, "--out", target]}[command]
     code, err = run(*argv, "--overwrite")
     one_line_error(code, err, "current folder" if target == "." else "a parent of the current folder")
     assert (tmp_path / "keep.txt").read_text() == (tmp_path / "child" / "keep.txt").read_text() == "user data"
@@ -300,7 +300,7 @@ def test_compare_never_carries_stale_temporaries_and_refuses_out_dot(base, run, 
     _, model, calib, text = base
     out = tmp_path / "c"
     argv = ["compare", model, "--target-layers", "5", "--methods", "sleb", "--calib-data", calib, "--calib-samples",
-            "2", "--calib-seq-len", "32", "--ppl-data", text, "--ppl-seq-len", "32", "--ppl-max-windows", "2",
+            "2", "--calib-seq-len", "32", "--ppl", text, "--ppl-seq-len", "32", "--ppl-max-windows", "2",
             "--device", "cpu", "--out"]
     assert run(*argv, out)[0] == 0
     stale = out.with_name("c.partial") / "methods" / ".sleb.tmp-dead"
@@ -604,7 +604,7 @@ def distill_argv(student, teacher, data, out, *extra):
 
 def compare_argv(model, calib, text, out, *extra):
     return ["compare", model, "--target-layers", "5", "--methods", "sleb", "--calib-data", calib, "--calib-samples",
-            "2", "--calib-seq-len", "32", "--ppl-data", text, "--ppl-seq-len", "32", "--ppl-max-windows", "2",
+            "2", "--calib-seq-len", "32", "--ppl", text, "--ppl-seq-len", "32", "--ppl-max-windows", "2",
             "--device", "cpu", "--out", out, *extra]
 
 

@@ -385,7 +385,7 @@ def test_dry_run_bad_gpu_size_and_compare_dry_run(run):
     code, _, err = run("prune", CONFIGS / "llama-3-8b", "--target-layers", 24, "--dry-run", "--gpu-memory", "lots")
     assert code == 2 and "--gpu-memory 'lots' is not a size" in err
     code, out, err = run("compare", CONFIGS / "qwen2.5-7b", "--methods", "shortgpt,come", "--target-layers", 21,
-                         "--calib-data", "wiki-passages", "--ppl-data", "wiki-passages", "--dry-run",
+                         "--calib-data", "wiki-passages", "--ppl", "wiki-passages", "--dry-run",
                          "--gpu-memory", "80GiB")
     assert code == 0, err
     assert "| shortgpt | 21 |" in out and "| come | 21 |" in out and "1 full pass over 32 x 2048" in out
@@ -443,7 +443,7 @@ def test_compare_finishes_without_matplotlib(run, tiny_dir, tmp_path, monkeypatc
     out = tmp_path / "cmp"
     held_out = tmp_path / "held-out.txt"
     held_out.write_text("Some other text about rivers, cities and the stars, for scoring only. " * 60)
-    common = ["compare", path, "--target-layers", 4, "--eval", "ppl", "--ppl-data", held_out, "--ppl-seq-len", 32,
+    common = ["compare", path, "--target-layers", 4, "--eval", "ppl", "--ppl", held_out, "--ppl-seq-len", 32,
               "--ppl-max-windows", 2, "--calib-data", text, "--calib-samples", 2, "--calib-seq-len", 32,
               "--device", "cpu", "--out", out]
     code, printed, err = run(*common, "--methods", "shortgpt")

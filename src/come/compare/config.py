@@ -95,7 +95,8 @@ class CompareConfig:
     tasks: list[str] | str = arg("all", group=EVALUATION, help="all or a comma list (with --eval tasks)")
     limit: int | None = arg(None, group=EVALUATION, help="items per task (default: all)")
     # the first source is the row's "ppl"
-    ppl_data: str = arg("wiki-passages,ood", group=EVALUATION, help=_ppl_data_help)
+    ppl_data: str = arg("wiki-passages,ood", flag="--ppl", aliases=["--ppl-data"], group=EVALUATION,
+                        help=_ppl_data_help)  # --ppl as in `come eval`
     ppl_seq_len: int = like(EvalConfig, "ppl_seq_len", group=EVALUATION)
     ppl_max_windows: int | None = like(EvalConfig, "ppl_max_windows", group=EVALUATION,
                                        help="score only the first N windows of each source")
@@ -145,11 +146,11 @@ class CompareConfig:
             from come.eval.ppl import expand_sources
 
             if not expand_sources(self.ppl_data):
-                raise ComeError("--ppl-data is empty: pass e.g. wiki-passages,ood")
+                raise ComeError("--ppl is empty: pass e.g. wiki-passages,ood")
             from come.data import check_separate
 
             for data in dict.fromkeys([self.calib.data, *(v.calib_data for v in self.variants() if v.calib_data)]):
-                check_separate(data, expand_sources(self.ppl_data), "--calib-data", "--ppl-data")
+                check_separate(data, expand_sources(self.ppl_data), "--calib-data", "--ppl")
         names = self.names()
         for key in self.options:
             method, dot, name = key.partition(".")

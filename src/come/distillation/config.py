@@ -63,7 +63,8 @@ class DistillConfig:
     overwrite: bool = arg(False, help="replace what --out holds")
     ppl_windows: int = arg(0, help="measure perplexity on N evaluation windows before and after each stage "
                            "(0: skip)")
-    ppl_data: str = arg("wiki-passages", help="perplexity text source (its evaluation part)")
+    ppl_data: str = arg("wiki-passages", flag="--ppl", aliases=["--ppl-data"],
+                        help="perplexity text source (its evaluation part)")  # --ppl as in `come eval`
     ppl_seq_len: int = arg(256, help="tokens per perplexity window")
     strategy: str = arg("ddp", choices=STRATEGIES,
                         help="several processes (torchrun): ddp keeps a full teacher and student on each; fsdp "
@@ -93,8 +94,8 @@ class DistillConfig:
 
         check_source(self.data, flag_name(DistillConfig, "data"))  # before --tokens/--steps and any model loads
         if self.ppl_data:
-            check_source(self.ppl_data, "--ppl-data")
-        check_separate(self.data, [self.ppl_data], flag_name(DistillConfig, "data"), "--ppl-data")
+            check_source(self.ppl_data, "--ppl")
+        check_separate(self.data, [self.ppl_data], flag_name(DistillConfig, "data"), "--ppl")
         if self.seq_len < 2:
             raise ComeError(f"{flag_name(DistillConfig, 'seq_len')} must be at least 2, got {self.seq_len}")
         for name in ("batch_size", "grad_accum", "lora_rank"):

@@ -184,6 +184,8 @@ def test_cheap_refusals_come_before_any_weights_load(run, monkeypatch, tmp_path,
     (["prune", "m", "--target-layers", "abc"], "argument --target-layers: invalid int value: 'abc'"),
     (["eval", "m", "--eval-batch-size", "auto"], "argument --eval-batch-size: invalid int value: 'auto'"),
     ([], "the following arguments are required: command"),
+    (["prune", "m", "--target-layers", "4", "--cross-fit"], "--cross-fit was a setting until commit"),
+    (["prune", "m", "--target-layers", "4", "--reconstruct"], "come:refit and come-p:refit of experiments/"),
 ])
 def test_argparse_errors_are_one_line(capsys, argv, needle):
     with pytest.raises(SystemExit) as e:

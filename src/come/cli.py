@@ -260,7 +260,22 @@ class Parser(argparse.ArgumentParser):
     """argparse's parser whose errors are one line, like every other refusal (not the whole usage block)."""
 
     def error(self, message: str):
-        self.exit(2, f"come: error: {message} (`{self.prog} --help` lists the flags)\n")
+        self.exit(2, f"come: error: {message}{retired_flags(message)} (`{self.prog} --help` lists the flags)\n")
+
+
+def retired_flags(message: str) -> str:
+    """For "unrecognized arguments: --reconstruct ...": where flags of settings an older come offered went."""
+    if not message.startswith("unrecognized arguments:"):
+        return ""
+    from come.config import FORMER_FIELDS, RETIRED_AFTER
+
+    said = []
+    for word in message.split(":", 1)[1].split():
+        key = word.split("=", 1)[0].lstrip("-").replace("-", "_")
+        if word.startswith("--") and key in FORMER_FIELDS:
+            went = FORMER_FIELDS[key][1] or "an option of the CoMe methods now: pass it after --method"
+            said.append(f"{word.split('=', 1)[0]} was a setting until commit {RETIRED_AFTER}: {went}")
+    return f" ({'; '.join(said)})" if said else ""
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -475,7 +475,8 @@ def test_plan_records_the_base_model_by_name_and_apply_finds_it_locally(plans, b
     one_line_error(*run("apply", plans / "plain", "--out", tmp_path / "o2"), "other weights")
     # nothing of that name anywhere near: a one-line error, never a hub lookup
     monkeypatch.chdir(tmp_path / "p")
-    monkeypatch.setattr(come.models, "resolve_model", lambda n: pytest.fail(f"looked up {n}"))
+    for module in (come.models, come.models.loading):  # the API name and the one load_config calls
+        monkeypatch.setattr(module, "resolve_model", lambda n: pytest.fail(f"looked up {n}"))
     one_line_error(*run("apply", plans / "plain", "--out", tmp_path / "o3"), "local model folder 'base'",
                    "pass --model")
     monkeypatch.undo()
@@ -508,7 +509,7 @@ def evil_copy(model, dst, marker, where="config.json"):
 def test_folders_that_ship_code_are_refused_unless_trusted(base, run, tmp_path, monkeypatch):
     _, model, calib, text = base
     marker = tmp_path / "RAN"
-    monkeypatch.setattr(come.models, "TRUST_REMOTE_CODE", False)  # restored after the opt-in below
+    monkeypatch.setattr(come.models.loading, "TRUST_REMOTE_CODE", False)  # restored after the opt-in below
     monkeypatch.setattr("builtins.input", lambda *a: "y")  # a user who answers yes to transformers' prompt
     for where in ("config.json", "tokenizer_config.json"):
         evil = evil_copy(model, tmp_path / where, marker, where)

@@ -392,8 +392,9 @@ def originals(family_dirs):
 @pytest.mark.parametrize("family", NEW_FAMILIES)
 def test_every_method_reaches_two_layers_less_and_replays(family_dirs, originals, family, method):
     dirs, text = family_dirs
-    opts = {"T": 0.0} if method == "laco" else {}  # random layers: LaCo's merged states sit far from the original
-    res = prune(prune_config(dirs[family], text, method=method, target_layers=6, method_options=opts, grid=4))
+    # random layers: LaCo's merged states sit far from the original; come-p on a coarse grid, for time
+    opts = {"laco": {"T": 0.0}, "come-p": {"grid": 4}}.get(method, {})
+    res = prune(prune_config(dirs[family], text, method=method, target_layers=6, method_options=opts))
     assert res.model.config.num_hidden_layers == 6 == len(res.model.model.layers)
     fresh = copy.deepcopy(originals[family])
     assert replays_bit_for_bit(res, fresh)  # the plan as data, with the tensors it computed
@@ -403,7 +404,7 @@ def test_every_method_reaches_two_layers_less_and_replays(family_dirs, originals
 @pytest.mark.parametrize("family", FAMILIES)
 def test_save_from_pretrained_identical_logits_and_cached_generation(family_dirs, family, tmp_path):
     dirs, text = family_dirs
-    res = prune(prune_config(dirs[family], text, method="come", target_layers=5, remerge=True))
+    res = prune(prune_config(dirs[family], text, method="come", target_layers=5, method_options={"remerge": True}))
     out = res.save(tmp_path / "out")
     back = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
     assert back.config.num_hidden_layers == 5

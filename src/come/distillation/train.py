@@ -139,13 +139,12 @@ class Run:
         """The checkpoint for `--resume`. On one process a checkpoint that cannot be written (a full disk) is a
         warning and the training goes on, as in `come prune`: the student in memory is the result, the checkpoint
         only insurance. Several processes write it together, so there a failure stops the run."""
-        if self.d.world > 1:
-            self.checkpoints.save(model, self.student, opt, self.state.to_dict())
-            return
         try:
             self.checkpoints.save(model, self.student, opt, self.state.to_dict())
         except Exception as e:
-            shutil.rmtree(self.checkpoints.store.staging(NAME), ignore_errors=True)
+            if self.d.world > 1:
+                raise
+            shutil.rmtree(self.store.staging(NAME), ignore_errors=True)
             if not self.checkpoint_warned:
                 import logging
 

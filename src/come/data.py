@@ -154,7 +154,8 @@ def check_separate(train: str, evaluated: list[str] | tuple[str, ...], train_fla
     """Refuse a local file given both as calibration/training text and as evaluation text (named sources have
     disjoint parts, so naming one on both sides is fine), and a held-out domain given as calibration text."""
     if train in corpora.DOMAINS and corpora.DOMAINS[train].held_out:
-        raise ComeError(f"{train_flag} {train}: a held-out evaluation text (part of the '{corpora.OOD}' suite) is "
+        suite = corpora.FINAL if corpora.DOMAINS[train].aside else corpora.OOD
+        raise ComeError(f"{train_flag} {train}: a held-out evaluation text (part of the '{suite}' suite) is "
                         f"never calibrated or trained on: pass {corpora.MIX} (the default) or your own file")
     path = Path(train).expanduser()
     if not path.exists():

@@ -8,18 +8,19 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from come.corpora import OOD, OOD_DOMAINS
+from come.corpora import FINAL, FINAL_DOMAINS, OOD, OOD_DOMAINS
 from come.data import NAMED_SOURCES, load_text, split_windows, tokenize
 from come.errors import ComeError
 from come.eval.report import ood_geomean  # noqa: F401  (importable here too)
 
 
 def expand_sources(spec: str | list[str]) -> list[str]:
-    """Perplexity sources from a comma list (or list); `ood` stands for every held-out domain of the suite."""
+    """Perplexity sources from a comma list (or list); `ood` stands for every held-out domain of its suite,
+    `final` for every set-aside domain."""
     names = spec.split(",") if isinstance(spec, str) else list(spec)
     out: list[str] = []
     for n in (n.strip() for n in names):
-        for src in (OOD_DOMAINS if n == OOD else (n,) if n else ()):
+        for src in (OOD_DOMAINS if n == OOD else FINAL_DOMAINS if n == FINAL else (n,) if n else ()):
             if src not in out:
                 out.append(src)
     return out

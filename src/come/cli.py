@@ -10,6 +10,7 @@ import os
 import sys
 
 from come.errors import ComeError
+from come.hub import add_push_args, check_push, push_and_print
 
 
 def add_common_model_args(p: argparse.ArgumentParser) -> None:
@@ -81,6 +82,7 @@ def add_prune_parser(sub) -> None:
     add_trust_remote_code_arg(p)
     add_dry_run_args(p)
     add_output_args(p, required=False)
+    add_push_args(p)
     g = p.add_argument_group("run")
     g.add_argument("--resume", action="store_true",
                    help="go on from the checkpoint a killed run left beside --out (.NAME.resume): the same plan as "
@@ -100,6 +102,7 @@ def cmd_prune(args) -> int:
     from come.plan import PLAN_FILE
     from come.prune import SUMMARY_FILE, prune, summary_text
 
+    check_push(args.push_to_hub, args.private)  # offline or no token: refused before anything else
     require(args, "model")
     cfg = config_from_args(PruneConfig, args)
     cfg.validate()
@@ -134,6 +137,7 @@ def cmd_prune(args) -> int:
     s = result.plan.stats
     print(f"wrote {out}: {s['layers_before']} -> {s['layers_after']} layers, {s['params_after']:,} parameters "
           f"({s['wall_time_s']:.0f} s); summary in {out / SUMMARY_FILE}")
+    push_and_print(out, args.push_to_hub, args.private)
     return 0
 
 
@@ -181,6 +185,7 @@ def add_apply_parser(sub) -> None:
                    help="apply the plan to a model of its shape whose config or weights differ from the ones it was "
                    "made from (a model of another shape is always refused)")
     add_output_args(p)
+    add_push_args(p)
     p.set_defaults(func=cmd_apply)
 
 
@@ -196,6 +201,7 @@ def cmd_apply(args) -> int:
     from come.plan import PLAN_FILE, Plan, apply_plan, base_model_path
     from come.prune import describe, resolve_device, save_model
 
+    check_push(args.push_to_hub, args.private)  # offline or no token: refused before anything else
     plan = Plan.load(args.plan)
     if args.target_layers is not None:
         plan = progressive_prefix(plan, args.target_layers)
@@ -220,6 +226,7 @@ def cmd_apply(args) -> int:
     with output_lock(args.out):
         write_output_dir(args.out, args.overwrite, write)  # when saving fails: a fallback folder, named in the error
     print(f"wrote {args.out} ({model.config.num_hidden_layers} layers)")
+    push_and_print(args.out, args.push_to_hub, args.private)
     return 0
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 from come.cli import add_recipe_args, add_trust_remote_code_arg
+from come.hub import add_push_args, check_push, push_and_print
 
 
 def add_parser(sub) -> None:
@@ -21,6 +22,7 @@ def add_parser(sub) -> None:
     g.add_argument("--world-size", type=int, default=None,
                    help="processes the --dry-run estimate is for (default: this run's)")
     add_recipe_args(p)
+    add_push_args(p)
     p.set_defaults(func=cmd_distill)
 
 
@@ -29,6 +31,7 @@ def cmd_distill(args) -> int:
     from come.cliargs import config_from_args
     from come.distillation.config import DistillConfig
 
+    check_push(args.push_to_hub, args.private)  # offline or no token: refused before anything else
     require(args, "student")
     cfg = config_from_args(DistillConfig, args)
     if args.print_config:  # as every command: the recipe, then the dry run
@@ -48,4 +51,5 @@ def cmd_distill(args) -> int:
     if os.environ.get("RANK", "0") == "0":
         print(summary_text(result.summary), end="")
         print(f"wrote {result.out}")
+        push_and_print(result.out, args.push_to_hub, args.private)  # one upload, by the first process
     return 0

@@ -10,6 +10,11 @@ other by more than 2x, and a ratio measured beside another job is not a ratio of
 
     HF_HUB_OFFLINE=1 python benchmarks/prune_cost.py --out runs/prune_cost.json
     HF_HUB_OFFLINE=1 python benchmarks/prune_cost.py --methods come,come-plus --depths 24,20 --device cuda
+    HF_HUB_OFFLINE=1 python benchmarks/prune_cost.py --methods sleb,come-splice --out runs/splice_cost.json
+
+Where sleb is among the methods, each other method's wall time to each depth is also printed as a ratio to
+SLEB's from the same run (come-splice's budget, issue 28: at most 1.5x). `--option METHOD:KEY=VALUE` passes a
+method option (e.g. `come-splice:screen=0`, the full search).
 
 Units: a "pass" is one forward of every layer of the dense model over every calibration window; layer
 forwards are counted per window (a batch of 8 windows through one layer counts 8).
@@ -47,6 +52,8 @@ def floor_forwards(method: str, steps: list[dict], depth0: int, n: int) -> int:
         span = step.get("span", 2) if step["op"] != "drop" else 1
         if method == "sleb":
             total += sum(depth - 1 - i for i in range(depth)) * n  # each candidate removal's suffix
+        elif method == "come-splice":  # every removal's suffix too, on the held-out windows (every 4th)
+            total += sum(depth - 1 - i for i in range(depth)) * (n // 4)
         depth -= span - 1 if step["op"] != "drop" else 1
         if k < len(structural) - 1:  # the next decision reads the suffix from the new layer on: refresh it
             total += (depth - step["layer"]) * n
@@ -139,7 +146,8 @@ def measure(method: str, a: dict) -> dict:
     mbase.PruneContext.__post_init__ = post_init
     calib_cfg = CalibConfig(a["calib_data"], a["samples"], a["seq_len"], a["batch_size"], 0)
     cfg = PruneConfig(model=a["model"], target_layers=min(depths), method=method, calib=calib_cfg, device=a["device"],
-                      dtype=a["dtype"], offload=a["offload"], progress=False)
+                      dtype=a["dtype"], offload=a["offload"], progress=False,
+                      method_options=a["options"].get(method, {}))
     t_start[0] = time.perf_counter()
     res = prune(cfg)
     sync()
@@ -187,6 +195,17 @@ def table(results: dict, depths: list[int]) -> str:
                 lines.append(f"| {name} | {d} | {row['wall_s']:.0f} | {row['passes']:.1f} | "
                              f"{row['forwards_over_floor']:.2f} | {row['head_passes']:.1f} | "
                              f"{r['peak_over_model']:.2f} |")
+    sleb = results.get("sleb")
+    if sleb and "error" not in sleb and len(results) > 1:
+        lines += ["", "| method | depth | wall s | SLEB's wall s | wall time / SLEB's |", "|---|---:|---:|---:|---:|"]
+        for name, r in results.items():
+            if name == "sleb" or "error" in r:
+                continue
+            for d in depths:
+                row, base = (x["depths"].get(str(d)) or x["depths"].get(d) for x in (r, sleb))
+                if row and base:
+                    lines.append(f"| {name} | {d} | {row['wall_s']:.1f} | {base['wall_s']:.1f} | "
+                                 f"{row['wall_s'] / base['wall_s']:.2f} |")
     dense = {k: v["dense_pass_s"] for k, v in results.items() if "dense_pass_s" in v}
     if dense:
         lines.append("")
@@ -213,7 +232,16 @@ def main() -> int:
     ap.add_argument("--out", default="runs/prune_cost.json")
     ap.add_argument("--rerun", action="store_true", help="measure again the methods already in --out")
     ap.add_argument("--plans", default="", help="save each method's plan under this folder (METHOD/come_plan.json)")
+    ap.add_argument("--option", action="append", default=[], metavar="METHOD:KEY=VALUE",
+                    help="a method option, e.g. come-splice:screen=0 (repeatable)")
     args = ap.parse_args()
+    options: dict = {}
+    for item in args.option:
+        method, _, kv = item.partition(":")
+        key, sep, value = kv.partition("=")
+        if not sep:
+            ap.error(f"--option {item!r} must look like METHOD:KEY=VALUE")
+        options.setdefault(method, {})[key] = value
     depths = sorted((int(d) for d in args.depths.split(",")), reverse=True)
     out = Path(args.out)
     results = json.loads(out.read_text()) if out.exists() and not args.rerun else {}
@@ -221,7 +249,7 @@ def main() -> int:
          "seq_len": args.calib_seq_len, "batch_size": args.batch_size, "device": args.device, "dtype": args.dtype,
          "offload": args.offload,
          "threads": args.threads, "dense_repeats": args.dense_repeats,
-         "plans": args.plans}
+         "plans": args.plans, "options": options}
     ctx = mp.get_context("spawn")
     for method in args.methods.split(","):
         if method in results and "error" not in results[method]:

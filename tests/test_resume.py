@@ -50,6 +50,7 @@ def decisions(plan) -> dict:
     ({"method": "come-plus", "target_layers": 3}, 3),  # merge + re-fit, merge + re-fit: killed after 2 merges
     ({"method": "sleb", "target_layers": 3}, 2),
     ({"method": "come", "target_layers": 3, "method_options": {"pair_score": "drop"}}, 1),
+    ({"method": "come-splice", "target_layers": 3, "method_options": {"screen": 0}}, 1),
 ])
 def test_sigkilled_prune_resumes_to_the_uninterrupted_plan(tiny_dir, tmp_path, fields, kill_after):
     path, text = tiny_dir

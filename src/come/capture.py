@@ -233,10 +233,11 @@ class Calibration:
 
     @torch.no_grad()
     def forward_from(self, start: int, layers: Sequence[nn.Module], n_batches: int | None = None,
-                     windows: torch.Tensor | None = None) -> float:
+                     windows: torch.Tensor | None = None, loss=None) -> float:
         """Mean next-token NLL when `layers` replace the stack from boundary `start` on (a trial, cache untouched);
         over the windows selected by the boolean mask `windows` (default: all). Only the selected windows run
-        through the layers: a window's states do not depend on the others in its batch (bit for bit)."""
+        through the layers: a window's states do not depend on the others in its batch (bit for bit). `loss`:
+        another score of the final states, loss(states, token ids) per kept batch (come-splice's KL)."""
         states, ids, keep, picked = self._select(self.hidden[start][:n_batches], n_batches, windows)
         kwargs = None
         if windows is not None:
@@ -249,7 +250,7 @@ class Calibration:
         for layer in layers:
             kw = None if kwargs is None else kwargs[self.adapter.layer_type(layer)]
             states, _ = self.run_layer(layer, states, kwargs=kw)
-        return self._nll(states, ids)
+        return (loss or self._nll)(states, ids)
 
     @torch.no_grad()
     def nll(self, final_states: Sequence[torch.Tensor], n_batches: int | None = None,

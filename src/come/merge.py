@@ -79,6 +79,7 @@ def concat_layers(
     mlp_channels: tuple[list[int], list[int]],
     ratio: tuple[float, float],
     norm: str = "mean",
+    mlp_ratio: tuple[float, float] | None = None,
 ) -> nn.Module:
     """One layer holding `attn_groups` KV groups and `mlp_channels` MLP channels of layers a and b.
 
@@ -92,6 +93,13 @@ def concat_layers(
     Output biases are ratio-averaged over both layers; per-row q/k norms (OLMo 2) follow their rows. The
     merged attention type (sliding window or global) is that of the layers whose heads it holds
     (`ModelAdapter.merged_layer_type` when both).
+
+    `mlp_ratio` (per-half merge, come-splice): `ratio` is then the attention half's shares and `mlp_ratio` the MLP
+    half's, and each half follows only its own contributors: its output bias and post-norm are the mean of the
+    layers that contribute pieces to it (with its ratio), and `fold` applies only to a half both layers contribute
+    to. A half that one layer alone contributes to is that layer's half exactly (pre- and post-norms, q/k norms,
+    output bias, attention type), so a splice (all of a's attention, all of b's MLP) is its two source halves bit
+    for bit. Without `mlp_ratio` the merge is as it always was (output biases ratio-averaged over both layers).
     """
     if norm not in NORM_MODES:
         raise ValueError(f"norm must be one of {NORM_MODES}, got {norm!r}")
@@ -104,10 +112,14 @@ def concat_layers(
     geo = adapter.geometry()
     merged = copy.deepcopy(layer_a)
     device = adapter.o_proj(layer_a).weight.device
+    per_half = mlp_ratio is not None
+    mlp_r = tuple(mlp_ratio) if per_half else ratio
     fold = norm == "fold"
+    # per half: fold only a half both layers contribute to (a half of one layer keeps that layer's own norm)
+    folds = {"attn": fold and (not per_half or all(attn_groups)), "mlp": fold and (not per_half or all(mlp_channels))}
 
-    def fold_scale(get, layer):
-        n = get(layer) if fold else None
+    def fold_scale(get, layer, half):
+        n = get(layer) if folds[half] else None
         return None if n is None else adapter.norm_scale(n)
 
     # --- attention: whole KV groups, each with its n_rep query heads ---
@@ -117,12 +129,13 @@ def concat_layers(
             continue
         rows = {"q": _group_rows(groups, geo.n_rep * geo.head_dim, device)}
         rows["k"] = rows["v"] = _group_rows(groups, geo.head_dim, device)
-        attn_parts.append(_select(adapter.attn_in(layer), rows, fold_scale(adapter.attn_norm, layer)))
+        attn_parts.append(_select(adapter.attn_in(layer), rows, fold_scale(adapter.attn_norm, layer, "attn")))
         o_parts.append(adapter.o_proj(layer).weight.detach().index_select(1, rows["q"]))
         if adapter.has_qk_norm and not adapter.qk_norm_per_head:
             qk_rows.append([n.weight.detach()[rows[k]] for n, k in zip(adapter.qk_norms(layer), "qk")])
     adapter.set_attn_in(merged, _concat(attn_parts))
-    o_bias = _weighted([adapter.o_proj(x).bias for x in layers], list(ratio))
+    o_biases = [adapter.o_proj(x).bias for x in layers]
+    o_bias = _contributors_mean(o_biases, attn_groups, ratio) if per_half else _weighted(o_biases, list(ratio))
     adapter.set_o_proj(merged, new_linear(torch.cat(o_parts, dim=1), o_bias, adapter.o_proj(layer_a)))
 
     # --- MLP: channels ---
@@ -131,26 +144,28 @@ def concat_layers(
         if not ch:
             continue
         idx = torch.tensor(ch, dtype=torch.long, device=device)
-        mlp_parts.append(_select(adapter.mlp_in(layer), {"gate": idx, "up": idx}, fold_scale(adapter.mlp_norm, layer)))
+        mlp_parts.append(_select(adapter.mlp_in(layer), {"gate": idx, "up": idx},
+                                 fold_scale(adapter.mlp_norm, layer, "mlp")))
         d_parts.append(adapter.down_proj(layer).weight.detach().index_select(1, idx))
     adapter.set_mlp_in(merged, _concat(mlp_parts))
-    d_bias = _weighted([adapter.down_proj(x).bias for x in layers], list(ratio))
+    d_biases = [adapter.down_proj(x).bias for x in layers]
+    d_bias = _contributors_mean(d_biases, mlp_channels, mlp_r) if per_half else _weighted(d_biases, list(ratio))
     adapter.set_down_proj(merged, new_linear(torch.cat(d_parts, dim=1), d_bias, adapter.down_proj(layer_a)))
 
     # --- norms ---
-    for get, pieces in ((adapter.attn_norm, attn_groups), (adapter.mlp_norm, mlp_channels)):
+    for get, pieces, half in ((adapter.attn_norm, attn_groups, "attn"), (adapter.mlp_norm, mlp_channels, "mlp")):
         target = get(merged)
         if target is None:
             continue
-        if fold:
+        if folds[half]:
             adapter.set_norm_identity(target)
         else:
             src = [get(x).weight for x, p in zip(layers, pieces) if p]
             _set_weight(target, _weighted(src, [1.0 / len(src)] * len(src)))
-    for get, pieces in ((adapter.attn_post_norm, attn_groups), (adapter.mlp_post_norm, mlp_channels)):
+    for get, pieces, r in ((adapter.attn_post_norm, attn_groups, ratio), (adapter.mlp_post_norm, mlp_channels, mlp_r)):
         target = get(merged)
         if target is not None:
-            _set_weight(target, _contributors_mean([get(x).weight for x in layers], pieces, ratio))
+            _set_weight(target, _contributors_mean([get(x).weight for x in layers], pieces, r))
     qk = adapter.qk_norms(merged)
     if qk is not None:
         for i, target in enumerate(qk):

@@ -5,7 +5,8 @@ plan's saved tensors, and whether it keeps the model's depth (an in-place weight
 Methods build their plans through `apply_step`, and replay runs the very same functions, so replay is bit for
 bit. The merge math the ops call is in `come.merge`.
 
-    merge   concatenation merge of layers (l, l+1) with the pieces and ratio the step records
+    merge   concatenation merge of layers (l, l+1) with the pieces and ratio the step records; with `mlp_ratio`
+            a per-half merge (`ratio` the attention half's, come-splice's splices and concatenations)
     drop    remove layer l
     rdsc    LaCo's RDSC merge of layers l .. l+span-1
     wsum    weighted sum of layers (l, l+1) with `ratio`
@@ -92,9 +93,10 @@ def update_tree(tree: list[list[int]], step: dict) -> None:
     tree[l : l + span] = [[i for block in tree[l : l + span] for i in block]]
 
 
-def _merge(adapter: ModelAdapter, step: dict) -> None:
+def merged_layer(adapter: ModelAdapter, step: dict):
+    """The layer a `merge` step puts in place of layers (l, l+1), built but not installed (a trial's)."""
     l = step["layer"]
-    merged = concat_layers(
+    return concat_layers(
         adapter,
         adapter.layers[l],
         adapter.layers[l + 1],
@@ -102,8 +104,12 @@ def _merge(adapter: ModelAdapter, step: dict) -> None:
         tuple(step["mlp_channels"]),
         tuple(step["ratio"]),
         step.get("norm", "mean"),
+        None if step.get("mlp_ratio") is None else tuple(step["mlp_ratio"]),
     )
-    replace_pair(adapter, l, merged)
+
+
+def _merge(adapter: ModelAdapter, step: dict) -> None:
+    replace_pair(adapter, step["layer"], merged_layer(adapter, step))
 
 
 def _drop(adapter: ModelAdapter, step: dict) -> None:

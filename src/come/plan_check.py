@@ -62,12 +62,12 @@ class _Step:
             self.fail(field, f"{v} is out of range (the model has {self.depth} layers here: {lo}..{hi})")
         return v
 
-    def ratio(self) -> tuple[float, float]:
-        r = self.step.get("ratio")
+    def ratio(self, field: str = "ratio") -> tuple[float, float]:
+        r = self.step.get(field)
         if not (isinstance(r, list) and len(r) == 2 and all(_is_number(x) for x in r)):
-            self.fail("ratio", f"must be a list of two numbers, got {_short(r)}")
+            self.fail(field, f"must be a list of two numbers, got {_short(r)}")
         if not all(math.isfinite(x) and 0 <= x <= 1 for x in r) or abs(r[0] + r[1] - 1) > 1e-6:
-            self.fail("ratio", f"{r} must be two shares in [0, 1] that sum to 1")
+            self.fail(field, f"{r} must be two shares in [0, 1] that sum to 1")
         return float(r[0]), float(r[1])
 
     def pieces(self, field: str, size: int, budget: tuple[int, int]) -> None:
@@ -107,9 +107,11 @@ def validate_plan(plan, geometry: Geometry | None = None, check_tree: bool = Tru
                     s.fail("span", "of a merge must be 2")
                 if raw.get("norm", "mean") not in NORM_MODES:
                     s.fail("norm", f"must be one of {', '.join(NORM_MODES)}, got {raw.get('norm')!r}")
+                # a per-half merge (come-splice): `ratio` is the attention half's, `mlp_ratio` the MLP half's
+                mlp_ratio = ratio if raw.get("mlp_ratio") is None else s.ratio("mlp_ratio")
                 if geometry is not None:
                     s.pieces("attn_groups", geometry.num_kv_heads, split_budget(ratio, geometry.num_kv_heads))
-                    s.pieces("mlp_channels", geometry.d_ff, split_budget(ratio, geometry.d_ff))
+                    s.pieces("mlp_channels", geometry.d_ff, split_budget(mlp_ratio, geometry.d_ff))
         elif s.op == "drop":
             if depth < 2:
                 s.fail("layer", "would drop the last layer left")

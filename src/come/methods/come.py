@@ -56,16 +56,18 @@ class ComePOptions(ComeOptions):
             raise ComeError(f"--grid must be >= 1, got {self.grid}")
 
 
-def merge_step(ctx: PruneContext, l: int, ratio: tuple[float, float]) -> dict:
-    """The plan step merging (l, l+1) with `ratio`: each layer's most sensitive KV groups and MLP channels."""
+def merge_step(ctx: PruneContext, l: int, ratio: tuple[float, float],
+               mlp_ratio: tuple[float, float] | None = None) -> dict:
+    """The plan step merging (l, l+1) with `ratio`: each layer's most sensitive KV groups and MLP channels. With
+    `mlp_ratio`, a per-half merge (come-splice): `ratio` sets the attention half, `mlp_ratio` the MLP half."""
     a = ctx.adapter
     geo = a.geometry()
     la, lb = a.layers[l], a.layers[l + 1]
     sa, sb = ctx.calib.stats[l], ctx.calib.stats[l + 1]
     d_ff = a.down_proj(la).weight.shape[1]
     k_attn = split_budget(ratio, geo.num_kv_heads)
-    k_mlp = split_budget(ratio, d_ff)
-    return {
+    k_mlp = split_budget(ratio if mlp_ratio is None else mlp_ratio, d_ff)
+    step = {
         "op": "merge",
         "layer": l,
         "ratio": [float(ratio[0]), float(ratio[1])],
@@ -76,6 +78,9 @@ def merge_step(ctx: PruneContext, l: int, ratio: tuple[float, float]) -> dict:
         ],
         "mlp_channels": [top_k(mlp_sensitivity(a, la, sa), k_mlp[0]), top_k(mlp_sensitivity(a, lb, sb), k_mlp[1])],
     }
+    if mlp_ratio is not None:
+        step["mlp_ratio"] = [float(mlp_ratio[0]), float(mlp_ratio[1])]
+    return step
 
 
 def candidates(ctx: PruneContext) -> list[int]:

@@ -11,13 +11,14 @@ from come.methods.base import PruneContext
 from come.methods.registry import Method, always, register, trial_share, windows_of
 
 
-def removal_nll(ctx: PruneContext, n_batches: int | None = None, windows=None) -> list[float]:
+def removal_nll(ctx: PruneContext, n_batches: int | None = None, windows=None, loss=None) -> list[float]:
     """Calibration NLL of the current model without layer i, for every i (cache untouched); over the windows of
-    the boolean mask `windows` when given (all batches are then run)."""
+    the boolean mask `windows` when given (all batches are then run); `loss`: another score than the NLL
+    (`Calibration.forward_from`)."""
     layers = list(ctx.adapter.layers)
     n = None if windows is not None else n_batches
     trials = ctx.trials(range(len(layers)), f"removals at {len(layers)} layers")
-    return [ctx.calib.forward_from(i, layers[i + 1 :], n, windows) for i in trials]
+    return [ctx.calib.forward_from(i, layers[i + 1 :], n, windows, loss) for i in trials]
 
 
 def cheapest_removal(ctx: PruneContext, n_batches: int | None = None) -> tuple[list[float], int]:

@@ -112,10 +112,18 @@ class Calibration:
         device: torch.device | str | None = None,
         store_device: torch.device | str | None = None,
         progress: bool = True,
+        cache_dir: str | None = None,
     ):
         self.model = model
         self.adapter = adapter
         self.device = torch.device(device) if device is not None else next(model.parameters()).device
+        # "disk": the cached boundaries live in memory-mapped files under `cache_dir` (come.diskcache); the
+        # states of trials, which nothing keeps, in CPU memory
+        self.disk = None
+        if store_device == "disk":
+            from come.diskcache import DiskCache
+
+            self.disk, store_device = DiskCache(cache_dir), "cpu"
         self.store_device = torch.device(store_device) if store_device is not None else self.device
         self.input_ids = input_ids
         self.batches = list(input_ids.split(batch_size))
@@ -162,7 +170,12 @@ class Calibration:
                     self.type_kwargs[t].append(caught[t])
                 states.append(caught["h"].to(self.store_device))
         self.layer_kwargs = self.type_kwargs[types[0]]
-        self.hidden = [states]
+        self.hidden = [states if self.disk is None else self.disk.store(states)]
+
+    def close(self) -> None:
+        """Remove the disk cache's files (a no-op for a cache in memory)."""
+        if self.disk is not None:
+            self.disk.close()
 
     def kwargs_for(self, layer: nn.Module) -> list[dict]:
         """Per batch, the keyword arguments `layer` runs with (those of its attention type)."""
@@ -177,7 +190,7 @@ class Calibration:
         if self.progress:
             it = tqdm(it, desc="calibration", unit="layer", leave=False)
         for i in it:
-            out, stats = self.run_layer(layers[i], self.hidden[i], collect=True)
+            out, stats = self.run_layer(layers[i], self.hidden[i], collect=True, cache=True)
             self.hidden.append(out)
             self.stats.append(stats)
 
@@ -193,10 +206,11 @@ class Calibration:
     @torch.no_grad()
     def run_layer(
         self, layer: nn.Module, inputs: Sequence[torch.Tensor], collect: bool = False,
-        kwargs: Sequence[dict] | None = None,
+        kwargs: Sequence[dict] | None = None, cache: bool = False,
     ) -> tuple[list[torch.Tensor], LayerStats | None]:
         """Run one layer over all batches; with `collect`, hook its o_proj/down_proj inputs for statistics.
-        `kwargs`: per batch, the layer's keyword arguments (default: those of the calibration batches)."""
+        `kwargs`: per batch, the layer's keyword arguments (default: those of the calibration batches). `cache`:
+        the outputs are a boundary of the cache (written to the disk cache as they come, when there is one)."""
         a = self.adapter
         acc = {"mlp": None, "attn": None}
         handles = []
@@ -214,7 +228,7 @@ class Calibration:
                 a.down_proj(layer).register_forward_pre_hook(hook("mlp")),
                 a.o_proj(layer).register_forward_pre_hook(hook("attn")),
             ]
-        outs, bi, tokens = [], 0.0, 0
+        outs, bi, tokens = ([] if not cache or self.disk is None else self.disk.store()), 0.0, 0
         try:
             with on_device(layer, self.device):
                 for h, kw in zip(inputs, self.kwargs_for(layer) if kwargs is None else kwargs):

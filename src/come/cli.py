@@ -56,6 +56,9 @@ def add_dry_run_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--gpu-memory", default=None, metavar="SIZE",
                    help="with --dry-run: plan for a GPU with this much free memory (e.g. 80GiB, 24GB) instead of "
                    "the one present")
+    g.add_argument("--cpu-memory", default=None, metavar="SIZE",
+                   help="with --dry-run: plan for a machine with this much CPU memory available (e.g. 128GiB) "
+                   "instead of this one's (it decides whether the calibration cache goes to disk)")
 
 
 def require(args, *names: str) -> None:
@@ -111,7 +114,7 @@ def cmd_prune(args) -> int:
     if args.dry_run:
         from come.dryrun import dry_run
 
-        print(dry_run(cfg, gpu_memory=args.gpu_memory).text())
+        print(dry_run(cfg, gpu_memory=args.gpu_memory, cpu_memory=args.cpu_memory).text())
         return 0
     require(args, "out")
     check_output_dir(args.out, args.overwrite, **preflight.prune(cfg))  # fail before the expensive part
@@ -163,7 +166,7 @@ def cmd_compare(args) -> int:
     if args.print_config:
         return print_recipe(cfg.validate(), args.out)
     if args.dry_run:
-        print(dry_run_text(cfg, args.gpu_memory))
+        print(dry_run_text(cfg, args.gpu_memory, args.cpu_memory))
         return 0
     require(args, "out")
     return run_and_print(cfg)

@@ -124,7 +124,15 @@ class PruneConfig:
                        help="keep the weights in CPU memory and stream one layer at a time to the GPU (auto: when "
                        "the weights do not fit in 80%% of its free memory; this is how a 70B model prunes on one GPU)")
     store_device: str | None = arg(None, group=MEMORY, more=True, help="where the cached hidden states live "
-                                   "(default: the GPU if they fit beside the weights, else cpu)")
+                                   "(default: the GPU if they fit beside the weights, else cpu, or disk when CPU "
+                                   "memory is short); disk: memory-mapped files in --cache-dir")
+    stream: str = arg("auto", choices=["auto", "always", "never"], group=MEMORY, more=True,
+                      help="read each decoder layer from the checkpoint's safetensors files when it is needed and "
+                      "write the result layer by layer, so CPU memory holds a few layers, not the model (auto: when "
+                      "the weights are offloaded; always: also on a CPU run)")
+    cache_dir: str | None = arg(None, group=MEMORY, more=True, help="folder of the disk-backed hidden-state cache "
+                                "and of streamed layers' edits (files removed at the end; default: the system's "
+                                "temporary folder)")
     progress: bool = True  # the Python API's progress bars; not a flag
 
     def __post_init__(self) -> None:
@@ -156,7 +164,7 @@ class PruneConfig:
 
         if self.save_dtype != "auto":
             parse_dtype(self.save_dtype)  # the flag's names, and through the API also bf16, fp16, fp32
-        if self.store_device is not None:
+        if self.store_device not in (None, "disk"):
             parse_device(self.store_device, "--store-device")
         if self.loss_samples is not None and self.loss_samples < 1:
             raise ComeError(f"--loss-samples must be >= 1, got {self.loss_samples}")

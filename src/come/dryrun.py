@@ -26,11 +26,11 @@ UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "m": 10**6, "mb": 10**6, "g": 1
          "t": 10**12, "tb": 10**12, "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
 
 
-def parse_size(text: str) -> int:
+def parse_size(text: str, flag: str = "--gpu-memory") -> int:
     """"80GiB", "80GB", "80G", "81920MiB", "8.5e10" -> bytes (G and GB are 10^9, GiB 2^30)."""
     m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:e[0-9]+)?)\s*([a-zA-Z]*)\s*", str(text))
     if not m or m.group(2).lower() not in UNITS or float(m.group(1)) <= 0:
-        raise ComeError(f"--gpu-memory {text!r} is not a size: pass e.g. 80GiB, 24GB or 40G")
+        raise ComeError(f"{flag} {text!r} is not a size: pass e.g. 80GiB, 24GB or 40G")
     return int(float(m.group(1)) * UNITS[m.group(2).lower()])
 
 
@@ -78,8 +78,10 @@ class DryRun:
         return "\n".join(lines)
 
 
-def dry_run(cfg: PruneConfig, gpu_memory: str | None = None) -> DryRun:
-    """The plan of a `come prune` run with `cfg`, from the model's config alone."""
+def dry_run(cfg: PruneConfig, gpu_memory: str | None = None, cpu_memory: str | None = None) -> DryRun:
+    """The plan of a `come prune` run with `cfg`, from the model's config alone; `gpu_memory` and `cpu_memory`
+    (sizes such as "80GiB") plan for a machine with that much free GPU and available CPU memory instead of this
+    one."""
     cfg.validate()
     config = load_config(cfg.model)[0]
     skeleton = get_adapter(meta_model(config))
@@ -97,7 +99,8 @@ def dry_run(cfg: PruneConfig, gpu_memory: str | None = None) -> DryRun:
         parse_device(device)
         free = placement.free_memory(device)
     dtype = parse_dtype(cfg.dtype, config, device)
-    place = decide_placement(cfg, config, skeleton.model, device, dtype, free)
+    ram = placement.available_ram() if cpu_memory is None else parse_size(cpu_memory, "--cpu-memory")
+    place = decide_placement(cfg, config, skeleton.model, device, dtype, free, ram)
     p0 = count_params(skeleton.model)
     p1 = p0 - (n0 - target) * per_layer
     c = cfg.calib
@@ -165,13 +168,32 @@ def peak_memory(cfg: PruneConfig, config, skeleton, place: placement.Placement, 
         big = vocab * hidden * item
     else:
         big = 2 * vocab * hidden * item
-    streamed = 3 * skeleton.params_per_layer() * item + big  # a pair, their merge, embedding or head
+    layer = skeleton.params_per_layer() * item
+    streamed = 3 * layer + big  # a pair, their merge, embedding or head
+    in_flight = 2 * tokens * hidden * item  # batches of states on their way to or from the cache
+    # CPU memory: weights kept there (streamed: the embedding and LM head and the layers held), the cache there
+    # (on disk: the batches being read or written; the page cache of its files is the system's, not counted)
+    if place.streamed:
+        from come.stream import DEFAULT_LIMIT
+
+        cpu_weights = big + DEFAULT_LIMIT * layer
+        notes.append(f"CPU: decoder layers read from the checkpoint one at a time, at most {DEFAULT_LIMIT} held "
+                     f"beside the embedding and LM head ({gib(cpu_weights)}); the result is written layer by layer")
+    else:
+        cpu_weights = weights
+    if place.cache == placement.DISK:
+        cache_ram = in_flight
+        notes.append(f"disk: the hidden-state cache takes up to {gib(cache_peak)} in --cache-dir (memory-mapped "
+                     "files, removed at the end)")
+    else:
+        cache_ram = cache_peak
     on_gpu = not place.compute.startswith("cpu")
     if not on_gpu:
-        return None, RUNTIME + weights + cache_peak + work + refit, notes
+        return None, RUNTIME + cpu_weights + cache_ram + work + refit, notes
     gpu = (streamed if place.offloaded else weights) + work + refit
-    gpu += cache_peak if place.cache == place.compute else 2 * tokens * hidden * item  # batches in flight
-    cpu = RUNTIME + max(weights, (weights if place.offloaded else 0) + (0 if place.cache == place.compute
-                                                                       else cache_peak))
-    notes.append("CPU: the checkpoint is read into CPU memory first (its full size) before it moves to the GPU")
+    gpu += cache_peak if place.cache == place.compute else in_flight
+    resident = (cpu_weights if place.offloaded else 0) + (0 if place.cache == place.compute else cache_ram)
+    cpu = RUNTIME + (resident if place.streamed else max(weights, resident))
+    if not place.streamed:
+        notes.append("CPU: the checkpoint is read into CPU memory first (its full size) before it moves to the GPU")
     return gpu, cpu, notes

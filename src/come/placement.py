@@ -16,19 +16,25 @@ import torch
 from come.errors import ComeError
 
 OFFLOAD_MODES = ("auto", "always", "never")
+STREAM_MODES = ("auto", "always", "never")
 HEADROOM = 0.8  # plan to use at most this fraction of the device's free memory
+DISK = "disk"  # a Placement's weights streamed from the checkpoint files, or its cache in memory-mapped files
 
 
 @dataclass(frozen=True)
 class Placement:
     compute: str  # where every layer runs
-    weights: str  # where the weights live between turns
-    cache: str  # where the cached hidden states live
+    weights: str  # where the weights live between turns ("disk": each layer read from the checkpoint when needed)
+    cache: str  # where the cached hidden states live ("disk": memory-mapped files in --cache-dir)
     reason: str  # one line for the summary
 
     @property
     def offloaded(self) -> bool:
         return self.weights != self.compute
+
+    @property
+    def streamed(self) -> bool:
+        return self.weights == DISK
 
 
 def check_offload(mode: str) -> None:
@@ -41,7 +47,44 @@ def gib(n: float) -> str:
 
 
 def decide(compute: str, offload: str, store_device: str | None, weight_bytes: int, cache_bytes: int,
-           free_bytes: int | None) -> Placement:
+           free_bytes: int | None, *, stream: str = "never", ram_bytes: int | None = None,
+           cache_peak: int | None = None) -> Placement:
+    """Where weights and cache live: the device decision (`decide_devices`), then CPU memory's. `ram_bytes`: the
+    CPU memory available (None: unknown, never short); `cache_peak`: what the cache may grow to (a method keeping
+    the dense model's states beside it: 2x; default `cache_bytes`).
+
+    `stream` (auto, always, never): weights that would be kept in CPU memory are read instead from the checkpoint
+    one decoder layer at a time (`auto`; `always` also on a CPU run or when they fit the device). A cache that
+    would live in CPU memory goes to memory-mapped files on disk when it does not fit in HEADROOM of `ram_bytes`
+    beside the weights kept there (`store_device` "disk" forces it, "cpu" keeps it in memory)."""
+    if stream not in STREAM_MODES:
+        raise ComeError(f"--stream must be one of {', '.join(STREAM_MODES)}, got {stream!r}")
+    place = decide_devices(compute, offload, None if store_device == DISK else store_device, weight_bytes,
+                           cache_bytes, free_bytes)
+    weights, cache, reason = place.weights, place.cache, place.reason
+    read = "weights read from the checkpoint one decoder layer at a time"
+    if stream == "always" or (stream == "auto" and place.offloaded):
+        weights = DISK
+        if "weights in CPU memory" in reason:
+            reason = reason.replace("weights in CPU memory", read)
+        else:
+            reason = f"{read} ({'--stream always' if stream == 'always' else 'offloaded'}); {reason}"
+    peak = cache_bytes if cache_peak is None else cache_peak
+    in_ram = weight_bytes if weights == "cpu" else 0
+    on_disk = "in memory-mapped files in --cache-dir"
+    if store_device == DISK:
+        cache, reason = DISK, f"{reason}; cache {on_disk} (--store-device disk)"
+    elif cache == "cpu" and store_device is None and ram_bytes is not None and in_ram + peak > HEADROOM * ram_bytes:
+        cache = DISK
+        reason = (f"{reason.replace('cache on cpu', 'cache ' + on_disk)}; CPU memory is short for the cache "
+                  f"({gib(peak)} at most, beside {gib(in_ram)} of weights, {gib(ram_bytes)} available)")
+        if on_disk not in reason:
+            reason = reason.replace("CPU memory is short", f"cache {on_disk}: CPU memory is short")
+    return Placement(place.compute, weights, cache, reason)
+
+
+def decide_devices(compute: str, offload: str, store_device: str | None, weight_bytes: int, cache_bytes: int,
+                   free_bytes: int | None) -> Placement:
     """Pure decision (tested on CPU). `free_bytes`: the compute device's free memory, None when unknown (CPU).
 
     `auto`: everything on the compute device when weights + cache fit in HEADROOM of its free memory; else the
@@ -79,6 +122,23 @@ def resolve_device(device: str) -> str:
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     return device
+
+
+def available_ram() -> int | None:
+    """CPU memory available now (Linux's MemAvailable; psutil elsewhere when installed), None when unknown."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        import psutil
+
+        return int(psutil.virtual_memory().available)
+    except Exception:
+        return None
 
 
 def free_memory(device: str) -> int | None:

@@ -49,7 +49,12 @@ class PruneResult:
         return write_output_dir(out, overwrite, self.write)
 
     def write(self, folder: Path) -> None:
-        save_model(self.model, folder, self.save_dtype)
+        streamer = getattr(self.model, "come_streamer", None)
+        if streamer is not None:  # layer by layer, never the whole model in memory
+            streamer.save(folder, self.save_dtype)
+            add_legacy_config_keys(folder)
+        else:
+            save_model(self.model, folder, self.save_dtype)
         self.tokenizer.save_pretrained(folder)
         self.plan.save(folder / PLAN_FILE)
         describe(folder, self.plan, "prune")
@@ -138,16 +143,22 @@ def check_reachable(cfg: PruneConfig, num_layers: int, target: int) -> None:
 
 
 def decide_placement(cfg: PruneConfig, config, skeleton, device: str, dtype: torch.dtype,
-                     free_bytes: int | None) -> placement.Placement:
-    """Where the weights and the cached hidden states of this run live (placement.decide), refused for a
-    method that needs the whole model on the device when the weights would stream."""
+                     free_bytes: int | None, ram_bytes: int | None = None) -> placement.Placement:
+    """Where the weights and the cached hidden states of this run live (placement.decide; `ram_bytes`: the CPU
+    memory available, for the disk cache), refused for a method that needs the whole model on the device when
+    the weights would stream."""
     c = cfg.calib
+    method = get_method(cfg.method)
+    cache = placement.cache_bytes(config, c.samples, c.seq_len, dtype)
+    stream = "never" if method.needs_whole_model and cfg.stream == "auto" else cfg.stream
     place = placement.decide(device, cfg.offload, cfg.store_device, count_params(skeleton) * dtype.itemsize,
-                             placement.cache_bytes(config, c.samples, c.seq_len, dtype), free_bytes)
-    if place.offloaded and get_method(cfg.method).needs_whole_model:
+                             cache, free_bytes, stream=stream, ram_bytes=ram_bytes,
+                             cache_peak=2 * cache if method.keeps_dense_states else cache)
+    if place.offloaded and method.needs_whole_model:
         raise ComeError(f"{cfg.method} back-propagates through the whole model at once, which must then fit on "
                         f"{device}, but the weights are kept in CPU memory ({place.reason}): pass --offload never "
-                        "on a device that holds the model, or use magnitude, shortgpt or sleb")
+                        f"{'--stream never ' if place.streamed else ''}on a device that holds the model, or use "
+                        "magnitude, shortgpt or sleb")
     return place
 
 
@@ -168,13 +179,47 @@ def prune(config: PruneConfig | None = None, checkpoint: str | Path | None = Non
     skeleton = get_adapter(meta_model(config))  # check the target before loading weights
     target = resolve_target(cfg, skeleton.model, skeleton.num_layers, skeleton.params_per_layer())
     check_reachable(cfg, skeleton.num_layers, target)
-    c = cfg.calib
     dtype = parse_dtype(cfg.dtype, config, device)
     check_device_dtype(device, dtype)  # before any placement talk about a device that cannot run
-    place = decide_placement(cfg, config, skeleton.model, device, dtype, placement.free_memory(device))
+    place = decide_placement(cfg, config, skeleton.model, device, dtype, placement.free_memory(device),
+                             placement.available_ram())
+    check_scratch(cfg, place, config, dtype)  # an unusable --cache-dir: one line, before any weights load
     if cfg.progress:
         print(f"[{cfg.method}] placement: {place.reason}", file=sys.stderr, flush=True)
-    model, tokenizer, path = load_model(cfg.model, dtype, device, weights_device=place.weights)
+    if place.streamed:
+        from come.stream import load_streamed
+
+        model, tokenizer, path = load_streamed(cfg.model, dtype, device, cfg.cache_dir)
+    else:
+        model, tokenizer, path = load_model(cfg.model, dtype, device, weights_device=place.weights)
+    try:
+        return _prune(cfg, method, model, tokenizer, path, config, place, device, target, checkpoint, resume, t0)
+    except BaseException:
+        close_streamer(model)  # the streamed layers' scratch files (on success: once the model is collected)
+        raise
+
+
+def check_scratch(cfg: PruneConfig, place: placement.Placement, config, dtype: torch.dtype) -> None:
+    """A disk cache or streamed weights need a writable --cache-dir with room for the cache (checked before any
+    weights load); a --cache-dir given is checked whatever the placement."""
+    if place.cache != placement.DISK and not place.streamed and cfg.cache_dir is None:
+        return
+    from come.diskcache import check_cache_dir
+
+    c = cfg.calib
+    need = placement.cache_bytes(config, c.samples, c.seq_len, dtype) if place.cache == placement.DISK else 0
+    check_cache_dir(cfg.cache_dir, need * (2 if get_method(cfg.method).keeps_dense_states else 1))
+
+
+def close_streamer(model) -> None:
+    streamer = getattr(model, "come_streamer", None)
+    if streamer is not None:
+        streamer.close()
+
+
+def _prune(cfg: PruneConfig, method, model, tokenizer, path, config, place, device: str, target: int, checkpoint,
+           resume: bool, t0: float) -> PruneResult:
+    c = cfg.calib
     from come.finite import check_finite_weights
 
     check_finite_weights(model, cfg.model)
@@ -183,15 +228,18 @@ def prune(config: PruneConfig | None = None, checkpoint: str | Path | None = Non
     base = base_model_info(model, cfg.model)
     ids = calibration_windows(tokenizer, c.data, c.samples, c.seq_len, c.seed)
     torch.manual_seed(c.seed)
-    calib = Calibration(model, adapter, ids, c.batch_size, device, place.cache, cfg.progress)
-    ctx = PruneContext(model, adapter, calib, target, cfg)
-    if checkpoint is not None:
-        from come import resume as resume_mod
+    calib = Calibration(model, adapter, ids, c.batch_size, device, place.cache, cfg.progress, cfg.cache_dir)
+    try:
+        ctx = PruneContext(model, adapter, calib, target, cfg)
+        if checkpoint is not None:
+            from come import resume as resume_mod
 
-        inputs = {"calib": resume_mod.fingerprint_of(ids)}
-        replayed = resume_mod.continue_from(ctx, checkpoint, base, cfg, method, inputs) if resume else 0
-        ctx.on_step = resume_mod.writer(checkpoint, base, cfg, c.seed, fresh=not replayed, inputs=inputs)
-    method.run(ctx)
+            inputs = {"calib": resume_mod.fingerprint_of(ids)}
+            replayed = resume_mod.continue_from(ctx, checkpoint, base, cfg, method, inputs) if resume else 0
+            ctx.on_step = resume_mod.writer(checkpoint, base, cfg, c.seed, fresh=not replayed, inputs=inputs)
+        method.run(ctx)
+    finally:
+        calib.close()  # the disk cache's files, on success and on failure
     del calib, ctx.calib
     wall = time.perf_counter() - t0
     stats = {
@@ -213,8 +261,12 @@ def prune(config: PruneConfig | None = None, checkpoint: str | Path | None = Non
     from come.card import display_name, scrubbed
 
     settings["model_path"] = display_name(str(path))  # the folder's name: no absolute path in what we write
+    if settings.get("cache_dir"):
+        settings["cache_dir"] = display_name(settings["cache_dir"])
 
     settings["recipe"] = scrubbed(recipe.of(cfg))  # what --config takes to make this plan again (paths: names)
+    if settings["recipe"].get("cache_dir"):
+        settings["recipe"]["cache_dir"] = display_name(settings["recipe"]["cache_dir"])
     plan = Plan(cfg.method, base, settings, ctx.steps, ctx.tree, c.seed, versions(), stats=stats, tensors=ctx.tensors)
     return PruneResult(model, tokenizer, plan, save_dtype)
 

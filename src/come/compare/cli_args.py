@@ -29,7 +29,7 @@ def run_and_print(cfg: CompareConfig) -> int:
     return 0
 
 
-def dry_run_text(cfg: CompareConfig, gpu_memory: str | None = None) -> str:
+def dry_run_text(cfg: CompareConfig, gpu_memory: str | None = None, cpu_memory: str | None = None) -> str:
     """`come compare --dry-run`: every method's dry run (config only, no weights read), one line each."""
     from come.compare.run import check_targets
     from come.dryrun import dry_run
@@ -38,7 +38,7 @@ def dry_run_text(cfg: CompareConfig, gpu_memory: str | None = None) -> str:
     cfg.validate()
     check_targets(cfg)
     names = cfg.names()
-    runs = [dry_run(cfg.prune_config(n), gpu_memory) for n in names]
+    runs = [dry_run(cfg.prune_config(n), gpu_memory, cpu_memory) for n in names]
     first = runs[0]
     lines = first.text().splitlines()[1:7]  # layers .. placement (the peaks differ by method: the table)
     lines = [f"dry run of come compare on {first.model} ({first.model_type}): config only, no weights read",

@@ -325,5 +325,8 @@ def _as_bytes(t: torch.Tensor) -> bytes:
 
 
 def count_params(model) -> int:
-    """Unique parameters (tied embeddings counted once)."""
-    return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
+    """Unique parameters (tied embeddings counted once); streamed layers are not read for it."""
+    from come.stream import peek
+
+    with peek():
+        return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())

@@ -1,0 +1,228 @@
+"""Pruning without the model or the cache in CPU memory: the disk-backed calibration cache (`--store-device disk`,
+`--cache-dir`), weights streamed from the checkpoint one decoder layer at a time (`--stream`), and what the
+dry run estimates with them."""
+
+import gc
+import json
+import os
+
+import pytest
+import torch
+from conftest import prune_config
+from safetensors.torch import load_file
+
+from come import prune
+from come.errors import ComeError
+from come.placement import DISK, decide
+
+GB = 2**30
+
+
+def test_offloaded_weights_stream_and_the_cache_goes_to_disk_when_cpu_memory_is_short():
+    p = decide("cuda", "auto", None, 140 * GB, 81 * GB, 80 * GB, stream="auto", ram_bytes=128 * GB,
+               cache_peak=162 * GB)
+    assert (p.weights, p.cache, p.streamed) == (DISK, DISK, True)
+    assert "read from the checkpoint" in p.reason and "memory-mapped" in p.reason
+    roomy = decide("cuda", "auto", None, 140 * GB, 81 * GB, 80 * GB, stream="auto", ram_bytes=1024 * GB)
+    assert (roomy.weights, roomy.cache) == (DISK, "cpu")  # the cache fits in CPU memory: it stays there
+    kept = decide("cuda", "auto", None, 140 * GB, 81 * GB, 80 * GB, stream="never", ram_bytes=128 * GB)
+    assert (kept.weights, kept.cache) == ("cpu", DISK)  # 140 GiB of weights in memory leave no room for it
+    assert decide("cuda", "auto", "cpu", 140 * GB, 81 * GB, 80 * GB, stream="auto", ram_bytes=GB).cache == "cpu"
+    assert decide("cuda", "auto", None, GB, GB, 80 * GB, stream="auto", ram_bytes=GB).weights == "cuda"
+    cpu = decide("cpu", "auto", DISK, GB, GB, None, stream="always")
+    assert (cpu.weights, cpu.cache) == (DISK, DISK)
+    with pytest.raises(ComeError, match="--stream must be one of auto, always, never"):
+        decide("cpu", "auto", None, GB, GB, None, stream="sometimes")
+
+
+def test_disk_states_keep_the_bytes_and_their_files_go_with_them(tmp_path):
+    from come.diskcache import DiskCache
+
+    cache = DiskCache(tmp_path)
+    batches = [torch.randn(2, 5, 7).to(torch.bfloat16), torch.randn(1, 5, 7).to(torch.bfloat16)]
+    states = cache.store(batches)
+    assert len(states) == 2 and all(torch.equal(a, b) for a, b in zip(batches, states))
+    assert states[0].dtype == torch.bfloat16 and torch.equal(states[:1][0], batches[0])
+    assert len(list(cache.root.glob("states-*"))) == 2
+    del states
+    gc.collect()
+    assert not list(cache.root.glob("states-*"))  # a boundary nothing refers to any more
+    cache.store(batches)
+    cache.close()
+    assert not cache.root.exists()
+
+
+def _weights(folder):
+    files = sorted(folder.glob("*.safetensors"))
+    out = {}
+    for f in files:
+        if f.name != "come_plan.safetensors":
+            out.update(load_file(str(f)))
+    return out
+
+
+def test_the_disk_cache_changes_nothing_and_leaves_no_file(tiny_dir, tmp_path):
+    path, text = tiny_dir
+    cache_dir = tmp_path / "scratch"
+    plain = prune(prune_config(path, text, method="come-plus", target_layers=4))
+    disk = prune(prune_config(path, text, method="come-plus", target_layers=4, store_device="disk",
+                              cache_dir=str(cache_dir)))
+    assert disk.plan.stats["placement"]["cache"] == DISK
+    assert (disk.plan.steps, disk.plan.tree) == (plain.plan.steps, plain.plan.tree)
+    assert plain.plan.tensors.keys() == disk.plan.tensors.keys()
+    assert all(torch.equal(plain.plan.tensors[k], disk.plan.tensors[k]) for k in plain.plan.tensors)
+    a, b = plain.model.state_dict(), disk.model.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert list(cache_dir.iterdir()) == []
+    assert disk.plan.settings["cache_dir"] == "scratch"  # a name, never the path
+
+
+def _replace_run(monkeypatch, name, run):
+    import dataclasses
+    import sys
+
+    from come.methods import get_method
+
+    record = dataclasses.replace(get_method(name), run=run)
+    monkeypatch.setattr(sys.modules["come.prune"], "get_method", lambda n: record if n == name else get_method(n))
+
+
+def test_the_disk_cache_is_removed_when_the_run_fails(tiny_dir, tmp_path, monkeypatch):
+    path, text = tiny_dir
+    cache_dir = tmp_path / "scratch"
+    seen = []
+
+    def fail(ctx):
+        seen.extend(ctx.calib.disk.root.iterdir())
+        raise RuntimeError("killed")
+
+    _replace_run(monkeypatch, "shortgpt", fail)
+    with pytest.raises(RuntimeError, match="killed"):
+        prune(prune_config(path, text, method="shortgpt", target_layers=4, store_device="disk",
+                           cache_dir=str(cache_dir)))
+    assert any(p.name.startswith("states-") for p in seen)  # the cache was on disk while the method ran
+    assert list(cache_dir.iterdir()) == []
+
+
+def test_an_unusable_cache_dir_is_one_line_before_any_weights_load(tiny_dir, tmp_path, monkeypatch):
+    import sys
+
+    path, text = tiny_dir
+    module = sys.modules["come.prune"]
+    monkeypatch.setattr(module, "load_model", lambda *a, **k: pytest.fail("loaded the model before refusing"))
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    with pytest.raises(ComeError, match=r"--cache-dir .*a-file is a file: pass a folder"):
+        prune(prune_config(path, text, target_layers=4, store_device="disk", cache_dir=str(blocker)))
+    with pytest.raises(ComeError, match="--cache-dir .*cannot be created"):
+        prune(prune_config(path, text, target_layers=4, store_device="disk", cache_dir=str(blocker / "sub")))
+    if os.geteuid() != 0:  # root writes anywhere
+        locked = tmp_path / "locked"
+        locked.mkdir(mode=0o500)
+        with pytest.raises(ComeError, match="--cache-dir .*cannot write"):
+            prune(prune_config(path, text, target_layers=4, store_device="disk", cache_dir=str(locked)))
+
+
+@pytest.mark.parametrize("method", ["come-plus", "sleb"])
+def test_streaming_holds_at_most_three_layers_and_changes_nothing(tiny_dir, tmp_path, monkeypatch, method):
+    """Every read of a streamed layer counts, from the modules themselves, the decoder layers whose weights are
+    in memory: never more than the streamer's limit (3: a pair and their merge). The plan and the saved weights
+    are those of a run with the whole model in memory."""
+    from come import stream
+
+    path, text = tiny_dir
+    counts = []
+    real = stream.read_tensors
+    models = []
+
+    def counting(sources, dtype):
+        model = models[0]() if models else None
+        if model is not None:
+            streamer = model.come_streamer
+            counts.append(sum(1 for layer in list(streamer.layers.keys())
+                              if any(p.device.type != "meta" for _, p in stream._params(layer))))
+        return real(sources, dtype)
+
+    orig_load = stream.load_streamed
+
+    def load(*a, **k):
+        import weakref
+
+        out = orig_load(*a, **k)
+        models.append(weakref.ref(out[0]))
+        return out
+
+    monkeypatch.setattr(stream, "read_tensors", counting)
+    monkeypatch.setattr(stream, "load_streamed", load)
+    plain = prune(prune_config(path, text, method=method, target_layers=3))
+    streamed = prune(prune_config(path, text, method=method, target_layers=3, stream="always",
+                                  cache_dir=str(tmp_path / "scratch")))
+    assert streamed.plan.stats["placement"]["weights"] == DISK
+    assert (streamed.plan.steps, streamed.plan.tree) == (plain.plan.steps, plain.plan.tree)
+    assert len(counts) > 6 and max(counts) <= stream.DEFAULT_LIMIT  # each layer read at least once, 3 at most
+    assert streamed.model.come_streamer.max_held <= stream.DEFAULT_LIMIT
+    plain.save(tmp_path / "plain")
+    streamed.save(tmp_path / "streamed")
+    a, b = _weights(tmp_path / "plain"), _weights(tmp_path / "streamed")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert max(counts) <= stream.DEFAULT_LIMIT  # saving read the layers one at a time too
+
+
+def test_the_streamed_result_is_written_in_shards_with_an_index_that_transformers_loads(tiny_dir, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    path, text = tiny_dir
+    result = prune(prune_config(path, text, method="shortgpt", target_layers=4, stream="always",
+                                cache_dir=str(tmp_path / "scratch")))
+    folder = tmp_path / "sharded"
+    folder.mkdir()
+    result.model.come_streamer.save(folder, torch.float32, shard_bytes=200_000)
+    index = json.loads((folder / "model.safetensors.index.json").read_text())
+    shards = sorted(set(index["weight_map"].values()))
+    assert len(shards) > 2 and all((folder / s).exists() for s in shards)
+    assert not list(folder.glob(".shard-*"))
+    loaded = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+    assert loaded.config.num_hidden_layers == 4
+    ref = prune(prune_config(path, text, method="shortgpt", target_layers=4)).model.state_dict()
+    got = loaded.state_dict()
+    assert ref.keys() == got.keys() and all(torch.equal(ref[k], got[k]) for k in ref)
+
+
+def test_the_scratch_files_of_a_streamed_run_are_removed_when_it_fails(tiny_dir, tmp_path, monkeypatch):
+    from come.methods import get_method
+
+    path, text = tiny_dir
+    scratch = tmp_path / "scratch"
+    real = get_method("come").run
+
+    def fail_after_merging(ctx):
+        ctx.target_layers = 5  # one merge, which the streamer writes out when it is released
+        real(ctx)
+        for layer in list(ctx.adapter.layers):
+            ctx.model.come_streamer.hold(layer)
+        assert any(scratch.rglob("layer-*.safetensors"))
+        raise RuntimeError("killed")
+
+    _replace_run(monkeypatch, "come", fail_after_merging)
+    with pytest.raises(RuntimeError, match="killed"):
+        prune(prune_config(path, text, method="come", target_layers=4, stream="always", cache_dir=str(scratch)))
+    assert list(scratch.iterdir()) == []
+
+
+def test_the_70b_dry_run_fits_in_64_gib_of_cpu_memory_with_streaming_and_the_disk_cache(monkeypatch):
+    from come import placement
+    from come.config import PruneConfig
+    from come.dryrun import dry_run
+
+    monkeypatch.setattr(placement, "available_ram", lambda: 128 * GB)  # a 128 GB workstation
+    cfg = PruneConfig(model="tests/data/configs/llama-3-70b", target_layers=56)
+    assert dry_run(cfg, gpu_memory="80GiB", cpu_memory="1TiB").place.cache == "cpu"  # 162 GiB fit in 1 TiB
+    with pytest.raises(ComeError, match="--cpu-memory 'lots' is not a size"):
+        dry_run(cfg, gpu_memory="80GiB", cpu_memory="lots")
+    run = dry_run(cfg, gpu_memory="80GiB")
+    assert (run.place.weights, run.place.cache) == (DISK, DISK)
+    assert run.cpu_peak < 64 * GB
+    assert "peak CPU RAM  ~" in run.text() and "162.0 GiB in --cache-dir" in run.text()
+    before = dry_run(PruneConfig(model="tests/data/configs/llama-3-70b", target_layers=56, stream="never",
+                                 store_device="cpu"), gpu_memory="80GiB")
+    assert before.cpu_peak > 290 * GB  # the whole checkpoint read first, then the cache beside it

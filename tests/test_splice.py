@@ -145,7 +145,13 @@ def test_the_full_search_takes_the_cheapest_of_every_drop_and_every_candidate(ti
             assert st["op"] == "merge" and st["mlp_ratio"][0] == sc["chosen"]["mlp_ratio"][0]
             assert sc["chosen"]["move"] in ("splice", "concat")
             assert st["sources"] == [tree[st["layer"]], tree[st["layer"] + 1]]
-        assert set(sc["screen_would_choose"]) == {"1", "2", "3", "5"}
+        for by, field in (("predicted", "predicted"), ("relative", "local_error")):
+            order = sorted(sc["candidates"], key=lambda c: c[field])
+            assert sc["best_rank"][by] == order.index(min(order, key=lambda c: c["trial"]))
+            for n, said in sc["screen_would_choose"][by].items():  # a screen of n: its n best, then the drops
+                b = min(order[: int(n)], key=lambda c: c["trial"])
+                assert said.startswith("drop") == (min(sc["drop"]) <= b["trial"]), (by, n)
+                assert said.startswith("drop") or f"of pair {b['layer']} " in said
         update_tree(tree, st)
     assert tree == res.plan.tree
     assert moves & {"splice", "concat"}  # on this model the search does take a non-drop move
@@ -163,16 +169,20 @@ def test_the_full_search_takes_the_cheapest_of_every_drop_and_every_candidate(ti
         validate_plan(Plan.load_dict(data), geometry_of(get_adapter(res.model)))
 
 
-def test_the_screen_sends_its_best_candidates_to_the_full_trial(tiny8):
-    res = splice(tiny8, screen=2)
+@pytest.mark.parametrize("screen_by, field", [("predicted", "predicted"), ("relative", "local_error")])
+def test_the_screen_sends_its_best_candidates_to_the_full_trial(tiny8, screen_by, field):
+    res = splice(tiny8, screen=2, screen_by=screen_by)
     assert replays_bit_for_bit(res, tiny8[0])
     for st in res.plan.steps:
         sc = st["scores"]
         tried = sorted((c for c in sc["candidates"] if "trial" in c), key=lambda c: c["rank"])
-        assert [c["rank"] for c in tried] == [0, 1]
-        errors = sorted(c["local_error"] for c in sc["candidates"])
-        assert [c["local_error"] for c in tried] == errors[:2]
+        assert [c["rank"] for c in tried] == [0, 1] and sc["screen_by"] == screen_by
+        assert [c[field] for c in tried] == sorted(c[field] for c in sc["candidates"])[:2]
         assert sc["chosen"]["cost"] == min(min(sc["drop"]), *(c["trial"] for c in tried))
+        # predicted: the drop of l+1's cost scaled by local errors (a candidate as bad as that drop locally is
+        # predicted to cost what it cost)
+        for c in sc["candidates"]:
+            assert (c["predicted"] - sc["current"]) * (sc["drop"][c["layer"] + 1] - sc["current"]) >= 0
 
 
 def test_the_kl_criterion_measures_the_distance_from_the_dense_model(tiny8):

@@ -9,10 +9,13 @@ Each step:
 
     1. every single-layer drop gets the full suffix trial (SLEB's trial, `sleb.removal_nll`): the step holds
        SLEB's moves exactly, so on its own objective it can never do worse than SLEB's step;
-    2. the other candidates of every pair are ranked by a cheap local screen: the merged layer's output error
-       against the pair's two-layer output on the cached boundary input, relative to the pair's own update
-       (||M(h_l) - h_{l+2}||^2 / ||h_{l+2} - h_l||^2; one layer forward per candidate); the best `screen` of them
-       get the full suffix trial (`screen` 0: all of them, the full search);
+    2. the other candidates of every pair are ranked by a cheap local screen, from the merged layer's output error
+       against the pair's two-layer output on the cached boundary input, e = ||M(h_l) - h_{l+2}||^2 (one layer
+       forward per candidate): `screen_by` predicted (default) ranks by the cost the drop of l+1 had in step 1
+       scaled by e over that drop's own local error ||h_{l+1} - h_{l+2}||^2 (its error lands on the same boundary,
+       so it measures what a unit of error there costs downstream), relative by e / ||h_{l+2} - h_l||^2 (the share
+       of the pair's update missed); the best `screen` of them get the full suffix trial (`screen` 0: all of them,
+       the full search);
     3. the cheapest trial wins (ties: the drop, then the better screen rank).
 
 Trials and the screen run on the held-out calibration windows (`reconstruct.held_out_windows`, as come-plus
@@ -22,9 +25,10 @@ vocab x 2 bytes: 2 x 255 x 262,144 x 2 = 267 MB for Gemma 3 at 8 x 256 windows, 
 
 Plan steps: a corner is a plain `drop` (the tree and distillation treat it as SLEB's); a splice or concatenation is
 a `merge` with `mlp_ratio` (a per-half merge, `come.merge.concat_layers`: `ratio` is the attention half's). Every
-step's `scores` record the criterion, every drop's trial, every screened candidate (pair, ratios, move, local
-error, screen rank, trial cost when it had one) and the move chosen; with `screen` 0 also which move each screen
-size would have chosen (`screen_would_choose`), to measure the screen.
+step's `scores` record the criterion, the current model's cost, every drop's trial, every screened candidate
+(pair, ratios, move, relative local error, predicted cost, screen rank, trial cost when it had one) and the move
+chosen; with `screen` 0 also which move each screen size would have chosen under each ranking
+(`screen_would_choose`) and the best candidate's rank by each (`best_rank`), to measure the screen.
 """
 
 from __future__ import annotations
@@ -58,6 +62,10 @@ class SpliceOptions:
                          "model's next-token distribution (EvoPress's)")
     screen: int = arg(3, help="merge/splice candidates per step sent to the full trial, best by the local screen "
                       "(0: all, the full search)")
+    screen_by: str = arg("predicted", choices=["predicted", "relative"],
+                         help="how the screen ranks candidates across pairs: predicted (the local error scaled by "
+                         "what the drop of l+1, whose error lands on the same boundary, cost per unit of it) or "
+                         "relative (the local error over the pair's update)")
     norm: str = arg("mean", choices=["mean", "fold"], help="norm handling of a merged layer")
 
     def __post_init__(self) -> None:
@@ -130,7 +138,7 @@ def held_batches(calib, windows: torch.Tensor) -> tuple[list[torch.Tensor], list
 
 class Screen:
     """The local screen of one step: a candidate merged layer's output error on the held-out windows of the cached
-    boundary input, relative to its pair's update."""
+    boundary input, and the errors it is scaled by."""
 
     def __init__(self, ctx: PruneContext, windows: torch.Tensor):
         self.calib = ctx.calib
@@ -148,14 +156,20 @@ class Screen:
         return self.kwargs[t]
 
     @torch.no_grad()
+    def pair(self, l: int) -> tuple[float, float]:
+        """(||h_{l+2} - h_l||^2, the pair's update; ||h_{l+2} - h_{l+1}||^2, the local error of dropping l+1)."""
+        update = drop = 0.0
+        for h0, h1, h2 in zip(self.states(l), self.states(l + 1), self.states(l + 2)):
+            h2 = h2.double()
+            update += float(((h2 - h0.to(h2.device).double()) ** 2).sum())
+            drop += float(((h2 - h1.to(h2.device).double()) ** 2).sum())
+        return update, drop
+
+    @torch.no_grad()
     def error(self, l: int, layer) -> float:
+        """||M(h_l) - h_{l+2}||^2 of the candidate layer M."""
         out, _ = self.calib.run_layer(layer, self.states(l), kwargs=self.kwargs_of(layer))
-        err = den = 0.0
-        for y, h0, h2 in zip(out, self.states(l), self.states(l + 2)):
-            h2 = h2.to(y.device).double()
-            err += float(((y.double() - h2) ** 2).sum())
-            den += float(((h2 - h0.to(y.device).double()) ** 2).sum())
-        return err / den if den > 0 else err
+        return sum(float(((y.double() - h2.to(y.device).double()) ** 2).sum()) for y, h2 in zip(out, self.states(l + 2)))
 
 
 def pair_candidates(ctx: PruneContext, l: int) -> list[dict]:
@@ -190,16 +204,24 @@ def splice_step(ctx: PruneContext, judge: Judge, windows: torch.Tensor) -> None:
     opts = ctx.options
     layers = list(ctx.adapter.layers)
     drops = removal_nll(ctx, windows=windows, loss=judge.loss)
+    current = judge(len(layers), [])  # the current model's cost
     screen = Screen(ctx, windows)
     rows: list[dict] = []
     steps: list[dict] = []
     for l in ctx.trials(range(len(layers) - 1), f"screen at {len(layers)} layers"):
+        update, drop_error = screen.pair(l)
         for step in pair_candidates(ctx, l):
             e = screen.error(l, merged_layer(ctx.adapter, step))
+            # relative: the share of the pair's update missed; predicted: the cost of the drop of l+1, whose local
+            # error lands on the same boundary, scaled by the candidate's local error over that drop's
+            predicted = current + (drops[l + 1] - current) * (e / drop_error if drop_error > 0 else 1.0)
             rows.append({"layer": l, "attn_ratio": step["ratio"][0], "mlp_ratio": step["mlp_ratio"][0],
-                         "move": step["move"], "local_error": e})
+                         "move": step["move"], "local_error": e / update if update > 0 else e,
+                         "predicted": predicted})
             steps.append(step)
-    order = sorted(range(len(rows)), key=lambda k: (rows[k]["local_error"], k))
+    orders = {by: sorted(range(len(rows)), key=lambda k, c=c: (rows[k][c], k))
+              for by, c in (("relative", "local_error"), ("predicted", "predicted"))}
+    order = orders[opts.screen_by]
     for rank, k in enumerate(order):
         rows[k]["rank"] = rank
     sent = order if opts.screen == 0 else order[: opts.screen]
@@ -208,8 +230,9 @@ def splice_step(ctx: PruneContext, judge: Judge, windows: torch.Tensor) -> None:
         rows[k]["trial"] = judge(l, [merged_layer(ctx.adapter, steps[k]), *layers[l + 2:]])
     d = min(range(len(drops)), key=lambda i: (drops[i], i))
     best = min(sent, key=lambda k: (rows[k]["trial"], rows[k]["rank"])) if sent else None
-    scores: dict = {"criterion": opts.criterion, "scored_on": "held-out windows", "drop": drops, "screen": opts.screen,
-                    "candidates": rows, "bi": [s.bi for s in ctx.calib.stats]}
+    scores: dict = {"criterion": opts.criterion, "scored_on": "held-out windows", "current": current, "drop": drops,
+                    "screen": opts.screen, "screen_by": opts.screen_by, "candidates": rows,
+                    "bi": [s.bi for s in ctx.calib.stats]}
     if sent:
         first = order[0]
         scores["screen_first"] = label(rows[first])
@@ -219,8 +242,8 @@ def splice_step(ctx: PruneContext, judge: Judge, windows: torch.Tensor) -> None:
             b = min(ks, key=lambda k: (rows[k]["trial"], rows[k]["rank"])) if ks else None
             return f"drop {d}" if b is None or drops[d] <= rows[b]["trial"] else label(rows[b])
 
-        scores["screen_would_choose"] = {str(n): choice(order[:n]) for n in SCREEN_SIZES}
-        scores["best_rank"] = None if best is None else rows[best]["rank"]
+        scores["screen_would_choose"] = {by: {str(n): choice(o[:n]) for n in SCREEN_SIZES} for by, o in orders.items()}
+        scores["best_rank"] = None if best is None else {by: o.index(best) for by, o in orders.items()}
     if best is None or drops[d] <= rows[best]["trial"]:
         scores["chosen"] = {"move": "drop", "layer": d, "cost": drops[d]}
         drop_layer(ctx, d, scores)

@@ -53,6 +53,8 @@ CASES = {
     "taylor+": ("llama-deep", dict(method="taylor+", target_layers=8)),
     "reverse": ("llama", dict(method="reverse", target_layers=4)),
     "reverse-keep-last": ("llama", dict(method="reverse-keep-last", target_layers=4)),
+    # drops, splices and per-half concatenations (merge steps with mlp_ratio); Qwen2 for the q/k/v biases
+    "come-splice-qwen2": ("qwen2", dict(method="come-splice", target_layers=3)),
 }
 
 

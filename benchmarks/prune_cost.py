@@ -52,8 +52,11 @@ def floor_forwards(method: str, steps: list[dict], depth0: int, n: int) -> int:
         span = step.get("span", 2) if step["op"] != "drop" else 1
         if method == "sleb":
             total += sum(depth - 1 - i for i in range(depth)) * n  # each candidate removal's suffix
-        elif method == "come-splice":  # every removal's suffix too, on the held-out windows (every 4th)
-            total += sum(depth - 1 - i for i in range(depth)) * (n // 4)
+        elif method == "come-splice":  # on the held-out windows (every 4th): every removal's suffix, one layer
+            held = n // 4  # forward per screened candidate, and each trialled candidate's suffix from its pair on
+            cands = step.get("scores", {}).get("candidates", [])
+            total += sum(depth - 1 - i for i in range(depth)) * held + len(cands) * held
+            total += sum(depth - 1 - c["layer"] for c in cands if "trial" in c) * held
         depth -= span - 1 if step["op"] != "drop" else 1
         if k < len(structural) - 1:  # the next decision reads the suffix from the new layer on: refresh it
             total += (depth - step["layer"]) * n

@@ -214,3 +214,16 @@ def test_the_kl_criterion_measures_the_distance_from_the_dense_model(tiny8):
     assert abs(judge(8, [])) < 1e-3 < min(judge(i, layers[i + 1:]) for i in range(8))
     assert get_method("come-splice").resumable(cfg) is False
     assert get_method("come-splice").resumable(prune_config(path, text, method="come-splice", target_layers=5))
+
+
+def test_deciding_on_every_window_its_drop_trials_are_slebs(tiny8):
+    """With `decide_on` all, the step's drop trials are SLEB's removal NLLs on the same model, so where no splice or
+    concatenation beats them it drops SLEB's layer; on the held-out windows they are another objective."""
+    path, text = tiny8
+    sleb = prune(prune_config(path, text, samples=8, method="sleb", target_layers=7))
+    first = sleb.plan.steps[0]["scores"]["removal_nll"]
+    every = splice(tiny8, decide_on="all").plan.steps[0]["scores"]
+    assert every["scored_on"] == "all windows" and every["drop"] == pytest.approx(first, rel=1e-6)
+    assert every["chosen"]["cost"] <= min(first) * (1 + 1e-6)
+    held = splice(tiny8).plan.steps[0]["scores"]
+    assert held["scored_on"] == "held-out windows" and held["drop"] != pytest.approx(first, rel=1e-3)

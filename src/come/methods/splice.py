@@ -19,7 +19,7 @@ Each step:
     3. the cheapest trial wins (ties: the drop, then the better screen rank).
 
 Trials and the screen run on the held-out calibration windows (`reconstruct.held_out_windows`, as come-plus
-decides). `criterion` nll: their mean next-token NLL (SLEB's); kl: the mean KL divergence from the dense model's
+decides), or on every window with `decide_on` all (as SLEB does: nothing here is fitted to any window). `criterion` nll: their mean next-token NLL (SLEB's); kl: the mean KL divergence from the dense model's
 next-token distribution on them (EvoPress's), against dense log-probs cached once in float16 (windows x seq_len x
 vocab x 2 bytes: 2 x 255 x 262,144 x 2 = 267 MB for Gemma 3 at 8 x 256 windows, a quarter of them held out).
 
@@ -48,7 +48,7 @@ from come.methods.come import apply_merge, merge_step
 from come.methods.registry import Method, register, windows_of
 from come.methods.sleb import drop_layer, removal_nll
 from come.ops import merged_layer
-from come.reconstruct import HOLDOUT_EVERY, MIN_WINDOWS, held_out_windows
+from come.reconstruct import MIN_WINDOWS, held_out_windows
 from come.scores import bi_ratio
 
 log = logging.getLogger("come.prune")
@@ -67,6 +67,9 @@ class SpliceOptions:
                          "what the drop of l+1, whose error lands on the same boundary, cost per unit of it) or "
                          "relative (the local error over the pair's update)")
     norm: str = arg("mean", choices=["mean", "fold"], help="norm handling of a merged layer")
+    decide_on: str = arg("held-out", choices=["held-out", "all"],
+                         help="the calibration windows trials and the screen run on: held-out (every 4th, as "
+                         "come-plus decides) or all (as SLEB does; no re-fit here sees any window)")
 
     def __post_init__(self) -> None:
         if self.screen < 0:
@@ -88,7 +91,7 @@ class Judge:
         if criterion == "kl":
             self.dense = self._logprobs(ctx.calib.hidden[-1])
             size = sum(t.numel() * t.element_size() for t in self.dense)
-            log.info("come-splice: dense log-probs of %d held-out windows cached (float16, %.0f MB)",
+            log.info("come-splice: dense log-probs of %d decision windows cached (float16, %.0f MB)",
                      int(windows.sum()), size / 2**20)
 
     @property
@@ -230,7 +233,7 @@ def splice_step(ctx: PruneContext, judge: Judge, windows: torch.Tensor) -> None:
         rows[k]["trial"] = judge(l, [merged_layer(ctx.adapter, steps[k]), *layers[l + 2:]])
     d = min(range(len(drops)), key=lambda i: (drops[i], i))
     best = min(sent, key=lambda k: (rows[k]["trial"], rows[k]["rank"])) if sent else None
-    scores: dict = {"criterion": opts.criterion, "scored_on": "held-out windows", "current": current, "drop": drops,
+    scores: dict = {"criterion": opts.criterion, "scored_on": f"{opts.decide_on} windows", "current": current, "drop": drops,
                     "screen": opts.screen, "screen_by": opts.screen_by, "candidates": rows,
                     "bi": [s.bi for s in ctx.calib.stats]}
     if sent:
@@ -254,8 +257,13 @@ def splice_step(ctx: PruneContext, judge: Judge, windows: torch.Tensor) -> None:
     apply_merge(ctx, step, scores, {}, {})
 
 
+def decision_windows(n: int, decide_on: str) -> torch.Tensor:
+    """The mask of the calibration windows a step decides on."""
+    return held_out_windows(n) if decide_on == "held-out" else torch.ones(n, dtype=torch.bool)
+
+
 def come_splice(ctx: PruneContext) -> None:
-    windows = held_out_windows(ctx.calib.input_ids.shape[0])
+    windows = decision_windows(ctx.calib.input_ids.shape[0], ctx.options.decide_on)
     ctx.calib.run(0)
     judge = Judge(ctx, ctx.options.criterion, windows)
     while ctx.num_layers > ctx.target_layers:
@@ -267,20 +275,22 @@ def passes(cfg, layers: int, target: int) -> tuple[float, str]:
     one layer forward per screened candidate (at most 7 per pair) and `screen` merge trials."""
     k = layers - target
     screen = cfg.options.screen
-    share = (cfg.calib.samples // HOLDOUT_EVERY) / cfg.calib.samples
+    n = cfg.calib.samples
+    share = int(decision_windows(n, cfg.options.decide_on).sum()) / n
     trials = screened = 0
     for n in range(layers, target, -1):
         trials += n + (7 * (n - 1) if screen == 0 else min(int(screen), 7 * (n - 1)))
         screened += 7 * (n - 1)
     total = 1 + k + (trials + screened / layers) * share
     return total, (f"1 full pass + {k} re-runs + {trials} removal and merge trials and {screened} screened layer "
-                   f"forwards, on the held-out {share:.0%}{windows_of(cfg)} (at most {math.ceil(total)} full-pass "
+                   f"forwards, on {cfg.options.decide_on} windows ({share:.0%}){windows_of(cfg)} (at most "
+                   f"{math.ceil(total)} full-pass "
                    "equivalents)")
 
 
 def min_calib_samples(cfg=None) -> int:
     """Decisions on the held-out windows: at least one of them."""
-    return MIN_WINDOWS
+    return MIN_WINDOWS if cfg is None or cfg.options.decide_on == "held-out" else 1
 
 
 def resumable(cfg=None) -> bool:

@@ -19,9 +19,10 @@ Each step:
     3. the cheapest trial wins (ties: the drop, then the better screen rank).
 
 Trials and the screen run on the held-out calibration windows (`reconstruct.held_out_windows`, as come-plus
-decides), or on every window with `decide_on` all (as SLEB does: nothing here is fitted to any window). `criterion` nll: their mean next-token NLL (SLEB's); kl: the mean KL divergence from the dense model's
-next-token distribution on them (EvoPress's), against dense log-probs cached once in float16 (windows x seq_len x
-vocab x 2 bytes: 2 x 255 x 262,144 x 2 = 267 MB for Gemma 3 at 8 x 256 windows, a quarter of them held out).
+decides), or on every window with `decide_on` all (as SLEB does: nothing here is fitted to any window).
+`criterion` nll: their mean next-token NLL (SLEB's); kl: the mean KL divergence from the dense model's next-token
+distribution on them (EvoPress's), against dense log-probs cached once in float16 (decision windows x (seq_len - 1)
+x vocab x 2 bytes: 2 x 255 x 262,144 x 2 = 267 MB for Gemma 3 at 8 x 256 windows, a quarter of them held out).
 
 Plan steps: a corner is a plain `drop` (the tree and distillation treat it as SLEB's); a splice or concatenation is
 a `merge` with `mlp_ratio` (a per-half merge, `come.merge.concat_layers`: `ratio` is the attention half's). Every
@@ -58,7 +59,7 @@ SCREEN_SIZES = (1, 2, 3, 5)  # with screen 0 (the full search), what each of the
 @dataclass
 class SpliceOptions:
     criterion: str = arg("nll", choices=["nll", "kl"],
-                         help="what a trial minimises on the held-out windows: nll (SLEB's) or kl from the dense "
+                         help="what a trial minimises on the decision windows: nll (SLEB's) or kl from the dense "
                          "model's next-token distribution (EvoPress's)")
     screen: int = arg(3, help="merge/splice candidates per step sent to the full trial, best by the local screen "
                       "(0: all, the full search)")
@@ -172,7 +173,8 @@ class Screen:
     def error(self, l: int, layer) -> float:
         """||M(h_l) - h_{l+2}||^2 of the candidate layer M."""
         out, _ = self.calib.run_layer(layer, self.states(l), kwargs=self.kwargs_of(layer))
-        return sum(float(((y.double() - h2.to(y.device).double()) ** 2).sum()) for y, h2 in zip(out, self.states(l + 2)))
+        return sum(float(((y.double() - h2.to(y.device).double()) ** 2).sum())
+                   for y, h2 in zip(out, self.states(l + 2)))
 
 
 def pair_candidates(ctx: PruneContext, l: int) -> list[dict]:
@@ -233,8 +235,8 @@ def splice_step(ctx: PruneContext, judge: Judge, windows: torch.Tensor) -> None:
         rows[k]["trial"] = judge(l, [merged_layer(ctx.adapter, steps[k]), *layers[l + 2:]])
     d = min(range(len(drops)), key=lambda i: (drops[i], i))
     best = min(sent, key=lambda k: (rows[k]["trial"], rows[k]["rank"])) if sent else None
-    scores: dict = {"criterion": opts.criterion, "scored_on": f"{opts.decide_on} windows", "current": current, "drop": drops,
-                    "screen": opts.screen, "screen_by": opts.screen_by, "candidates": rows,
+    scores: dict = {"criterion": opts.criterion, "scored_on": f"{opts.decide_on} windows", "current": current,
+                    "drop": drops, "screen": opts.screen, "screen_by": opts.screen_by, "candidates": rows,
                     "bi": [s.bi for s in ctx.calib.stats]}
     if sent:
         first = order[0]

@@ -227,3 +227,24 @@ def test_deciding_on_every_window_its_drop_trials_are_slebs(tiny8):
     assert every["chosen"]["cost"] <= min(first) * (1 + 1e-6)
     held = splice(tiny8).plan.steps[0]["scores"]
     assert held["scored_on"] == "held-out windows" and held["drop"] != pytest.approx(first, rel=1e-3)
+
+
+def test_the_optional_refit_is_come_plus_s_and_replays(tiny8):
+    """--refit: each trialled splice/concatenation is re-fitted (come-plus's ridge) before its trial; a chosen one is
+    a merge step followed by its refit step (when the fit helped on held-out windows), replayed with its tensors."""
+    res = splice(tiny8, screen=0, refit=True)
+    assert replays_bit_for_bit(res, tiny8[0])
+    ops = [st["op"] for st in res.plan.steps]
+    for i, st in enumerate(res.plan.steps):
+        if st["op"] == "merge":
+            tried = [c for c in st["scores"]["candidates"] if "trial" in c]
+            assert tried and all("refit" in c for c in tried)
+            chosen = min(tried, key=lambda c: (c["trial"], c["rank"]))
+            assert (ops[i + 1:i + 2] == ["refit"]) == chosen["refit"]
+    assert "refit" in ops  # a re-fit won somewhere on this model
+    plain = splice(tiny8, screen=0)
+    first = [c["trial"] for c in plain.plan.steps[0]["scores"]["candidates"]]
+    refitted = [c["trial"] for c in res.plan.steps[0]["scores"]["candidates"]]
+    assert first != refitted  # the re-fit changed what the trials measured
+    with pytest.raises(Exception, match="decide-on held-out"):
+        splice(tiny8, refit=True, decide_on="all")

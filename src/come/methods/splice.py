@@ -49,7 +49,7 @@ from come.methods.come import apply_merge, merge_step
 from come.methods.registry import Method, register, windows_of
 from come.methods.sleb import drop_layer, removal_nll
 from come.ops import merged_layer
-from come.reconstruct import MIN_WINDOWS, held_out_windows
+from come.reconstruct import MIN_WINDOWS, RefitProblem, attention_updates, held_out_windows, refit_merged
 from come.scores import bi_ratio
 
 log = logging.getLogger("come.prune")
@@ -71,10 +71,15 @@ class SpliceOptions:
     decide_on: str = arg("held-out", choices=["held-out", "all"],
                          help="the calibration windows trials and the screen run on: held-out (every 4th, as "
                          "come-plus decides) or all (as SLEB does; no re-fit here sees any window)")
+    refit: bool = arg(False, help="re-fit each trialled splice/concatenation's o_proj/down_proj to the pair's "
+                      "output before its trial (come-plus's ridge, fitted on the windows not held out)")
 
     def __post_init__(self) -> None:
         if self.screen < 0:
             raise ComeError(f"--screen must be >= 0, got {self.screen}")
+        if self.refit and self.decide_on != "held-out":
+            raise ComeError("come-splice --refit decides on the windows the re-fit never sees: it needs "
+                            "--decide-on held-out")
 
 
 def move_of(step: dict) -> str:
@@ -230,9 +235,15 @@ def splice_step(ctx: PruneContext, judge: Judge, windows: torch.Tensor) -> None:
     for rank, k in enumerate(order):
         rows[k]["rank"] = rank
     sent = order if opts.screen == 0 else order[: opts.screen]
+    refits: dict = {}  # candidate -> (weights, report) of its re-fit (--refit)
     for k in ctx.trials(sent, "merge trials"):
         l = steps[k]["layer"]
-        rows[k]["trial"] = judge(l, [merged_layer(ctx.adapter, steps[k]), *layers[l + 2:]])
+        merged = merged_layer(ctx.adapter, steps[k])
+        if opts.refit:  # come-plus's re-fit: the two attention updates, then the pair's output
+            targets = attention_updates(ctx.calib, ctx.adapter, l), ctx.calib.hidden[l + 2]
+            refits[k] = refit_merged(RefitProblem(ctx.calib, ctx.adapter, merged, ctx.calib.hidden[l], *targets))
+            rows[k]["refit"] = bool(refits[k][0])
+        rows[k]["trial"] = judge(l, [merged, *layers[l + 2:]])
     d = min(range(len(drops)), key=lambda i: (drops[i], i))
     best = min(sent, key=lambda k: (rows[k]["trial"], rows[k]["rank"])) if sent else None
     scores: dict = {"criterion": opts.criterion, "scored_on": f"{opts.decide_on} windows", "current": current,
@@ -256,7 +267,7 @@ def splice_step(ctx: PruneContext, judge: Judge, windows: torch.Tensor) -> None:
     step = steps[best]
     scores["chosen"] = {"move": step["move"], "layer": step["layer"], "attn_ratio": step["ratio"],
                         "mlp_ratio": step["mlp_ratio"], "cost": rows[best]["trial"]}
-    apply_merge(ctx, step, scores, {}, {})
+    apply_merge(ctx, step, scores, *refits.get(best, ({}, {})))
 
 
 def decision_windows(n: int, decide_on: str) -> torch.Tensor:
@@ -273,19 +284,25 @@ def come_splice(ctx: PruneContext) -> None:
 
 
 def passes(cfg, layers: int, target: int) -> tuple[float, str]:
-    """A full pass, a re-run after each step, and per step on the held-out windows: every layer's removal trial,
-    one layer forward per screened candidate (at most 7 per pair) and `screen` merge trials."""
+    """A full pass, a re-run after each step, and per step on the decision windows: every layer's removal trial,
+    one layer forward per screened candidate (at most 7 per pair) and `screen` merge trials (with --refit, each
+    re-fitted first: two passes of its merged layer)."""
     k = layers - target
     screen = cfg.options.screen
     n = cfg.calib.samples
     share = int(decision_windows(n, cfg.options.decide_on).sum()) / n
     trials = screened = 0
-    for n in range(layers, target, -1):
-        trials += n + (7 * (n - 1) if screen == 0 else min(int(screen), 7 * (n - 1)))
-        screened += 7 * (n - 1)
+    for depth in range(layers, target, -1):
+        trials += depth + (7 * (depth - 1) if screen == 0 else min(int(screen), 7 * (depth - 1)))
+        screened += 7 * (depth - 1)
     total = 1 + k + (trials + screened / layers) * share
-    return total, (f"1 full pass + {k} re-runs + {trials} removal and merge trials and {screened} screened layer "
-                   f"forwards, on {cfg.options.decide_on} windows ({share:.0%}){windows_of(cfg)} (at most "
+    refits = ""
+    if cfg.options.refit:  # each trialled candidate's re-fit runs its merged layer twice over every window
+        merges = trials - sum(range(layers, target, -1))
+        total += merges * 2 / layers
+        refits = f" ({merges} of them re-fitted, 2 passes of the merged layer each)"
+    return total, (f"1 full pass + {k} re-runs + {trials} removal and merge trials{refits} and {screened} screened "
+                   f"layer forwards, on {cfg.options.decide_on} windows ({share:.0%}){windows_of(cfg)} (at most "
                    f"{math.ceil(total)} full-pass "
                    "equivalents)")
 

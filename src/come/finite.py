@@ -23,7 +23,9 @@ def check_finite_weights(model, name: str) -> None:
         return
     import torch
 
-    for key, p in model.named_parameters():
+    # remove_duplicate=False: the de-duplicating walk keeps every parameter it yielded alive until it ends, which
+    # would hold a streamed model's every layer (come.stream) in memory at once
+    for key, p in model.named_parameters(remove_duplicate=False):
         if p.is_floating_point() and p.device.type != "meta" and not bool(torch.isfinite(p).all()):
             bad = int((~torch.isfinite(p)).sum())
             raise ComeError(f"model {name}: weight {key} holds {bad} NaN or infinite values: pass a sound "

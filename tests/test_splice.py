@@ -145,6 +145,11 @@ def test_the_full_search_takes_the_cheapest_of_every_drop_and_every_candidate(ti
             assert st["op"] == "merge" and st["mlp_ratio"][0] == sc["chosen"]["mlp_ratio"][0]
             assert sc["chosen"]["move"] in ("splice", "concat")
             assert st["sources"] == [tree[st["layer"]], tree[st["layer"] + 1]]
+            halves = sc["chosen"]["halves"]  # a splice: each half from one source block, one from each
+            for half, pieces in (("attn", st["attn_groups"]), ("mlp", st["mlp_channels"])):
+                assert halves[half] == [i for p, b in zip(pieces, st["sources"]) if p for i in b]
+            both = sorted(halves["attn"] + halves["mlp"]) == sum(st["sources"], [])  # no half of both layers
+            assert (sc["chosen"]["move"] == "splice") == both
         for by, field in (("predicted", "predicted"), ("relative", "local_error")):
             order = sorted(sc["candidates"], key=lambda c: c[field])
             assert sc["best_rank"][by] == order.index(min(order, key=lambda c: c["trial"]))

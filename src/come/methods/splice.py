@@ -265,8 +265,12 @@ def splice_step(ctx: PruneContext, judge: Judge, windows: torch.Tensor) -> None:
         drop_layer(ctx, d, scores)
         return
     step = steps[best]
-    scores["chosen"] = {"move": step["move"], "layer": step["layer"], "attn_ratio": step["ratio"],
-                        "mlp_ratio": step["mlp_ratio"], "cost": rows[best]["trial"]}
+    l = step["layer"]
+    # the original layers each half of the new layer comes from
+    halves = {half: [i for side, block in enumerate(ctx.tree[l:l + 2]) if pieces[side] for i in block]
+              for half, pieces in (("attn", step["attn_groups"]), ("mlp", step["mlp_channels"]))}
+    scores["chosen"] = {"move": step["move"], "layer": l, "attn_ratio": step["ratio"], "mlp_ratio": step["mlp_ratio"],
+                        "halves": halves, "cost": rows[best]["trial"]}
     apply_merge(ctx, step, scores, *refits.get(best, ({}, {})))
 
 

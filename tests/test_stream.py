@@ -125,15 +125,16 @@ def test_an_unusable_cache_dir_is_one_line_before_any_weights_load(tiny_dir, tmp
 
 @pytest.mark.parametrize("method", ["come-plus", "sleb"])
 def test_streaming_holds_at_most_three_layers_and_changes_nothing(tiny_dir, tmp_path, monkeypatch, method):
-    """Every read of a streamed layer counts, from the modules themselves, the decoder layers whose weights are
-    in memory: never more than the streamer's limit (3: a pair and their merge). The plan and the saved weights
+    """Every read of a streamed layer counts the decoder layers whose weights are in memory: from the modules
+    themselves, and the reads any of whose weights is still alive anywhere (a reference held outside the model
+    counts too). Never more than the streamer's limit (3: a pair and their merge). The plan and the saved weights
     are those of a run with the whole model in memory."""
     from come import stream
 
     path, text = tiny_dir
-    counts = []
-    real = stream.read_tensors
-    models = []
+    counts, alive = [], []
+    real, real_parameter = stream.read_tensors, stream._parameter
+    models, loads = [], []
 
     def counting(sources, dtype):
         model = models[0]() if models else None
@@ -141,7 +142,18 @@ def test_streaming_holds_at_most_three_layers_and_changes_nothing(tiny_dir, tmp_
             streamer = model.come_streamer
             counts.append(sum(1 for layer in list(streamer.layers.keys())
                               if any(p.device.type != "meta" for _, p in stream._params(layer))))
+            # refcounting frees a weight as soon as nothing refers to it (no cycles hold weights)
+            alive.append(sum(1 for refs in loads if any(r() is not None for r in refs)))
+            loads.append([])
         return real(sources, dtype)
+
+    def tracked(t, requires_grad):
+        import weakref
+
+        p = real_parameter(t, requires_grad)
+        if loads:
+            loads[-1].append(weakref.ref(p))
+        return p
 
     orig_load = stream.load_streamed
 
@@ -153,6 +165,7 @@ def test_streaming_holds_at_most_three_layers_and_changes_nothing(tiny_dir, tmp_
         return out
 
     monkeypatch.setattr(stream, "read_tensors", counting)
+    monkeypatch.setattr(stream, "_parameter", tracked)
     monkeypatch.setattr(stream, "load_streamed", load)
     plain = prune(prune_config(path, text, method=method, target_layers=3))
     streamed = prune(prune_config(path, text, method=method, target_layers=3, stream="always",
@@ -160,12 +173,13 @@ def test_streaming_holds_at_most_three_layers_and_changes_nothing(tiny_dir, tmp_
     assert streamed.plan.stats["placement"]["weights"] == DISK
     assert (streamed.plan.steps, streamed.plan.tree) == (plain.plan.steps, plain.plan.tree)
     assert len(counts) > 6 and max(counts) <= stream.DEFAULT_LIMIT  # each layer read at least once, 3 at most
+    assert max(alive) <= stream.DEFAULT_LIMIT and max(alive) >= 2
     assert streamed.model.come_streamer.max_held <= stream.DEFAULT_LIMIT
     plain.save(tmp_path / "plain")
     streamed.save(tmp_path / "streamed")
     a, b = _weights(tmp_path / "plain"), _weights(tmp_path / "streamed")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    assert max(counts) <= stream.DEFAULT_LIMIT  # saving read the layers one at a time too
+    assert max(counts) <= stream.DEFAULT_LIMIT and max(alive) <= stream.DEFAULT_LIMIT  # saving: one at a time too
 
 
 def test_the_streamed_result_is_written_in_shards_with_an_index_that_transformers_loads(tiny_dir, tmp_path):

@@ -169,7 +169,7 @@ class Streamer:
         for name, t in tensors.items():
             mod, _, leaf = name.rpartition(".")
             dict.__setitem__(modules[mod].__dict__["_parameters"], leaf,
-                             nn.Parameter(t, requires_grad=state.requires_grad.get(name, False)))
+                             _parameter(t, state.requires_grad.get(name, False)))
         state.snapshot = _snapshot(layer)
 
     def _trim(self, keep: nn.Module) -> None:
@@ -291,6 +291,11 @@ class Streamer:
         config.save_pretrained(folder)
         if getattr(model, "generation_config", None) is not None:
             model.generation_config.save_pretrained(folder)
+
+
+def _parameter(t: torch.Tensor, requires_grad: bool) -> nn.Parameter:
+    """A streamed weight as a parameter (the one place they are made: tests follow their lifetime)."""
+    return nn.Parameter(t, requires_grad=requires_grad)
 
 
 def _params(layer: nn.Module) -> Iterator[tuple[str, torch.Tensor]]:

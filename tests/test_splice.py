@@ -160,6 +160,13 @@ def test_the_full_search_takes_the_cheapest_of_every_drop_and_every_candidate(ti
         update_tree(tree, st)
     assert tree == res.plan.tree
     assert moves & {"splice", "concat"}  # on this model the search does take a non-drop move
+    from come.prune import summary_text  # the summary names each half's ratio of a per-half merge
+
+    merges = [st for st in res.plan.steps if st["op"] == "merge"]
+    text = summary_text(res.plan)
+    for st in merges:
+        (ra, rb), (ma, mb) = st["ratio"], st["mlp_ratio"]
+        assert f"attention ratio {ra:.2f}/{rb:.2f}, MLP ratio {ma:.2f}/{mb:.2f}" in text
     # the MLP budget follows `mlp_ratio`: a per-half merge whose channels do not fit it is refused
     import json
 

@@ -172,8 +172,8 @@ class PruneConfig:
         need = method.min_calib_samples(self)
         if self.calib.samples < need:
             raise MethodRefusal(
-                f"{self.method} needs at least {need} calibration windows (its re-fit holds every {need}th window "
-                f"out to decide on it), got {self.calib.samples}: pass --calib-samples {need} or more"
+                f"{self.method} needs at least {need} calibration windows (it holds every {need}th window out to "
+                f"decide on it), got {self.calib.samples}: pass --calib-samples {need} or more"
             )
         return self
 

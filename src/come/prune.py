@@ -303,8 +303,10 @@ def summary_text(plan: Plan) -> str:
     if steps:
         lines += ["", "## Steps", ""]
         for i, st in enumerate(steps):
-            ratio = st.get("ratio")
+            ratio, mlp = st.get("ratio"), st.get("mlp_ratio")
             detail = "" if ratio is None else f", ratio {ratio[0]:.2f}/{ratio[1]:.2f}"
+            if ratio is not None and mlp is not None:  # a per-half merge (come-splice): each half's shares
+                detail = f", attention ratio {ratio[0]:.2f}/{ratio[1]:.2f}, MLP ratio {mlp[0]:.2f}/{mlp[1]:.2f}"
             if "attn_groups" in st:
                 g = st["attn_groups"]
                 detail += f", KV groups {g[0]}+{g[1]}, MLP channels {len(st['mlp_channels'][0])}+" \

@@ -173,12 +173,15 @@ def peak_memory(cfg: PruneConfig, config, skeleton, place: placement.Placement, 
     in_flight = 2 * tokens * hidden * item  # batches of states on their way to or from the cache
     # CPU memory: weights kept there (streamed: the embedding and LM head and the layers held), the cache there
     # (on disk: the batches being read or written; the page cache of its files is the system's, not counted)
+    saving = 0  # streamed: the shard of the result being written, after the cache is gone
     if place.streamed:
-        from come.stream import DEFAULT_LIMIT
+        from come.stream import DEFAULT_LIMIT, SHARD_BYTES
 
         cpu_weights = big + DEFAULT_LIMIT * layer
+        saving = RUNTIME + cpu_weights + min(SHARD_BYTES, weights)
         notes.append(f"CPU: decoder layers read from the checkpoint one at a time, at most {DEFAULT_LIMIT} held "
-                     f"beside the embedding and LM head ({gib(cpu_weights)}); the result is written layer by layer")
+                     f"beside the embedding and LM head ({gib(cpu_weights)}); the result is written layer by layer "
+                     f"in shards of up to {gib(SHARD_BYTES)}")
     else:
         cpu_weights = weights
     if place.cache == placement.DISK:
@@ -189,11 +192,11 @@ def peak_memory(cfg: PruneConfig, config, skeleton, place: placement.Placement, 
         cache_ram = cache_peak
     on_gpu = not place.compute.startswith("cpu")
     if not on_gpu:
-        return None, RUNTIME + cpu_weights + cache_ram + work + refit, notes
+        return None, max(saving, RUNTIME + cpu_weights + cache_ram + work + refit), notes
     gpu = (streamed if place.offloaded else weights) + work + refit
     gpu += cache_peak if place.cache == place.compute else in_flight
     resident = (cpu_weights if place.offloaded else 0) + (0 if place.cache == place.compute else cache_ram)
-    cpu = RUNTIME + (resident if place.streamed else max(weights, resident))
+    cpu = max(saving, RUNTIME + resident) if place.streamed else RUNTIME + max(weights, resident)
     if not place.streamed:
         notes.append("CPU: the checkpoint is read into CPU memory first (its full size) before it moves to the GPU")
     return gpu, cpu, notes

@@ -17,6 +17,10 @@ every setting.
     HF_HUB_OFFLINE=1 python benchmarks/stream_memory.py
     HF_HUB_OFFLINE=1 python benchmarks/stream_memory.py --model smollm2-135m --method come --target-layers 24 \\
         --samples 16 --seq-len 512
+    HF_HUB_OFFLINE=1 python benchmarks/stream_memory.py --device cuda --dtype bfloat16 --out runs/gpu/stream.json
+
+On a GPU (`--device cuda`) the layers stream from the checkpoint to the GPU for their turn; the table adds each
+setting's peak GPU memory, and a setting whose plan or weights differ from the first makes the run fail.
 """
 
 from __future__ import annotations
@@ -54,8 +58,8 @@ def child(args) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
         calib = CalibConfig(samples=args.samples, seq_len=args.seq_len, batch_size=args.batch_size)
-        cfg = PruneConfig(model=args.model, target_layers=args.target_layers, method=args.method, device="cpu",
-                          calib=calib, progress=False, cache_dir=tmp, **fields)
+        cfg = PruneConfig(model=args.model, target_layers=args.target_layers, method=args.method,
+                          device=args.device, dtype=args.dtype, calib=calib, progress=False, cache_dir=tmp, **fields)
         result = prune(cfg)
         pruned = peak_rss()
         out = Path(tmp) / "out"
@@ -71,7 +75,10 @@ def child(args) -> None:
                     weights.update(key.encode() + st.get_tensor(key).view(-1).view(__import__("torch").uint8)
                                    .numpy().tobytes())
         plan = hashlib.sha256(json.dumps([result.plan.steps, result.plan.tree]).encode()).hexdigest()[:16]
-        print(json.dumps({"setting": args.child, "peak_rss": pruned, "peak_rss_saved": saved,
+        import torch
+
+        gpu = torch.cuda.max_memory_allocated() if torch.cuda.is_available() else None
+        print(json.dumps({"setting": args.child, "peak_rss": pruned, "peak_rss_saved": saved, "peak_gpu": gpu,
                           "wall_s": round(wall, 1), "plan": plan,
                           "weights": weights.hexdigest()[:16],
                           "placement": result.plan.stats["placement"]["reason"]}), flush=True)
@@ -86,6 +93,9 @@ def main() -> None:
     p.add_argument("--seq-len", type=int, default=128)
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--settings", default=",".join(SETTINGS), help="comma-separated, of: " + ", ".join(SETTINGS))
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--dtype", default="auto")
+    p.add_argument("--out", default=None, help="also write the rows to this JSON file")
     p.add_argument("--malloc-mmap-threshold", type=int, default=65536,
                    help="MALLOC_MMAP_THRESHOLD_ of every setting's process (0: glibc's default, dynamic)")
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
@@ -97,7 +107,7 @@ def main() -> None:
     for name in args.settings.split(","):
         cmd = [sys.executable, __file__, "--child", name, "--model", args.model, "--method", args.method,
                "--target-layers", str(args.target_layers), "--samples", str(args.samples), "--seq-len",
-               str(args.seq_len), "--batch-size", str(args.batch_size)]
+               str(args.seq_len), "--batch-size", str(args.batch_size), "--device", args.device, "--dtype", args.dtype]
         env = os.environ.copy()
         if args.malloc_mmap_threshold:
             env["MALLOC_MMAP_THRESHOLD_"] = str(args.malloc_mmap_threshold)
@@ -108,8 +118,8 @@ def main() -> None:
         print(f"  {name}: {rows[-1]['peak_rss'] / 2**20:.0f} MiB, {rows[-1]['placement']}", file=sys.stderr)
     base = rows[0]
     print(f"come prune {args.model} --method {args.method} --target-layers {args.target_layers}, "
-          f"{args.samples} x {args.seq_len} tokens, CPU, float32; peak RSS of each setting's own process, after "
-          "the prune and after saving the result; MALLOC_MMAP_THRESHOLD_="
+          f"{args.samples} x {args.seq_len} tokens, {args.device}, dtype {args.dtype}; peak RSS of each setting's "
+          "own process, after the prune and after saving the result; MALLOC_MMAP_THRESHOLD_="
           f"{args.malloc_mmap_threshold or 'glibc default'}")
     print()
     print(f"| setting | peak RSS, prune (MiB) | vs {base['setting']} | peak RSS, prune + save (MiB) | vs "
@@ -120,6 +130,12 @@ def main() -> None:
         print(f"| {r['setting']} | {r['peak_rss'] / 2**20:.0f} | {r['peak_rss'] / base['peak_rss']:.2f}x | "
               f"{r['peak_rss_saved'] / 2**20:.0f} | {r['peak_rss_saved'] / base['peak_rss_saved']:.2f}x | "
               f"{r['wall_s']} | {same['plan']} | {same['weights']} |")
+    if any(r["peak_gpu"] for r in rows):
+        print()
+        print("peak GPU memory: " + ", ".join(f"{r['setting']} {r['peak_gpu'] / 2**30:.2f} GiB" for r in rows))
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps({"args": vars(args), "rows": rows}, indent=1) + "\n")
     if any(r["plan"] != base["plan"] or r["weights"] != base["weights"] for r in rows):
         sys.exit("the settings made different plans or weights")
 

@@ -6,6 +6,9 @@ On one CUDA device it runs, from one pruned student (SmolLM2-135M by default, or
   3. the same FSDP run interrupted after a checkpoint and resumed;
   4. with two or more GPUs, `torchrun --nproc_per_node 2 ... --strategy fsdp` (skipped on one GPU: two processes on
      one device are not what FSDP is for);
+the student itself is pruned twice, with the weights in memory and with them streamed from the checkpoint and the
+disk-backed calibration cache (`--stream always --store-device disk`, docs/memory.md): the plans and the saved
+weights must be the same (the check stops otherwise), and the streamed one, written layer by layer, is distilled;
 and prints per run: wall time, peak GPU memory, first/last loss, the largest loss difference to the reference, the
 largest weight difference of the saved folder (loaded back with from_pretrained) to the reference, and the saved
 dtype. Results also go to $OUT/gpu_fsdp_check.json when OUT is set.
@@ -51,9 +54,22 @@ def student(args, root: Path) -> Path:
         (root / "text.txt").write_text(SAMPLE_TEXT * 400)
         model = str(root / "teacher")
     calib = CalibConfig(data=str(root / "text.txt") if args.random else "mix", samples=16, seq_len=256)
+    kept = prune(PruneConfig(model=model, target_layers=args.target_layers, calib=calib, device=args.device,
+                             progress=False))
+    kept.save(root / "student-in-memory")
     res = prune(PruneConfig(model=model, target_layers=args.target_layers, calib=calib, device=args.device,
-                            progress=False))
-    return res.save(root / "student")
+                            progress=False, stream="always", store_device="disk", cache_dir=str(root)))
+    out = res.save(root / "student")
+    from safetensors.torch import load_file
+
+    a, b = (load_file(str(f / "model.safetensors")) for f in (root / "student-in-memory", out))
+    same = (kept.plan.steps, kept.plan.tree) == (res.plan.steps, res.plan.tree) and a.keys() == b.keys() \
+        and all(torch.equal(a[k], b[k]) for k in a)
+    print(f"student pruned with streamed weights and the disk cache: {'same' if same else 'DIFFERENT'} plan and "
+          f"weights as in memory ({res.plan.stats['placement']['reason']})")
+    if not same:
+        raise SystemExit("streamed weights or the disk cache changed the plan or the weights")
+    return out
 
 
 def distill_once(args, root: Path, name: str, strategy: str, stop: int | None = None, resume: bool = False):

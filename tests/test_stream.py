@@ -240,3 +240,36 @@ def test_the_70b_dry_run_fits_in_64_gib_of_cpu_memory_with_streaming_and_the_dis
     before = dry_run(PruneConfig(model="tests/data/configs/llama-3-70b", target_layers=56, stream="never",
                                  store_device="cpu"), gpu_memory="80GiB")
     assert before.cpu_peak > 290 * GB  # the whole checkpoint read first, then the cache beside it
+
+
+def test_a_streamed_layer_visits_a_device_and_comes_back_unchanged(tiny_dir, tmp_path):
+    """The GPU path on the CPU: `on_device` moves a streamed layer (here to the meta device, as to a GPU) for its
+    turn and gives it back its own weights, which the streamer then releases without writing a scratch file."""
+    from come.capture import on_device
+    from come.stream import load_streamed
+
+    path, _ = tiny_dir
+    model, _, _ = load_streamed(str(path), torch.float32, "cpu", str(tmp_path / "scratch"))
+    streamer, layer = model.come_streamer, model.model.layers[0]
+    assert all(p.device.type == "meta" for _, p in _named(layer))  # released until something reads it
+    with on_device(layer, torch.device("meta")):
+        assert layer.self_attn.q_proj.weight.device.type == "meta" and layer in streamer.held
+    weight = layer.self_attn.q_proj.weight
+    assert weight.device.type == "cpu" and bool(weight.abs().sum() > 0)
+    before = weight.clone()
+    streamer.release(layer)
+    assert not (tmp_path / "scratch").exists() or not list((tmp_path / "scratch").rglob("*.safetensors"))
+    assert torch.equal(layer.self_attn.q_proj.weight, before)  # read again from the checkpoint
+    with torch.no_grad():
+        layer.self_attn.q_proj.weight.mul_(2)  # an edit in place (a re-fit) is kept through a release
+    streamer.release(layer)
+    assert list((tmp_path / "scratch").rglob("layer-*.safetensors"))
+    assert torch.equal(layer.self_attn.q_proj.weight, 2 * before)
+    streamer.close()
+    assert list((tmp_path / "scratch").iterdir()) == []
+
+
+def _named(layer):
+    from come.stream import _params
+
+    return list(_params(layer))

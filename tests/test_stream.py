@@ -273,3 +273,20 @@ def _named(layer):
     from come.stream import _params
 
     return list(_params(layer))
+
+
+def test_a_streamed_result_evaluated_afterwards_is_read_whole_first(tiny_dir, tmp_path):
+    """`come compare` evaluates the model `prune` returned: placing a streamed one for inference makes it a plain
+    model with every layer in memory (its logits those of the same prune in memory)."""
+    from come.placement import place_for_inference
+
+    path, text = tiny_dir
+    plain = prune(prune_config(path, text, method="come", target_layers=4))
+    streamed = prune(prune_config(path, text, method="come", target_layers=4, stream="always",
+                                  cache_dir=str(tmp_path / "scratch")))
+    place_for_inference(streamed.model, "cpu")
+    assert not hasattr(streamed.model, "come_streamer")
+    assert all(p.device.type == "cpu" for p in streamed.model.parameters())
+    ids = torch.arange(1, 17).unsqueeze(0)
+    with torch.no_grad():
+        assert torch.equal(plain.model(ids).logits, streamed.model(ids).logits)

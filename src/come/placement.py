@@ -182,7 +182,11 @@ def place_for_inference(model, device: str) -> str:
     """Put `model` (loaded in CPU memory) on `device` when it fits in HEADROOM of its free memory; else let
     Accelerate spread its layers over every visible GPU (and CPU memory for what is left), as
     `from_pretrained(device_map="auto")` does. A model already on that kind of device stays where it is (its
-    own memory is not free memory). Returns where it went, for the report."""
+    own memory is not free memory). Returns where it went, for the report. A model whose layers were streamed
+    from the checkpoint (come.stream) is read whole into CPU memory first."""
+    from come.stream import unstream
+
+    unstream(model)
     here = next(model.parameters()).device
     if here.type == torch.device(device).type:
         return str(here)

@@ -43,6 +43,13 @@ def peek() -> Iterator[None]:
         _PEEK[0] -= 1
 
 
+def unstream(model: nn.Module) -> None:
+    """Make a streamed model (`load_streamed`) a plain one, every layer in memory; a no-op on any other model."""
+    streamer = getattr(model, "come_streamer", None)
+    if streamer is not None:
+        streamer.unstream()
+
+
 def read_tensors(sources: dict[str, tuple[str, str]], dtype: torch.dtype) -> dict[str, torch.Tensor]:
     """{name: tensor} for {name: (safetensors file, key)}: each read through a memory map (safe_open) and cast to
     `dtype` when floating. The one place streamed weights are read (tests count its calls)."""
@@ -123,6 +130,7 @@ class Streamer:
         self._scratch_root: Path | None = None
         self._finalizer = None
         self._files = 0
+        self.adopting = True  # register the layers steps put into the model (off while unstreaming)
         self.loads = 0  # layers read so far (from the checkpoint or the scratch files)
         self.max_held = 0
 
@@ -146,6 +154,8 @@ class Streamer:
 
     def _adopt(self) -> None:
         """Register the layers a step put into the model (a merge's) as layers in memory."""
+        if not self.adopting:
+            return
         for layer in list(self.adapter.layers):
             if layer not in self.layers and any(True for _ in _params(layer)):
                 self.register(layer, None)
@@ -206,6 +216,21 @@ class Streamer:
                     dict.__setitem__(table, name, nn.Parameter(torch.empty_like(p, device="meta"),
                                                                requires_grad=p.requires_grad))
         state.snapshot = None
+
+    def unstream(self) -> None:
+        """Read every layer of the model into memory for good and make the model a plain one again (for a use
+        of the whole model: evaluating it, moving it to a device)."""
+        self.adopting = False
+        for layer in list(self.adapter.layers):
+            if layer in self.layers:
+                self.hold(layer)
+                self.held.pop(layer, None)
+                del self.layers[layer]
+                for m in layer.modules():
+                    m.__dict__["_parameters"] = dict(dict.items(m.__dict__["_parameters"]))
+        model = self._model()
+        if model is not None and getattr(model, "come_streamer", None) is self:
+            del model.come_streamer
 
     def held_layers(self) -> int:
         """How many registered layers have their weights in memory now (counted from the modules themselves)."""

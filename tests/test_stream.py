@@ -290,3 +290,53 @@ def test_a_streamed_result_evaluated_afterwards_is_read_whole_first(tiny_dir, tm
     ids = torch.arange(1, 17).unsqueeze(0)
     with torch.no_grad():
         assert torch.equal(plain.model(ids).logits, streamed.model(ids).logits)
+
+
+def test_come_prune_streams_to_a_sharded_output_and_resumes(tiny_dir, tmp_path, capsys, monkeypatch):
+    """The command line: --stream always --store-device disk --cache-dir writes the output folder through the
+    usual lock and temporary (nothing left beside it, nothing left in --cache-dir), and a run killed after its
+    first step resumes streamed to the plan of an uninterrupted one; a bad --cache-dir is one line, exit 2."""
+    from come import stream
+    from come.cli import main
+    from come.plan import Plan
+
+    path, text = tiny_dir
+    scratch = tmp_path / "scratch"
+    flags = ["prune", str(path), "--calib-data", str(text), "--calib-samples", "4", "--calib-seq-len", "32",
+             "--calib-batch-size", "2", "--device", "cpu", "--target-layers", "3", "--method", "come"]
+    streamed = [*flags, "--stream", "always", "--store-device", "disk", "--cache-dir", str(scratch)]
+    assert main([*flags, "--out", str(tmp_path / "plain")]) == 0
+    monkeypatch.setattr(stream, "SHARD_BYTES", 300_000)  # several shards and an index
+    assert main([*streamed, "--out", str(tmp_path / "streamed")]) == 0
+    out = tmp_path / "streamed"
+    assert (out / "model.safetensors.index.json").exists() and len(list(out.glob("model-*.safetensors"))) > 1
+    assert sorted(p.name for p in tmp_path.iterdir() if "streamed" in p.name) == ["streamed"]
+    assert Plan.load(out).steps == Plan.load(tmp_path / "plain").steps
+    a, b = _weights(tmp_path / "plain"), _weights(out)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert not [p for p in scratch.iterdir() if p.name.startswith(".come-cache")]
+
+    real = stream.Streamer.release
+    calls = []
+
+    def killed_after_the_first_step(self, layer):  # the first merge's layer is written out: stop there
+        real(self, layer)
+        if self._files:
+            calls.append(1)
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(stream.Streamer, "release", killed_after_the_first_step)
+    assert main([*streamed, "--out", str(tmp_path / "resumed")]) != 0  # come: interrupted
+    monkeypatch.setattr(stream.Streamer, "release", real)
+    assert calls and (tmp_path / ".resumed.resume").exists() and not (tmp_path / "resumed").exists()
+    assert len(Plan.load(tmp_path / ".resumed.resume").steps) >= 1
+    gc.collect()
+    assert list(scratch.iterdir()) == []  # the killed run's cache and scratch layers are gone
+    assert main([*streamed, "--out", str(tmp_path / "resumed"), "--resume"]) == 0
+    assert Plan.load(tmp_path / "resumed").steps == Plan.load(tmp_path / "plain").steps
+    capsys.readouterr()
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    assert main([*flags, "--store-device", "disk", "--cache-dir", str(blocker), "--out", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--cache-dir" in err[0] and "is a file" in err[0]

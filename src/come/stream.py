@@ -254,7 +254,7 @@ class Streamer:
             self._finalizer()
 
     # --- writing the result ---
-    def save(self, folder: str | Path, dtype: torch.dtype | None = None, shard_bytes: int = SHARD_BYTES) -> None:
+    def save(self, folder: str | Path, dtype: torch.dtype | None = None, shard_bytes: int | None = None) -> None:
         """Write the model as Hugging Face safetensors shards with an index (`model.safetensors` when one shard),
         and its config, reading one decoder layer at a time: at most `shard_bytes` of the result (plus the held
         layers) in memory. Floating weights are cast to `dtype` (default: the model's)."""
@@ -263,6 +263,7 @@ class Streamer:
         model = self._model()
         folder = Path(folder)
         dtype = dtype or self.dtype
+        shard_bytes = shard_bytes or SHARD_BYTES
         config = model.config
         tied = bool(getattr(config, "tie_word_embeddings", False))
         prefix = _layers_prefix(model, self.adapter)

@@ -60,9 +60,18 @@ def main(jobs_file: str) -> None:
     """torchrun driver: run the jobs of `jobs_file` in one process group (so the launch is paid once)."""
     import torch.distributed as dist
 
+    import come.distillation.train as train
+
     torch.set_num_threads(1)
     root = Path(jobs_file).parent
     dist.init_process_group("gloo")
+    loads, real = [], train.load_model  # which models each process reads (one copy: rank 0 only)
+
+    def counted(name, *a, **k):
+        loads.append(Path(name).name)
+        return real(name, *a, **k)
+
+    train.load_model = counted
     for job in json.loads(Path(jobs_file).read_text()):
         kind, out, kw = job["kind"], job["out"], job.get("kw", {})
         if kind == "run":
@@ -76,6 +85,7 @@ def main(jobs_file: str) -> None:
             distill(config(root, out, resume=True, **kw))
         elif kind == "read":
             read_back(config(root, out, resume=True, **kw), root / f"{out}.read.pt")
+    (root / f"loads-{dist.get_rank()}.json").write_text(json.dumps(loads))
     dist.destroy_process_group()
 
 
@@ -133,6 +143,15 @@ def test_fsdp_matches_one_process(two, out, kw):
     s = json.loads((two / out / "distill_summary.json").read_text())
     assert s["processes"] == 2 and s["strategy"] == "fsdp"
     assert (two / out / "README.md").exists() and not any("lora" in k for k in w2)
+
+
+def test_one_copy_of_the_models_whatever_the_processes(two):
+    """Only rank 0 reads the teacher and the student; rank 1 builds them on the meta device and receives its
+    shards, so CPU memory holds one copy of each model, not one per process (and the runs above match one
+    process)."""
+    rank0 = json.loads((two / "loads-0.json").read_text())
+    rank1 = json.loads((two / "loads-1.json").read_text())
+    assert rank1 == [] and {"teacher", "student"} <= set(rank0) and len(rank0) >= 2 * len(JOBS) - 2
 
 
 def test_each_process_holds_half(two):

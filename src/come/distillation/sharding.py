@@ -31,18 +31,62 @@ def mixed_precision(device: str, dtype: torch.dtype) -> MixedPrecisionPolicy:
     return MixedPrecisionPolicy()
 
 
-def shard(model: torch.nn.Module, layers, device: str, dtype: torch.dtype) -> torch.nn.Module:
+def empty_model(name: str, dtype: torch.dtype) -> torch.nn.Module:
+    """The model `name` with its parameters on the meta device (Accelerate's `init_empty_weights`; buffers such as
+    RoPE's frequencies are computed for real), in eval mode: what a process that receives its shards builds."""
+    from accelerate import init_empty_weights
+    from transformers import AutoModelForCausalLM
+
+    from come.models import load_config
+    from come.models.loading import TRUST_REMOTE_CODE
+
+    config = load_config(name)[0]
+    with init_empty_weights():
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype, trust_remote_code=TRUST_REMOTE_CODE)
+    model.eval()
+    return model
+
+
+def broadcast_error(error: Exception | None) -> None:
+    """Raise rank 0's `error` (a ComeError, or None) on every process (collective)."""
+    from come.errors import ComeError
+
+    box = [None if error is None else str(error)]
+    dist.broadcast_object_list(box, src=0)
+    if error is not None:
+        raise error
+    if box[0] is not None:
+        raise ComeError(box[0])
+
+
+def shard(model: torch.nn.Module, layers, device: str, dtype: torch.dtype, from_rank0: bool = False
+          ) -> torch.nn.Module:
     """Shard `model` in place over every process: one FSDP unit per decoder layer in `layers`, then the root.
 
-    The root is lazily initialised by a one-token forward so that a layer can then run on its own."""
+    `from_rank0`: only rank 0 holds the weights (the others built `model` with `empty_model`): each process's shards
+    are filled from rank 0's copy (`set_model_state_dict` with `broadcast_from_rank0`), so CPU memory holds one
+    copy of the model whatever the number of processes. The root is lazily initialised by a one-token forward so
+    that a layer can then run on its own."""
     from torch.distributed.device_mesh import init_device_mesh
 
     mesh = init_device_mesh(torch.device(device).type, (dist.get_world_size(),))
     mp = mixed_precision(device, dtype)
+    full = None
+    if from_rank0:
+        full = model.state_dict() if dist.get_rank() == 0 else {}
+        buffers = {n: b.detach().clone() for n, b in model.named_buffers()}  # to_empty would overwrite them
     for layer in layers:
         fully_shard(layer, mesh=mesh, mp_policy=mp)
     # the root keeps nothing gathered after its forward: a frozen teacher has no backward to free it
     fully_shard(model, mesh=mesh, mp_policy=mp, reshard_after_forward=True)
+    if from_rank0:
+        if dist.get_rank() != 0:
+            model.to_empty(device=device)
+            with torch.no_grad():
+                for n, b in model.named_buffers():
+                    b.copy_(buffers[n])
+        set_model_state_dict(model, full, options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
+        del full
     with torch.no_grad():
         model(input_ids=torch.zeros(1, 1, dtype=torch.long, device=device), use_cache=False)
     return model

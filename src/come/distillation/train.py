@@ -70,14 +70,40 @@ class Run:
         self.dtype = parse_dtype(cfg.dtype, config, self.d.device)
         where = "cpu" if self.fsdp else self.d.device  # FSDP moves each process's shards to the device
         teacher = base_model_path(self.plan, cfg.teacher, cfg.student)  # a local base: by name, never the hub
-        self.teacher, _, _ = load_model(teacher, self.dtype, where)
-        self.student, self.tokenizer, _ = load_model(cfg.student, self.dtype, where)
+        # FSDP on several processes: one copy of each model, read by rank 0, whose weights every process receives
+        # into its shards (sharding.shard); the others build them on the meta device
+        self.one_copy = self.fsdp and self.d.world > 1
+        if self.one_copy and not self.d.main:
+            from transformers import AutoTokenizer
+
+            from come.distillation.sharding import empty_model
+
+            self.teacher, self.student = empty_model(teacher, self.dtype), empty_model(cfg.student, self.dtype)
+            self.tokenizer = AutoTokenizer.from_pretrained(load_config(cfg.student)[1])
+        else:
+            self.teacher, _, _ = load_model(teacher, self.dtype, where)
+            self.student, self.tokenizer, _ = load_model(cfg.student, self.dtype, where)
         from come.finite import check_finite_weights
 
-        check_finite_weights(self.teacher, teacher)
-        check_finite_weights(self.student, cfg.student)
-        self.corr = check_pair(self.plan, self.teacher, self.student)
-        warn_unrelated_teacher(self.corr, self.teacher, self.student)
+        try:
+            if self.d.main or not self.one_copy:  # the checks that read weights: where the weights are
+                check_finite_weights(self.teacher, teacher)
+                check_finite_weights(self.student, cfg.student)
+                self.corr = check_pair(self.plan, self.teacher, self.student)
+                warn_unrelated_teacher(self.corr, self.teacher, self.student)
+            failed = None
+        except ComeError as e:
+            failed = e
+        if self.one_copy:  # every process stops on rank 0's refusal, instead of waiting for it in a collective
+            from come.distillation.sharding import broadcast_error
+
+            broadcast_error(failed)
+        elif failed is not None:
+            raise failed
+        if self.one_copy and not self.d.main:
+            from come.distillation.correspond import correspondences
+
+            self.corr = correspondences(self.plan.tree)
         self.teacher.requires_grad_(False)
         self.student.requires_grad_(False)
         self.t_adapter = get_adapter(self.teacher)
@@ -87,8 +113,8 @@ class Run:
             if self.lora_layers() is not None:  # FSDP cannot add modules to a sharded model later
                 self.peft = self.add_lora(self.student, self.lora_layers())
                 self.student.requires_grad_(False)
-            sharding.shard(self.teacher, self.t_adapter.layers, self.d.device, self.dtype)
-            sharding.shard(self.student, get_adapter(self.student).layers, self.d.device, self.dtype)
+            sharding.shard(self.teacher, self.t_adapter.layers, self.d.device, self.dtype, self.one_copy)
+            sharding.shard(self.student, get_adapter(self.student).layers, self.d.device, self.dtype, self.one_copy)
         ids = tokenize(self.tokenizer, training_text(cfg.data))
         self.windows = split_windows(ids, cfg.seq_len, f"training ({cfg.data})")
         from come.models import fingerprint

@@ -340,3 +340,36 @@ def test_come_prune_streams_to_a_sharded_output_and_resumes(tiny_dir, tmp_path, 
     assert main([*flags, "--store-device", "disk", "--cache-dir", str(blocker), "--out", str(tmp_path / "x")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--cache-dir" in err[0] and "is a file" in err[0]
+
+
+@pytest.mark.parametrize("family", ["llama", "mistral", "qwen2", "qwen3"])
+def test_a_streamed_model_computes_what_the_loaded_one_does(tmp_path, family):
+    from conftest import tiny_model, tiny_tokenizer
+
+    from come.models import load_model
+    from come.stream import load_streamed
+
+    folder = tmp_path / family
+    tiny_model(family).save_pretrained(folder)
+    tiny_tokenizer().save_pretrained(folder)
+    loaded, _, _ = load_model(str(folder), torch.float32, "cpu")
+    streamed, _, _ = load_streamed(str(folder), torch.float32, "cpu", str(tmp_path / "scratch"))
+    ids = torch.arange(3, 40).unsqueeze(0)
+    with torch.no_grad():
+        assert torch.equal(loaded(ids).logits, streamed(ids).logits)
+    assert streamed.come_streamer.loads == loaded.config.num_hidden_layers
+    assert streamed.come_streamer.held_layers() <= 3
+
+
+def test_streaming_a_checkpoint_without_safetensors_is_one_line(tmp_path):
+    from conftest import tiny_model, tiny_tokenizer
+
+    from come.stream import load_streamed
+
+    folder = tmp_path / "bin"
+    model = tiny_model("llama")
+    model.config.save_pretrained(folder)
+    torch.save(model.state_dict(), folder / "pytorch_model.bin")  # an old PyTorch checkpoint
+    tiny_tokenizer().save_pretrained(folder)
+    with pytest.raises(ComeError, match="no local safetensors weights to stream.*--stream never"):
+        load_streamed(str(folder), torch.float32, "cpu")

@@ -13,7 +13,7 @@ other by more than 2x, and a ratio measured beside another job is not a ratio of
     HF_HUB_OFFLINE=1 python benchmarks/prune_cost.py --methods sleb,come-splice --out runs/splice_cost.json
 
 Where sleb is among the methods, each other method's wall time to each depth is also printed as a ratio to
-SLEB's from the same run (come-splice's budget, issue 28: at most 1.5x). `--option METHOD:KEY=VALUE` passes a
+SLEB's from the same run (come-splice's budget: at most 1.5x). `--option METHOD:KEY=VALUE` passes a
 method option (e.g. `come-splice:screen=0`, the full search).
 
 Units: a "pass" is one forward of every layer of the dense model over every calibration window; layer

@@ -1,4 +1,4 @@
-"""come-splice (ours, issue 28): a CoMe-family step that contains SLEB's. For each adjacent pair (l, l+1) of the
+"""come-splice (ours): a CoMe-family step that contains SLEB's. For each adjacent pair (l, l+1) of the
 current model the candidates are the per-half merges (r_attn, r_mlp) on {0, r_BI, 1} x {0, r_BI, 1}:
 
     (1, 1)  drop l+1 (layer l kept whole)         (0, 0)  drop l

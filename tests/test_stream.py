@@ -373,3 +373,24 @@ def test_streaming_a_checkpoint_without_safetensors_is_one_line(tmp_path):
     tiny_tokenizer().save_pretrained(folder)
     with pytest.raises(ComeError, match="no local safetensors weights to stream.*--stream never"):
         load_streamed(str(folder), torch.float32, "cpu")
+
+
+def test_auto_streams_only_a_checkpoint_it_can_stream(tmp_path, monkeypatch):
+    """With --stream auto, a model without local safetensors weights is kept in CPU memory as before streaming
+    (here on a CPU run whose placement streams whatever --stream auto would stream, as offloaded weights do)."""
+    from conftest import SAMPLE_TEXT, tiny_model, tiny_tokenizer
+
+    from come import placement
+
+    folder = tmp_path / "bin"
+    model = tiny_model("llama")
+    model.config.save_pretrained(folder)
+    torch.save(model.state_dict(), folder / "pytorch_model.bin")
+    tiny_tokenizer().save_pretrained(folder)
+    text = tmp_path / "calib.txt"
+    text.write_text(SAMPLE_TEXT * 40)
+    real = placement.decide
+    monkeypatch.setattr(placement, "decide", lambda *a, stream="never", **k: real(
+        *a, stream="never" if stream == "never" else "always", **k))
+    result = prune(prune_config(folder, text, method="shortgpt", target_layers=4))
+    assert result.plan.stats["placement"]["weights"] == "cpu" and not hasattr(result.model, "come_streamer")

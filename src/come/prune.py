@@ -6,7 +6,7 @@ import json
 import resource
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -181,8 +181,13 @@ def prune(config: PruneConfig | None = None, checkpoint: str | Path | None = Non
     check_reachable(cfg, skeleton.num_layers, target)
     dtype = parse_dtype(cfg.dtype, config, device)
     check_device_dtype(device, dtype)  # before any placement talk about a device that cannot run
-    place = decide_placement(cfg, config, skeleton.model, device, dtype, placement.free_memory(device),
-                             placement.available_ram())
+    free, ram = placement.free_memory(device), placement.available_ram()
+    place = decide_placement(cfg, config, skeleton.model, device, dtype, free, ram)
+    if place.streamed and cfg.stream == "auto":
+        from come.stream import streamable
+
+        if not streamable(cfg.model):  # no local safetensors: the weights are kept in CPU memory, as before
+            place = decide_placement(replace(cfg, stream="never"), config, skeleton.model, device, dtype, free, ram)
     check_scratch(cfg, place, config, dtype)  # an unusable --cache-dir: one line, before any weights load
     if cfg.progress:
         print(f"[{cfg.method}] placement: {place.reason}", file=sys.stderr, flush=True)

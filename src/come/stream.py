@@ -366,6 +366,15 @@ def _layers_prefix(model: nn.Module, adapter) -> str:
     return next(name for name, m in model.named_modules() if m is adapter.layers)
 
 
+def streamable(name: str) -> bool:
+    """Whether model `name` has local safetensors weights to stream (a hub id not downloaded yet, or a folder with
+    only PyTorch weights, has not)."""
+    from come.models import load_config, model_folder, weight_files
+
+    folder = model_folder(load_config(name)[1])
+    return folder is not None and bool(weight_files(folder))
+
+
 def load_streamed(name: str, dtype: torch.dtype, device: str, scratch_dir: str | None = None,
                   limit: int = DEFAULT_LIMIT):
     """(model, tokenizer, local path) like `load_model`, with the decoder layers streamed from the checkpoint's

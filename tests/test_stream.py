@@ -312,6 +312,8 @@ def test_come_prune_streams_to_a_sharded_output_and_resumes(tiny_dir, tmp_path, 
     assert (out / "model.safetensors.index.json").exists() and len(list(out.glob("model-*.safetensors"))) > 1
     assert sorted(p.name for p in tmp_path.iterdir() if "streamed" in p.name) == ["streamed"]
     assert Plan.load(out).steps == Plan.load(tmp_path / "plain").steps
+    for name in ("config.json", "generation_config.json", "tokenizer.json"):
+        assert (out / name).read_text() == (tmp_path / "plain" / name).read_text(), name
     a, b = _weights(tmp_path / "plain"), _weights(out)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert not [p for p in scratch.iterdir() if p.name.startswith(".come-cache")]

@@ -313,8 +313,10 @@ class Streamer:
         if n > 1:
             index = {"metadata": {"total_size": size[1]}, "weight_map": dict(sorted(weight_map.items()))}
             (folder / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
-        config.dtype = dtype
         config.save_pretrained(folder)
+        saved = json.loads((folder / "config.json").read_text())
+        saved["dtype"] = str(dtype).replace("torch.", "")  # the weights on disk, whatever computed
+        (folder / "config.json").write_text(json.dumps(saved, indent=2, sort_keys=True) + "\n")
         if getattr(model, "generation_config", None) is not None:
             model.generation_config.save_pretrained(folder)
 
@@ -423,6 +425,10 @@ def load_streamed(name: str, dtype: torch.dtype, device: str, scratch_dir: str |
         streamer.register(layer, {n: (keys[f"{prefix}.{i}.{n}"], f"{prefix}.{i}.{n}") for n in local})
     model.come_streamer = streamer
     model.eval()
+    if (Path(folder) / "generation_config.json").exists():  # what from_pretrained reads beside the weights
+        from transformers import GenerationConfig
+
+        model.generation_config = GenerationConfig.from_pretrained(folder)
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=TRUST_REMOTE_CODE)
     except Exception as e:

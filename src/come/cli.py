@@ -93,7 +93,7 @@ def add_prune_parser(sub) -> None:
     g.add_argument("--summary", action="store_true", help="print the whole summary (merge tree, steps) to stdout")
     add_recipe_args(p)
     # the front door lists what most runs need; --help-all the rest
-    more(p, "--trust-remote-code", "--allow-nonfinite", "--gpu-memory", "--summary", "--print-config")
+    more(p, "--trust-remote-code", "--allow-nonfinite", "--gpu-memory", "--cpu-memory", "--summary", "--print-config")
     p.set_defaults(func=cmd_prune)
 
 

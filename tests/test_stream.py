@@ -396,3 +396,22 @@ def test_auto_streams_only_a_checkpoint_it_can_stream(tmp_path, monkeypatch):
         *a, stream="never" if stream == "never" else "always", **k))
     result = prune(prune_config(folder, text, method="shortgpt", target_layers=4))
     assert result.plan.stats["placement"]["weights"] == "cpu" and not hasattr(result.model, "come_streamer")
+
+
+def test_a_replaced_weight_is_written_out_when_its_layer_is_released(tiny_dir, tmp_path):
+    """A step that installs a new projection in a streamed layer (rather than editing one in place) is kept too."""
+    from come.models.base import new_linear
+    from come.stream import load_streamed
+
+    path, _ = tiny_dir
+    model, _, _ = load_streamed(str(path), torch.float32, "cpu", str(tmp_path / "scratch"))
+    streamer, layer = model.come_streamer, model.model.layers[1]
+    old = layer.self_attn.o_proj
+    replaced = new_linear(old.weight.detach() * 3, None, old)
+    layer.self_attn.o_proj = replaced
+    del old, replaced
+    gc.collect()
+    expected = layer.self_attn.o_proj.weight.detach().clone()
+    streamer.release(layer)
+    assert layer.self_attn.o_proj.weight.device.type == "cpu"  # read back, from the scratch file
+    assert torch.equal(layer.self_attn.o_proj.weight, expected)

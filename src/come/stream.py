@@ -111,7 +111,9 @@ class _Layer:
     def __init__(self, sources: dict[str, tuple[str, str]] | None, requires_grad: dict[str, bool]):
         self.sources = sources
         self.requires_grad = requires_grad
-        self.snapshot: dict[str, tuple[int, int]] | None = None  # while held: each weight's identity and version
+        # while held: each weight (a weak reference, so a freed one is never mistaken for a new one at its address)
+        # and its version counter, which in-place edits advance
+        self.snapshot: dict[str, tuple[weakref.ref, int]] | None = None
         self.scratch: str | None = None
 
 
@@ -196,7 +198,7 @@ class Streamer:
         """Put `layer`'s weights back on the meta device; weights that changed since they were read (or were
         never on disk) are first written to a scratch file, which they are read from next time."""
         state = self.held.pop(layer)
-        if _snapshot(layer) != state.snapshot:
+        if _changed(layer, state.snapshot):
             self._wrap(layer)  # modules a step installed (a merge's new projections)
             path = self._new_scratch()
             weights = {n: p.detach().contiguous() for n, p in _params(layer)}
@@ -334,8 +336,17 @@ def _params(layer: nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
                 yield (f"{mname}.{name}" if mname else name), p
 
 
-def _snapshot(layer: nn.Module) -> dict[str, tuple[int, int]]:
-    return {n: (id(p), p._version) for n, p in _params(layer)}
+def _snapshot(layer: nn.Module) -> dict[str, tuple[weakref.ref, int]]:
+    return {n: (weakref.ref(p), p._version) for n, p in _params(layer)}
+
+
+def _changed(layer: nn.Module, snapshot: dict[str, tuple[weakref.ref, int]]) -> bool:
+    """Whether `layer`'s weights are not those `snapshot` recorded: another set of names, a weight replaced, or
+    one edited in place."""
+    now = dict(_params(layer))
+    if now.keys() != snapshot.keys():
+        return True
+    return any(ref() is not now[n] or now[n]._version != version for n, (ref, version) in snapshot.items())
 
 
 def _named_outside(model: nn.Module, layer_ids: set[int]) -> Iterator[tuple[str, torch.Tensor]]:

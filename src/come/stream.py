@@ -10,6 +10,10 @@ more releases the least recently used (layers no longer in the model first). A l
 since it was read (a re-fit), or that a step made (a merge), is written to a scratch safetensors file under
 `--cache-dir` when released and read back from there, so the computation is exactly that of a run with every
 weight in memory. `Streamer.save` writes the pruned model layer by layer as sharded safetensors with an index.
+
+A change is seen through each weight's identity and its version counter, which every in-place operation on it
+advances; an edit through `.data` (`p.data.copy_(x)`) advances no counter and would be lost at the release: come
+edits weights in place under `torch.no_grad()` or installs new ones, never through `.data`.
 """
 
 from __future__ import annotations

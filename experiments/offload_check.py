@@ -1,7 +1,9 @@
-"""GPU check of `--offload`: the same pruning with the weights on the GPU and streamed from CPU memory.
+"""GPU check of `--offload`: the same pruning with the weights on the GPU, streamed to it from CPU memory
+(`--offload always --stream never`), and read from the checkpoint one layer at a time (`--offload always`, which
+streams from the checkpoint since issue 32, docs/memory.md).
 
-Prints, side by side from one run, wall time and peak GPU memory of both and their ratios, and whether the two
-pruned models agree (same plan choices; weight differences only from GPU nondeterminism). Needs a CUDA device:
+Prints, side by side from one run, wall time and peak GPU memory of each and their ratios, and whether the pruned
+models agree (same plan choices; weight differences only from GPU nondeterminism). Needs a CUDA device:
 
     HF_HUB_OFFLINE=1 python experiments/offload_check.py [--model smollm2-135m] [--method come-plus]
 """
@@ -17,13 +19,13 @@ from come import PruneConfig, prune
 from come.config import CalibConfig
 
 
-def run(args, offload: str):
+def run(args, offload: str, stream: str = "auto"):
     torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats()
     t = time.perf_counter()
     res = prune(PruneConfig(model=args.model, method=args.method, target_layers=args.target_layers, device="cuda",
-                            offload=offload, calib=CalibConfig(samples=args.samples, seq_len=args.seq_len),
-                            progress=False))
+                            offload=offload, stream=stream, progress=False,
+                            calib=CalibConfig(samples=args.samples, seq_len=args.seq_len)))
     torch.cuda.synchronize()
     return res, time.perf_counter() - t, torch.cuda.max_memory_allocated() / 2**30
 
@@ -39,17 +41,17 @@ def main() -> None:
     if not torch.cuda.is_available():
         raise SystemExit("offload_check needs a CUDA device")
     on_gpu, t_gpu, m_gpu = run(args, "never")
-    streamed, t_str, m_str = run(args, "always")
-    print(f"placement: {streamed.plan.stats['placement']['reason']}")
-    print(f"{'':10} {'wall s':>8} {'peak GiB':>9}")
-    print(f"{'never':10} {t_gpu:8.1f} {m_gpu:9.2f}")
-    print(f"{'always':10} {t_str:8.1f} {m_str:9.2f}")
-    print(f"ratio always/never: time {t_str / t_gpu:.2f}x, peak GPU memory {m_str / m_gpu:.2f}x")
-    same = [(s["op"], s.get("layer")) for s in on_gpu.plan.steps] == [(s["op"], s.get("layer"))
-                                                                     for s in streamed.plan.steps]
-    a, b = on_gpu.model.state_dict(), streamed.model.state_dict()
-    diff = max((a[k].float().cpu() - b[k].float().cpu()).abs().max().item() for k in a)
-    print(f"same plan steps: {same}; max |weight difference| {diff:.3g}")
+    print(f"{'':34} {'wall s':>8} {'peak GiB':>9} {'time':>6} {'memory':>7}")
+    print(f"{'--offload never':34} {t_gpu:8.1f} {m_gpu:9.2f}")
+    for name, stream in (("--offload always --stream never", "never"), ("--offload always (from checkpoint)", "auto")):
+        streamed, t_str, m_str = run(args, "always", stream)
+        print(f"{name:34} {t_str:8.1f} {m_str:9.2f} {t_str / t_gpu:5.2f}x {m_str / m_gpu:6.2f}x  "
+              f"({streamed.plan.stats['placement']['reason']})")
+        same = [(s["op"], s.get("layer")) for s in on_gpu.plan.steps] == [(s["op"], s.get("layer"))
+                                                                         for s in streamed.plan.steps]
+        a, b = on_gpu.model.state_dict(), streamed.model.state_dict()
+        diff = max((a[k].float().cpu() - b[k].float().cpu()).abs().max().item() for k in a)
+        print(f"{'':34} same plan steps as on the GPU: {same}; max |weight difference| {diff:.3g}")
 
 
 if __name__ == "__main__":

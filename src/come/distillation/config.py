@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 
 STAGES = {"layerwise": ["layerwise"], "global": ["global"], "both": ["layerwise", "global"], "lora": ["lora"]}
 STRATEGIES = ("ddp", "fsdp")
-TRAINABLE = ("merged", "all", "norms", "lora")  # what the global stage trains
+TRAINABLE = ("merged", "merged+norms", "all", "norms", "lora")  # what the global stage trains
 SUMMARY_JSON, SUMMARY_MD, LOG_FILE = "distill_summary.json", "distill_summary.md", "distill_log.jsonl"
 # settings that may change between an interrupted run and its --resume
 RESUME_FREE = ("resume", "overwrite", "progress", "checkpoint_every")
@@ -40,7 +40,11 @@ class DistillConfig:
     loss: str = arg("", help="loss weights, e.g. mse=1,cos=0,kl=0.1,logits=1 (mse/cos/kl at each correspondence "
                     "point, logits = KL on final logits)")
     temperature: float = arg(1.0, help="KL temperature")
-    train: str = arg("merged", choices=TRAINABLE, help="what the global stage trains")
+    train: str = arg("merged", choices=TRAINABLE, help="what the global stage trains (merged+norms: the merged "
+                     "layers and every norm, the final one included)")
+    train_lm_head: bool = arg(False, help="the global stage also trains the LM head (tied to the embeddings in "
+                              "some models: then those train too)")
+    train_last: int = arg(0, metavar="N", help="the global stage also trains the last N decoder layers")
     # its calibration part (never the evaluation part)
     data: str = arg("mix", flag="--train-data", aliases=["--data"], help="training text: mix (the bundled "
                     "calibration mixture), wikitext2, c4, or a .txt/.jsonl/.parquet/datasets folder")
@@ -106,6 +110,11 @@ class DistillConfig:
             raise ComeError(f"{flag_name(DistillConfig, 'seq_len')} must be at least 2, got {self.seq_len}")
         if self.ppl_seq_len < 2:
             raise ComeError(f"--ppl-seq-len must be at least 2, got {self.ppl_seq_len}")
+        if self.train_last < 0:
+            raise ComeError(f"--train-last must be >= 0, got {self.train_last}")
+        if (self.train_lm_head or self.train_last) and self.train == "lora":
+            raise ComeError("--train-lm-head and --train-last train full weights beside --train merged, "
+                            "merged+norms, all or norms, not beside LoRA adapters (--train lora)")
         for name in ("batch_size", "grad_accum", "lora_rank"):
             if getattr(self, name) < 1:
                 raise ComeError(f"{flag_name(DistillConfig, name)} must be at least 1, got {getattr(self, name)}")

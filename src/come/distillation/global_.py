@@ -9,19 +9,37 @@ from come.distillation.correspond import Correspondence
 from come.distillation.losses import LossWeights, hidden_loss, kl_logits
 from come.distillation.teacher import capture_states
 
-TRAINABLE = ("merged", "all", "norms", "lora")
+TRAINABLE = ("merged", "merged+norms", "all", "norms", "lora")
 
 
-def trainable_groups(s_adapter, corr: list[Correspondence], train: str) -> list[list[torch.nn.Parameter]]:
-    """Parameter groups (one per layer, each clipped on its own) the global stage trains (`lora` adds its own)."""
+def trainable_groups(s_adapter, corr: list[Correspondence], train: str, lm_head: bool = False,
+                     last: int = 0) -> list[list[torch.nn.Parameter]]:
+    """Parameter groups (one per layer, each clipped on its own) the global stage trains (`lora` adds its own):
+    what `train` names, then the last `last` layers and the LM head when asked (each parameter once)."""
     layers = s_adapter.layers
+    norms = [[p for n, p in layer.named_parameters() if "norm" in n] for layer in layers]
     if train == "merged":
-        return [list(layers[c.layer].parameters()) for c in corr if c.merged]
-    if train == "all":
-        return [list(layer.parameters()) for layer in layers]
-    if train == "norms":
-        return [[p for n, p in layer.named_parameters() if "norm" in n] for layer in layers]
-    raise ValueError(train)
+        groups = [list(layers[c.layer].parameters()) for c in corr if c.merged]
+    elif train == "merged+norms":  # the merged layers whole, every other layer's norms, the final norm
+        merged = {c.layer for c in corr if c.merged}
+        groups = [list(layer.parameters()) if j in merged else norms[j] for j, layer in enumerate(layers)]
+        groups.append(list(s_adapter.final_norm().parameters()))
+    elif train == "all":
+        groups = [list(layer.parameters()) for layer in layers]
+    elif train == "norms":
+        groups = norms
+    else:
+        raise ValueError(train)
+    groups += [list(layer.parameters()) for layer in layers[len(layers) - last:]] if last else []
+    if lm_head:
+        groups.append(list(s_adapter.lm_head().parameters()))
+    seen: set[int] = set()
+    out = []
+    for g in groups:
+        g = [p for p in g if id(p) not in seen and not seen.add(id(p))]
+        if g:
+            out.append(g)
+    return out
 
 
 def global_loss_fn(teacher, t_adapter, student, s_adapter, corr: list[Correspondence], w: LossWeights, autocast):

@@ -69,7 +69,7 @@ def global_(run, resume: bool) -> Stage:
         groups, lr = lora_groups(model), cfg.lora_lr
     else:
         model = run.student
-        groups, lr = trainable_groups(s_adapter, run.corr, cfg.train), cfg.lr
+        groups, lr = trainable_groups(s_adapter, run.corr, cfg.train, cfg.train_lm_head, cfg.train_last), cfg.lr
     if resume and not run.fsdp:  # FSDP reads weights with the optimizer state
         run.checkpoints.load_weights(model)
     for p in (p for g in groups for p in g):

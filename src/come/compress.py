@@ -1,0 +1,416 @@
+"""`come compress`: the whole job in one command, prune + recover by distillation (+ evaluate), into one folder.
+
+    come compress MODEL --target-layers N --recover TOKENS [--ppl ood --tasks all] --out OUT
+
+The stages run in order, each into its own folder inside the run folder `OUT.partial` (`come.runstore`), each
+folder written whole or not at all (`come.io.write_output_dir`, or `distill`'s own atomic output):
+
+    prune       `come.prune` (its step checkpoint `OUT.partial/.prune.resume`, `come.resume`)   -> prune/
+    layerwise   recovery stage 1 (`--recovery staged`): each merged layer alone on the teacher's states
+                at its block's boundaries (`come distill --stage layerwise`)                       -> layerwise/
+    global      recovery stage 2: logit KL of the whole student, training the merged layers and every
+                norm (`--stage global --train merged+norms`); or all layers (`--recovery full`), or
+                LoRA on every layer with the LM loss (`--recovery lora`, `--stage lora`)          -> global/
+    eval        `come eval` of the result against the original model (with --ppl/--tasks)          -> eval/
+
+A killed run goes on with `--resume`: finished stages are kept, the stage in progress continues from its last
+checkpoint (prune: its last step; distillation: `--checkpoint-every`). The finished folder OUT holds the
+weights, tokenizer, plan, model card (with the recovery and the evaluation), `recipe.yaml` (`come compress
+--config recipe.yaml` makes the folder again), the distillation summary and log, and `eval/`.
+
+`CompressConfig` is light (recipes and `come --help` read it): torch loads when a run starts.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from come.cliargs import arg, check_choices, flag_name, like
+from come.config import CalibConfig, PruneConfig, _option_flags
+from come.distillation.config import DistillConfig
+from come.errors import ComeError
+from come.eval.config import EvalConfig
+
+log = logging.getLogger("come")
+
+RECOVERY, EVALUATION, RUN = "recovery", "evaluation", "run"
+# what each --recovery trains, stage by stage: (distill stage, what the global stage trains, its loss)
+STAGE1_LOSS = "mse=1,cos=0,kl=0,logits=0"  # layer-wise: the hidden state leaving the block
+STAGE2_LOSS = "mse=0,cos=0,kl=0,logits=1"  # global: logit KL only (Minitron: the most token-efficient)
+RECOVERIES = {
+    "staged": [("layerwise", None, STAGE1_LOSS), ("global", "merged+norms", STAGE2_LOSS)],
+    "global": [("global", "merged+norms", STAGE2_LOSS)],
+    "full": [("global", "all", STAGE2_LOSS)],
+    "lora": [("lora", None, "")],
+}
+STATE_FILE = "compress.json"  # in OUT.partial: the settings the run started with
+EVAL_DIR = "eval"
+
+
+def _no_aliases(cls, name: str, **changes):
+    """A flag borrowed from another command without its deprecated aliases (they would clash here)."""
+    return like(cls, name, aliases=[], **changes)
+
+
+@dataclass
+class CompressConfig:
+    """What `come.compress` does: `come prune`'s settings (the same flags), the recovery (`recover` training
+    tokens, all stages together) and, when `ppl` or `tasks` is given, the evaluation."""
+
+    model: str = like(PruneConfig, "model")
+    target_layers: int | None = like(PruneConfig, "target_layers")
+    sparsity: float | None = like(PruneConfig, "sparsity")
+    method: str = like(PruneConfig, "method")
+    method_options: dict = like(PruneConfig, "method_options", options_of=_option_flags)
+    loss_samples: int | None = like(PruneConfig, "loss_samples", more=True)
+    calib: CalibConfig | None = arg(None, nested=True)
+    recover: int | None = arg(None, metavar="TOKENS", group=RECOVERY,
+                              help="training tokens of the recovery, all its stages together; required")
+    recovery: str = arg("staged", choices=list(RECOVERIES), group=RECOVERY,
+                        help="staged: layer-wise (each merged layer alone against the teacher's states at its "
+                        "boundaries), then logit KL of the whole model training the merged layers and every norm; "
+                        "global: only the second stage; full: logit KL training every layer; lora: LoRA adapters "
+                        "on every layer with the LM loss (the baseline), all at the same tokens")
+    layerwise_share: float = arg(0.5, group=RECOVERY, help="with --recovery staged: the share of --recover the "
+                                 "layer-wise stage gets (the rest goes to the global stage)")
+    train_lm_head: bool = like(DistillConfig, "train_lm_head", group=RECOVERY)
+    train_last: int = like(DistillConfig, "train_last", group=RECOVERY)
+    train_data: str = _no_aliases(DistillConfig, "data", group=RECOVERY)
+    train_seq_len: int = _no_aliases(DistillConfig, "seq_len", group=RECOVERY)
+    train_batch_size: int = _no_aliases(DistillConfig, "batch_size", group=RECOVERY)
+    grad_accum: int = like(DistillConfig, "grad_accum", group=RECOVERY, more=True)
+    lr: float = like(DistillConfig, "lr", group=RECOVERY)
+    lora_lr: float = like(DistillConfig, "lora_lr", group=RECOVERY, more=True)
+    lora_rank: int = like(DistillConfig, "lora_rank", group=RECOVERY, more=True)
+    train_seed: int = _no_aliases(DistillConfig, "seed", group=RECOVERY, more=True)
+    autocast: bool = like(DistillConfig, "autocast", group=RECOVERY, more=True)
+    checkpoint_every: int = arg(20, group=RECOVERY, more=True,
+                                help="checkpoint the recovery every N steps, for --resume (0: only between stages)")
+    ppl: list[str] = like(EvalConfig, "ppl", group=EVALUATION)
+    ppl_seq_len: int = like(EvalConfig, "ppl_seq_len", group=EVALUATION)
+    ppl_max_windows: int | None = like(EvalConfig, "ppl_max_windows", group=EVALUATION)
+    tasks: list[str] = like(EvalConfig, "tasks", group=EVALUATION)
+    limit: int | None = like(EvalConfig, "limit", group=EVALUATION)
+    eval_batch_size: int = _no_aliases(EvalConfig, "batch_size", group=EVALUATION)
+    baseline: str | None = like(EvalConfig, "baseline", group=EVALUATION,
+                                help="what retained %% is measured against (default: the original model; an earlier "
+                                "eval.json of it reuses its numbers; none: no baseline)")
+    dtype: str = like(PruneConfig, "dtype")
+    save_dtype: str = like(PruneConfig, "save_dtype")
+    device: str = like(PruneConfig, "device")
+    offload: str = like(PruneConfig, "offload", more=True)
+    store_device: str | None = like(PruneConfig, "store_device", more=True)
+    stream: str = like(PruneConfig, "stream", more=True)
+    cache_dir: str | None = like(PruneConfig, "cache_dir", more=True)
+    out: str | None = None  # come.cli's add_output_args
+    overwrite: bool = False
+    resume: bool = False
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        self.calib = CalibConfig.coerce(self.calib)
+
+    @property
+    def evaluates(self) -> bool:
+        return bool(self.ppl or self.tasks)
+
+    def prune_config(self) -> PruneConfig:
+        names = ("model", "target_layers", "sparsity", "method", "method_options", "loss_samples", "dtype",
+                 "save_dtype", "device", "offload", "store_device", "stream", "cache_dir", "progress")
+        return PruneConfig(calib=CalibConfig(**asdict(self.calib)), **{k: getattr(self, k) for k in names})
+
+    def stage_tokens(self) -> list[int]:
+        """The training tokens of each recovery stage (the layer-wise stage's share first)."""
+        if len(RECOVERIES[self.recovery]) == 1:
+            return [self.recover]
+        first = int(self.recover * self.layerwise_share)
+        return [first, self.recover - first]
+
+    def distill_config(self, i: int, student: str, out: str, resume: bool) -> DistillConfig:
+        """The `come distill` settings of recovery stage `i` (0-based)."""
+        stage, train, loss = RECOVERIES[self.recovery][i]
+        return DistillConfig(
+            student=student, teacher=self.model, out=out, stage=stage, loss=loss, train=train or "merged",
+            train_lm_head=self.train_lm_head and stage == "global", train_last=self.train_last if stage == "global"
+            else 0, data=self.train_data, tokens=self.stage_tokens()[i], seq_len=self.train_seq_len,
+            batch_size=self.train_batch_size, grad_accum=self.grad_accum, lr=self.lr, lora_lr=self.lora_lr,
+            lora_rank=self.lora_rank, autocast=self.autocast, checkpoint_every=self.checkpoint_every, resume=resume,
+            overwrite=True, ppl_windows=0, dtype=self.dtype, save_dtype=self.save_dtype, device=self.device,
+            seed=self.train_seed, progress=self.progress)
+
+    def eval_config(self, model: str) -> EvalConfig:
+        baseline = None if (self.baseline or "").lower() == "none" else self.baseline or self.model
+        return EvalConfig(model=model, baseline=baseline, ppl=list(self.ppl), ppl_seq_len=self.ppl_seq_len,
+                          ppl_max_windows=self.ppl_max_windows, tasks=list(self.tasks), limit=self.limit,
+                          batch_size=self.eval_batch_size, dtype=self.dtype, device=self.device,
+                          progress=self.progress)
+
+    def validate(self) -> CompressConfig:
+        """Every refusal that needs no model: the recovery budget, the recipe's own settings, the text sources."""
+        check_choices(self, skip=("save_dtype",))
+        if self.recover is None:
+            raise ComeError("give --recover TOKENS (the training tokens of the recovery, e.g. 131072), or "
+                            "`recover:` in the --config recipe; `come prune` prunes without recovery")
+        if self.recover < 1:
+            raise ComeError(f"--recover must be a positive number of training tokens, got {self.recover}: "
+                            "`come prune` prunes without recovery")
+        if not 0 < self.layerwise_share < 1:
+            raise ComeError(f"--layerwise-share must be in (0, 1), got {self.layerwise_share}")
+        if self.recovery == "lora" and (self.train_lm_head or self.train_last):
+            raise ComeError("--train-lm-head and --train-last train full weights: not with --recovery lora "
+                            "(adapters only)")
+        if self.checkpoint_every < 0:
+            raise ComeError(f"--checkpoint-every must be >= 0, got {self.checkpoint_every}")
+        self.prune_config().validate()  # the method, its options, the target, the calibration
+        step = self.train_batch_size * self.grad_accum * self.train_seq_len
+        for (stage, _, _), tokens in zip(RECOVERIES[self.recovery], self.stage_tokens()):
+            if tokens < step:
+                raise ComeError(f"--recover {self.recover} gives the {stage} stage {tokens} tokens, less than one "
+                                f"training step ({step} = {flag_name(CompressConfig, 'train_batch_size')} x "
+                                f"--grad-accum x {flag_name(CompressConfig, 'train_seq_len')}): pass more tokens "
+                                "or smaller steps")
+        for i in range(len(RECOVERIES[self.recovery])):  # the training settings as `come distill` checks them
+            self.distill_config(i, "student", "out", False).validate()
+        from come.data import check_separate
+        from come.eval.ppl import expand_sources
+
+        if self.evaluates:
+            ev = self.eval_config(self.model).validate()
+            self.ppl, self.tasks = ev.ppl, ev.tasks
+        # the training text and the calibration text are never what is evaluated (held-out domains refused too)
+        evaluated = expand_sources(self.ppl) if self.ppl else []
+        check_separate(self.train_data, evaluated, flag_name(CompressConfig, "train_data"), "--ppl")
+        check_separate(self.calib.data, evaluated, "--calib-data", "--ppl")
+        return self
+
+
+@dataclass
+class CompressResult:
+    out: Path
+    stages: dict = field(default_factory=dict)  # per stage: wall seconds, and whether this run did it
+
+
+def stage_names(cfg: CompressConfig) -> list[str]:
+    return ["prune", *(s for s, _, _ in RECOVERIES[cfg.recovery]), *([EVAL_DIR] if cfg.evaluates else [])]
+
+
+def _settings(cfg: CompressConfig) -> dict:
+    from come import recipe
+
+    return {k: v for k, v in recipe.of(cfg).items() if k not in ("out", "checkpoint_every")}
+
+
+def compress(config: CompressConfig | None = None, on_stage=None, **kwargs) -> CompressResult:
+    """Prune `config.model`, recover it by distillation, evaluate it when asked; one folder `config.out`.
+
+    `on_stage(name)` is called after each stage has finished (and its folder is in place); an exception it raises
+    stops the run, which `resume=True` continues from there."""
+    from come import preflight
+    from come.io import check_output_dir, output_lock
+    from come.models import load_config
+
+    cfg = (config or CompressConfig(**kwargs)).validate()
+    if cfg.out is None:
+        raise ComeError("give --out (or `out:` in the --config recipe)")
+    pre = preflight.prune(cfg.prune_config())  # the model's config, the target, the calibration file
+    model_config = load_config(cfg.model)[0]
+    preflight.check_context(model_config, cfg.train_seq_len, flag_name(CompressConfig, "train_seq_len"))
+    preflight.check_text_source(cfg.train_data, flag_name(CompressConfig, "train_data"))
+    if cfg.evaluates:
+        preflight.evaluation(cfg.eval_config(cfg.model))
+    check_output_dir(cfg.out, cfg.overwrite, [*pre["inputs"], cfg.train_data, *cfg.ppl],
+                     need_bytes=pre["need_bytes"])
+    with output_lock(cfg.out):
+        return _compress(cfg, on_stage)
+
+
+def _compress(cfg: CompressConfig, on_stage) -> CompressResult:
+    from come.runstore import RunFolder
+
+    store = RunFolder(cfg.out, "compress")
+    store.claim(cfg.resume, cfg.overwrite)
+    settings = _settings(cfg)
+    if cfg.resume and (store.partial / STATE_FILE).is_file():
+        before = store.read_json(store.partial / STATE_FILE)
+        changed = sorted(k for k in {*before, *settings} if before.get(k) != settings.get(k))
+        if changed:
+            raise ComeError(f"--resume with other settings than the interrupted run ({', '.join(changed)}): resume "
+                            "with the same settings, or pass --overwrite to start over")
+    elif cfg.resume:
+        log.info("--resume: no interrupted run beside %s: starting from the beginning", store.out)
+    store.open(cfg.resume)
+    store.write_json(STATE_FILE, settings)
+    names = stage_names(cfg)
+    result = CompressResult(store.out)
+    start = time.perf_counter()
+    try:
+        model_dir = None
+        for k, name in enumerate(names, 1):
+            folder = store.partial / name
+            if folder.is_dir():
+                log.info("compress [%d/%d] %s: finished by the interrupted run, kept", k, len(names), name)
+                result.stages[name] = {"ran": False}
+            else:
+                log.info("compress [%d/%d] %s%s", k, len(names), name, _what(cfg, name))
+                t0 = time.perf_counter()
+                _run_stage(cfg, store, name, model_dir)
+                result.stages[name] = {"ran": True, "wall_s": round(time.perf_counter() - t0, 1)}
+                log.info("compress [%d/%d] %s done in %.0f s (%.0f s so far)", k, len(names), name,
+                         time.perf_counter() - t0, time.perf_counter() - start)
+            if name != EVAL_DIR:
+                model_dir = folder
+            if on_stage is not None:
+                on_stage(name)
+        store.publish_new(lambda tmp: _write(cfg, store.partial, model_dir, tmp), cfg.overwrite)
+    except BaseException:
+        keep = any((store.partial / n).is_dir() for n in names) or any(store.partial.glob("*.partial")) \
+            or any(store.partial.glob(".*.resume"))
+        store.abandon(keep=keep)  # something to go on from: kept for --resume
+        if keep:
+            log.warning("the finished stages are in %s: add --resume to go on from them", store.partial)
+        raise
+    return result
+
+
+def _what(cfg: CompressConfig, name: str) -> str:
+    stages = [s for s, _, _ in RECOVERIES[cfg.recovery]]
+    if name in stages:
+        i = stages.index(name)
+        return f" (recovery stage {i + 1} of {len(stages)}: {cfg.stage_tokens()[i]:,} tokens)"
+    return ""
+
+
+def _run_stage(cfg: CompressConfig, store, name: str, model_dir: Path | None) -> None:
+    """Run stage `name` into its folder in the run folder (written whole: a killed stage leaves none)."""
+    folder = store.partial / name
+    if name == "prune":
+        from come import resume
+        from come.io import write_output_dir
+        from come.prune import prune
+
+        checkpoint = resume.checkpoint_for(folder)
+        res = prune(cfg.prune_config(), checkpoint=checkpoint, resume=cfg.resume)
+        write_output_dir(folder, True, res.write)
+        resume.remove(checkpoint)
+        return
+    if name == EVAL_DIR:
+        from come.eval.evaluation import evaluate, save
+
+        save(evaluate(cfg.eval_config(str(model_dir))), folder, True)
+        return
+    check_something_to_train(model_dir)
+    from come.distillation.checkpoint import NAME, STATE
+    from come.distillation.train import distill
+
+    i = [s for s, _, _ in RECOVERIES[cfg.recovery]].index(name)
+    partial = store.partial / f"{name}.partial"
+    resume = cfg.resume and (partial / NAME / STATE).is_file()  # a stage killed before its first checkpoint: anew
+    distill(cfg.distill_config(i, str(model_dir), str(folder), resume))
+
+
+def check_something_to_train(student: Path) -> None:
+    """A student whose plan merged (or dropped) nothing has no layer the recovery trains: refused before its
+    weights load."""
+    from come.distillation.correspond import correspondences
+    from come.plan import Plan
+
+    if not any(c.merged for c in correspondences(Plan.load(student).tree)):
+        raise ComeError(f"the plan of {student} leaves every layer as it was: nothing for the recovery to train")
+
+
+def _write(cfg: CompressConfig, partial: Path, model_dir: Path, folder: Path) -> None:
+    """The finished folder: the last model's files, the distillation's summaries and log, the evaluation, a card
+    that says all of it, recipe.yaml."""
+    from come import recipe
+    from come.card import add_eval, scrubbed, write_card
+    from come.distillation.config import LOG_FILE, SUMMARY_JSON, SUMMARY_MD
+    from come.plan import PLAN_FILE, Plan
+
+    skip = {"README.md", "recipe.yaml", SUMMARY_JSON, SUMMARY_MD, LOG_FILE}
+    for f in model_dir.iterdir():
+        if f.is_file() and f.name not in skip:
+            shutil.copy2(f, folder / f.name)
+    stages = [s for s, _, _ in RECOVERIES[cfg.recovery]]
+    summaries = {s: json.loads((partial / s / SUMMARY_JSON).read_text()) for s in stages}
+    with open(folder / LOG_FILE, "w") as out:
+        for s in stages:
+            out.write((partial / s / LOG_FILE).read_text())
+    per_stage = {s: {**summaries[s]["stages"][next(iter(summaries[s]["stages"]))],
+                     "train": summaries[s]["config"]["train"], "loss": summaries[s]["config"]["loss"]}
+                 for s in stages}
+    total = sum(st["tokens"] for st in per_stage.values())
+    summary = {"recovery": cfg.recovery, "teacher": cfg.model, "train_data": cfg.train_data, "tokens": total,
+               "train_wall_s": round(sum(st["wall_s"] for st in per_stage.values()), 1), "stages": per_stage,
+               "tree": summaries[stages[0]]["tree"]}
+    (folder / SUMMARY_JSON).write_text(json.dumps(summary, indent=1))
+    (folder / SUMMARY_MD).write_text("\n".join((partial / s / SUMMARY_MD).read_text() for s in stages))
+    plan = Plan.load(folder / PLAN_FILE)
+    public = scrubbed(recipe.of(cfg))
+    write_card(folder, plan, "compress", public, None, extra=recovery_lines(cfg, summary))
+    if (partial / EVAL_DIR).is_dir():
+        shutil.copytree(partial / EVAL_DIR, folder / EVAL_DIR)
+        from come.eval.evaluation import REPORT_FILE, RESULT_FILE
+
+        add_eval(folder, json.loads((folder / EVAL_DIR / RESULT_FILE).read_text()), f"{EVAL_DIR}/{REPORT_FILE}")
+
+
+STAGE_WORDS = {"layerwise": "layer-wise: each merged layer alone, on the teacher's states entering and leaving "
+                            "its block (normalised MSE)",
+               "global": "global: logit KL of the whole student against the teacher",
+               "lora": "LoRA adapters on every layer, language-modelling loss"}
+
+
+def recovery_lines(cfg: CompressConfig, summary: dict) -> list[str]:
+    """The card's section on the recovery."""
+    from come.names import display_name
+
+    lines = ["", "## Recovery", "",
+             f"After pruning, recovered by distillation from the original model on {summary['tokens']:,} training "
+             f"tokens of {display_name(cfg.train_data)} (its calibration part, disjoint from every evaluation text) "
+             f"in {summary['train_wall_s']} s (`--recovery {cfg.recovery}`):", ""]
+    for i, (name, st) in enumerate(summary["stages"].items(), 1):
+        trains = f", training {st['train']}" if name == "global" else ""
+        lines.append(f"{i}. {STAGE_WORDS[name]}{trains}: {st['tokens']:,} tokens, {st['steps']} steps, loss "
+                     f"{st['first_loss']:.4g} -> {st['last_loss']:.4g}")
+    lines += ["", "The log of every step is `distill_log.jsonl`, the summary `distill_summary.md`."]
+    return lines
+
+
+# --- the command line ---
+
+def add_parser(sub) -> None:
+    from come.cli import add_output_args, add_recipe_args, add_trust_remote_code_arg
+    from come.cliargs import add_config_args
+    from come.hub import add_push_args
+
+    p = sub.add_parser("compress", help="prune, recover by distillation and evaluate, into one folder (resumable)")
+    add_config_args(p, CompressConfig)
+    add_trust_remote_code_arg(p)
+    add_output_args(p, required=False)
+    p.add_argument("--resume", action="store_true",
+                   help="go on from the stages an interrupted run finished (OUT.partial), with the same settings")
+    add_recipe_args(p)
+    add_push_args(p)
+    p.set_defaults(func=cmd_compress)
+
+
+def cmd_compress(args) -> int:
+    from come.cli import print_recipe, require
+    from come.cliargs import config_from_args
+    from come.hub import check_push, push_and_print
+
+    check_push(args.push_to_hub, args.private)
+    require(args, "model")
+    cfg = config_from_args(CompressConfig, args, out=args.out, overwrite=args.overwrite, resume=args.resume)
+    if args.print_config:
+        return print_recipe(cfg.validate(), args.out)
+    require(args, "out", "recover")
+    res = compress(cfg)
+    print(f"wrote {res.out}: {', '.join(res.stages)}; card {res.out / 'README.md'}")
+    push_and_print(res.out, args.push_to_hub, args.private)
+    return 0

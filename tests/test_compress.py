@@ -57,6 +57,9 @@ def test_one_command_writes_one_complete_folder(inputs, tmp_path):
     card = (out / "README.md").read_text()
     assert "## Recovery" in card and "256 training tokens" in card and "layer-wise" in card
     assert "come compress" in card and "Not evaluated yet" not in card  # the evaluation's table is in the card
+    assert json.loads((out / "eval/eval.json").read_text())["model"]["name"] == "out"  # named as the folder
+    for name in ("README.md", "recipe.yaml", "distill_summary.md", "distill_summary.json"):
+        assert str(tmp_path) not in (out / name).read_text(), name  # no local paths in what is published
     recipe = yaml.safe_load((out / "recipe.yaml").read_text())
     assert recipe["command"] == "compress" and recipe["recover"] == 256 and recipe["recovery"] == "staged"
     m = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32)

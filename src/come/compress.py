@@ -300,8 +300,12 @@ def _run_stage(cfg: CompressConfig, store, name: str, model_dir: Path | None) ->
         return
     if name == EVAL_DIR:
         from come.eval.evaluation import evaluate, save
+        from come.names import display_name
 
-        save(evaluate(cfg.eval_config(str(model_dir))), folder, True)
+        result = evaluate(cfg.eval_config(str(model_dir)))
+        result["model"].update(name=display_name(cfg.out), path=display_name(cfg.out))  # the folder it ends in
+        result["config"]["model"] = display_name(cfg.out)
+        save(result, folder, True)
         return
     check_something_to_train(model_dir)
     from come.distillation.checkpoint import NAME, STATE
@@ -326,9 +330,10 @@ def check_something_to_train(student: Path) -> None:
 def _write(cfg: CompressConfig, partial: Path, model_dir: Path, folder: Path) -> None:
     """The finished folder: the last model's files, the distillation's summaries and log, the evaluation, a card
     that says all of it, recipe.yaml."""
-    from come import recipe
-    from come.card import add_eval, scrubbed, write_card
+    from come.card import add_eval, write_card
     from come.distillation.config import LOG_FILE, SUMMARY_JSON, SUMMARY_MD
+    from come.distillation.summary import summary_text
+    from come.names import display_name
     from come.plan import PLAN_FILE, Plan
 
     skip = {"README.md", "recipe.yaml", SUMMARY_JSON, SUMMARY_MD, LOG_FILE}
@@ -344,19 +349,36 @@ def _write(cfg: CompressConfig, partial: Path, model_dir: Path, folder: Path) ->
                      "train": summaries[s]["config"]["train"], "loss": summaries[s]["config"]["loss"]}
                  for s in stages}
     total = sum(st["tokens"] for st in per_stage.values())
-    summary = {"recovery": cfg.recovery, "teacher": cfg.model, "train_data": cfg.train_data, "tokens": total,
-               "train_wall_s": round(sum(st["wall_s"] for st in per_stage.values()), 1), "stages": per_stage,
-               "tree": summaries[stages[0]]["tree"]}
+    teacher = display_name(cfg.model)
+    summary = {"recovery": cfg.recovery, "teacher": teacher, "train_data": display_name(cfg.train_data),
+               "tokens": total, "train_wall_s": round(sum(st["wall_s"] for st in per_stage.values()), 1),
+               "stages": per_stage, "tree": summaries[stages[0]]["tree"]}
     (folder / SUMMARY_JSON).write_text(json.dumps(summary, indent=1))
-    (folder / SUMMARY_MD).write_text("\n".join((partial / s / SUMMARY_MD).read_text() for s in stages))
+    inputs = ["the pruned model", *(f"the model after {s}" for s in stages)]  # no local paths in the folder
+    (folder / SUMMARY_MD).write_text("\n".join(summary_text(dict(summaries[s], student=inputs[i], teacher=teacher))
+                                               for i, s in enumerate(stages)))
     plan = Plan.load(folder / PLAN_FILE)
-    public = scrubbed(recipe.of(cfg))
+    public = public_recipe(cfg)
     write_card(folder, plan, "compress", public, None, extra=recovery_lines(cfg, summary))
     if (partial / EVAL_DIR).is_dir():
         shutil.copytree(partial / EVAL_DIR, folder / EVAL_DIR)
         from come.eval.evaluation import REPORT_FILE, RESULT_FILE
 
         add_eval(folder, json.loads((folder / EVAL_DIR / RESULT_FILE).read_text()), f"{EVAL_DIR}/{REPORT_FILE}")
+
+
+def public_recipe(cfg: CompressConfig) -> dict:
+    """The recipe for the card and recipe.yaml: local paths (model, texts, baseline, cache folder) as names."""
+    from come import recipe
+    from come.card import scrubbed
+    from come.names import display_name
+
+    out = scrubbed(recipe.of(cfg))
+    for key in ("train_data", "baseline", "cache_dir"):
+        if isinstance(out.get(key), str):
+            out[key] = display_name(out[key])
+    out["ppl"] = [display_name(p) for p in out.get("ppl") or []]
+    return out
 
 
 STAGE_WORDS = {"layerwise": "layer-wise: each merged layer alone, on the teacher's states entering and leaving "

@@ -252,3 +252,24 @@ def test_come_splice_students_distil_each_layer_against_its_source_block(tiny_di
             assert torch.isfinite(loss)
             if not c.merged:
                 assert loss.item() < 1e-5  # an untouched layer maps its own block exactly
+
+
+def test_every_recipe_key_has_a_flag_and_the_printed_line_parses_back(inputs, tmp_path):
+    """The card's `come compress ...` line gives the same settings as the recipe (every key through its flag)."""
+    import shlex
+
+    from come import recipe
+    from come.cli import build_parser
+    from come.cliargs import config_from_args
+
+    parser = build_parser()
+    accepted = {a.dest for a in parser.come_commands["compress"]._actions}
+    for key in recipe.valid_keys("compress"):
+        if key != "command":
+            assert recipe.flag_of("compress", key).dest in accepted, key
+    cfg = config(inputs, tmp_path / "out", recovery="full", train_lm_head=True, train_last=2, lr=3e-4,
+                 method="come-plus", method_options={"pair_score": "drop"}, tasks=["piqa"], limit=5)
+    line = recipe.command_line(recipe.of(cfg), out=str(tmp_path / "out"))
+    args = parser.parse_args(shlex.split(line)[1:])
+    again = config_from_args(CompressConfig, args, out=args.out, progress=False)
+    assert recipe.of(again) == recipe.of(cfg)

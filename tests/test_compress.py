@@ -273,3 +273,25 @@ def test_every_recipe_key_has_a_flag_and_the_printed_line_parses_back(inputs, tm
     args = parser.parse_args(shlex.split(line)[1:])
     again = config_from_args(CompressConfig, args, out=args.out, progress=False)
     assert recipe.of(again) == recipe.of(cfg)
+
+
+def test_the_teacher_cache_skips_the_teacher_for_windows_seen_and_trains_the_same(inputs, tmp_path, monkeypatch):
+    """10 training windows, 12 steps of 2: with --teacher-cache the teacher runs on the first pass only (5
+    micro-batches), and the losses are those of the run that recomputes every state."""
+    import come.distillation.layerwise as lw
+
+    path = inputs[0]
+    calib = CalibConfig(data=str(inputs[1]), samples=4, seq_len=32, batch_size=2)
+    student = prune(PruneConfig(model=str(path), target_layers=4, calib=calib, progress=False,
+                                device="cpu")).save(tmp_path / "student")
+    real, calls = lw.capture_states, []
+    monkeypatch.setattr(lw, "capture_states", lambda *a, **k: (calls.append(1), real(*a, **k))[1])
+    losses = {}
+    for mib in (0, 64):
+        calls.clear()
+        out = distill(DistillConfig(student=str(student), teacher=str(path), out=str(tmp_path / f"d{mib}"),
+                                    data=str(inputs[2]), stage="layerwise", steps=12, seq_len=32, batch_size=2,
+                                    lr=1e-3, device="cpu", progress=False, teacher_cache=mib)).out
+        losses[mib] = [json.loads(line)["loss"] for line in (out / "distill_log.jsonl").read_text().splitlines()]
+        assert len(calls) == (12 if mib == 0 else 5), mib
+    assert losses[0] == pytest.approx(losses[64], rel=1e-4)

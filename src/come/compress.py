@@ -89,6 +89,7 @@ class CompressConfig:
     lora_rank: int = like(DistillConfig, "lora_rank", group=RECOVERY, more=True)
     train_seed: int = _no_aliases(DistillConfig, "seed", group=RECOVERY, more=True)
     autocast: bool = like(DistillConfig, "autocast", group=RECOVERY, more=True)
+    teacher_cache: int = like(DistillConfig, "teacher_cache", group=RECOVERY, more=True)
     checkpoint_every: int = arg(20, group=RECOVERY, more=True,
                                 help="checkpoint the recovery every N steps, for --resume (0: only between stages)")
     ppl: list[str] = like(EvalConfig, "ppl", group=EVALUATION)
@@ -139,7 +140,8 @@ class CompressConfig:
             train_lm_head=self.train_lm_head and stage == "global", train_last=self.train_last if stage == "global"
             else 0, data=self.train_data, tokens=self.stage_tokens()[i], seq_len=self.train_seq_len,
             batch_size=self.train_batch_size, grad_accum=self.grad_accum, lr=self.lr, lora_lr=self.lora_lr,
-            lora_rank=self.lora_rank, autocast=self.autocast, checkpoint_every=self.checkpoint_every, resume=resume,
+            lora_rank=self.lora_rank, autocast=self.autocast, teacher_cache=self.teacher_cache,
+            checkpoint_every=self.checkpoint_every, resume=resume,
             overwrite=True, ppl_windows=0, dtype=self.dtype, save_dtype=self.save_dtype, device=self.device,
             seed=self.train_seed, progress=self.progress)
 
@@ -202,7 +204,7 @@ def stage_names(cfg: CompressConfig) -> list[str]:
 def _settings(cfg: CompressConfig) -> dict:
     from come import recipe
 
-    return {k: v for k, v in recipe.of(cfg).items() if k not in ("out", "checkpoint_every")}
+    return {k: v for k, v in recipe.of(cfg).items() if k not in ("out", "checkpoint_every", "teacher_cache")}
 
 
 def compress(config: CompressConfig | None = None, on_stage=None, **kwargs) -> CompressResult:

@@ -22,7 +22,7 @@ STRATEGIES = ("ddp", "fsdp")
 TRAINABLE = ("merged", "merged+norms", "all", "norms", "lora")  # what the global stage trains
 SUMMARY_JSON, SUMMARY_MD, LOG_FILE = "distill_summary.json", "distill_summary.md", "distill_log.jsonl"
 # settings that may change between an interrupted run and its --resume
-RESUME_FREE = ("resume", "overwrite", "progress", "checkpoint_every")
+RESUME_FREE = ("resume", "overwrite", "progress", "checkpoint_every", "teacher_cache")
 
 
 @dataclass
@@ -63,6 +63,9 @@ class DistillConfig:
     autocast: bool = arg(False, help="bf16 autocast (GPUs; slow on most CPUs)")
     lora_rank: int = arg(8, help="rank of the LoRA adapters")
     lora_alpha: float = arg(16.0, help="alpha of the LoRA adapters")
+    teacher_cache: int = arg(0, metavar="MiB", help="layer-wise stage: keep the teacher's boundary states of the "
+                             "windows seen, up to this many MiB on the training device, so that a window met again "
+                             "(a budget beyond one pass over the text) skips the teacher (0: off)")
     checkpoint_every: int = arg(0, help="checkpoint every N steps (0: never)")
     resume: bool = arg(False, help="continue an interrupted run from its last checkpoint")
     overwrite: bool = arg(False, help="replace what --out holds")
@@ -122,6 +125,8 @@ class DistillConfig:
             raise ComeError("--lr and --lora-lr must be > 0")
         if not 0 <= self.warmup < 1 or not 0 <= self.min_lr_ratio <= 1:
             raise ComeError("--warmup must be in [0, 1) and --min-lr-ratio in [0, 1]")
+        if self.teacher_cache < 0:
+            raise ComeError(f"--teacher-cache must be >= 0 MiB, got {self.teacher_cache}")
         if self.clip < 0 or self.checkpoint_every < 0 or self.ppl_windows < 0:
             raise ComeError(f"--clip, --checkpoint-every and {flag_name(DistillConfig, 'ppl_windows')} must be >= 0")
         if self.steps is not None and self.steps < 1:

@@ -45,7 +45,8 @@ def layerwise(run, resume: bool) -> Stage:
     merged = [c for c in run.corr if c.merged]
     mine = merged if run.fsdp else owned(merged, run.d.rank, run.d.world)
     s_adapter = get_adapter(run.student)
-    fn = layerwise_loss_fn(run.teacher, run.t_adapter, s_adapter, mine, run.cfg.weights(), run.autocast)
+    fn = layerwise_loss_fn(run.teacher, run.t_adapter, s_adapter, mine, run.cfg.weights(), run.autocast,
+                           run.cfg.teacher_cache << 20)
     groups = [[p for n, p in s_adapter.layers[c.layer].named_parameters() if "lora_" not in n] for c in mine]
 
     def sync():  # every merged layer from the process that trains it

@@ -295,3 +295,26 @@ def test_the_teacher_cache_skips_the_teacher_for_windows_seen_and_trains_the_sam
         losses[mib] = [json.loads(line)["loss"] for line in (out / "distill_log.jsonl").read_text().splitlines()]
         assert len(calls) == (12 if mib == 0 else 5), mib
     assert losses[0] == pytest.approx(losses[64], rel=1e-4)
+
+
+def test_the_dry_run_counts_what_the_global_stage_trains():
+    """--train merged+norms adds every other layer's norms and the final norm, --train-lm-head the LM head,
+    --train-last the last layers whole (gradients of one process, float32)."""
+    from transformers import LlamaConfig
+
+    from come.distillation.memory import Shapes, estimate
+
+    config = LlamaConfig(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=5,
+                         num_attention_heads=4, num_key_value_heads=2)
+    tree = [[0], [1, 2], [3], [4], [5]]
+    s = Shapes.of(config)
+
+    def grads(**kw):
+        cfg = DistillConfig(student="s", out="o", stage="global", steps=1, **kw)
+        row = next(r for r in estimate(config, tree, cfg, 1, torch.float32, "cpu") if r.strategy == "ddp")
+        return row.gradients // 4
+
+    assert grads(train="merged") == s.layers[1]
+    assert grads(train="merged+norms") == s.layers[1] + sum(s.norms) - s.norms[1] + s.hidden
+    assert grads(train="merged", train_lm_head=True, train_last=2) == s.layers[1] + s.layers[3] + s.layers[4] + \
+        s.vocab * s.hidden

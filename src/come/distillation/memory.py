@@ -110,11 +110,16 @@ def estimate(config, tree: list[list[int]], cfg, world: int, dtype: torch.dtype,
         if stage == "lora" or (stage == "global" and cfg.train == "lora"):
             trained = [cfg.lora_rank * s.lora[i] for i in lora_layers]
             tb = LORA_BYTES
-        elif stage == "global" and cfg.train == "all":
-            trained, tb = list(s.layers), b
-        elif stage == "global" and cfg.train == "norms":
-            trained, tb = list(s.norms), b
-        else:  # layerwise, or global --train merged
+        elif stage == "global":  # per layer what --train names, the last --train-last whole; final norm, LM head
+            m = {c.layer for c in merged}
+            whole = {"all": set(range(n_layers)), "norms": set()}.get(cfg.train, m)
+            whole |= set(range(n_layers - cfg.train_last, n_layers)) if cfg.train_last else set()
+            norms = cfg.train in ("norms", "merged+norms")
+            trained = [s.layers[j] if j in whole else s.norms[j] if norms else 0 for j in range(n_layers)]
+            trained += [s.hidden] if cfg.train == "merged+norms" else []
+            trained += [s.vocab * s.hidden] if cfg.train_lm_head else []
+            tb = b
+        else:  # layerwise
             trained, tb = [s.layers[c.layer] for c in merged], b
         for strategy in STRATEGIES:
             fsdp = strategy == "fsdp"

@@ -157,7 +157,8 @@ def test_help_shows_each_default(capsys):
     for needle in ("--calib-batch-size CALIB_BATCH_SIZE calibration windows per forward pass (default: 8)",
                    "--calib-seed CALIB_SEED seed of the choice of windows (default: 0)",
                    "--laco-t LACO_T", "(default: 0.65)", "--norm {mean,fold}",
-                   "norm handling of a merged layer (come, come-p, come-plus, come-splice) (default: mean)", "--grid GRID"):
+                   "norm handling of a merged layer (come, come-p, come-plus, come-splice) (default: mean)",
+                   "--grid GRID"):
         assert needle in text, needle
     assert "--batch-size" not in text.replace("--calib-batch-size", "")  # aliases stay out of the help
 

@@ -319,7 +319,7 @@ def with_recipe(parser: argparse.ArgumentParser, argv: list[str] | None, args: a
 
 
 # Further subcommands live beside their code; each module exposes add_parser(subparsers).
-SUBCOMMAND_MODULES = ["come.eval.cli", "come.distillation.cli", "come.compress"]
+SUBCOMMAND_MODULES = ["come.eval.cli", "come.distillation.cli", "come.compress_cli"]
 
 
 def setup_logging(quiet: bool) -> None:

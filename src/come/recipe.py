@@ -59,7 +59,7 @@ def config_class(command: str):
 
         return CompareConfig
     if command == "compress":
-        from come.compress import CompressConfig
+        from come.compress_config import CompressConfig
 
         return CompressConfig
     from come.distillation.config import DistillConfig

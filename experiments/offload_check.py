@@ -1,6 +1,6 @@
 """GPU check of `--offload`: the same pruning with the weights on the GPU, streamed to it from CPU memory
 (`--offload always --stream never`), and read from the checkpoint one layer at a time (`--offload always`, which
-streams from the checkpoint since issue 32, docs/memory.md).
+streams from the checkpoint by default, docs/memory.md).
 
 Prints, side by side from one run, wall time and peak GPU memory of each and their ratios, and whether the pruned
 models agree (same plan choices; weight differences only from GPU nondeterminism). Needs a CUDA device:

@@ -28,6 +28,7 @@ from come.compare import CompareConfig, compare, fmt_ppl
 from come.compare.config import Variant
 from come.config import CalibConfig
 from come.corpora import FINAL_DOMAINS, OOD_DOMAINS
+from come.eval.report import ood_geomean
 from come.eval.stats import (
     average_difference,
     fmt_ppl_interval,
@@ -125,13 +126,6 @@ def paired_average(point: dict, ref: dict, tasks: list[str]) -> dict:
                                for t in tasks])
 
 
-def gmean(point: dict, domains: tuple[str, ...]) -> float:
-    """Geometric mean of the perplexities of `domains`."""
-    import math
-
-    return math.exp(sum(math.log(point["ppl_by_source"][d]["ppl"]) for d in domains) / len(domains))
-
-
 def paired_suite(point: dict, ref: dict, domains: tuple[str, ...]) -> dict:
     """Ratio of the geometric means over `domains`, paired over the same windows: exp of the mean over domains of
     the mean window-NLL difference, SE sqrt(sum SE_d^2) / D, 95% interval +- 1.96 SE."""
@@ -181,7 +175,8 @@ def yardstick(result: dict, reference: str = "sleb") -> str:
         paired = ref is not None and name not in (reference, "dense")
         cells = [name, str(point["layers"])]
         for domains in (OOD_DOMAINS, FINAL_DOMAINS):
-            cells += [fmt_ppl(gmean(point, domains)), _ratio(paired_suite(point, ref, domains)) if paired else ""]
+            versus = _ratio(paired_suite(point, ref, domains)) if paired else ""
+            cells += [fmt_ppl(ood_geomean(point["ppl_by_source"], domains)), versus]
         if tasks and "tasks" in point:
             cells += [f"{100 * point['tasks'][t][metric_for(t)]:.1f}" for t in tasks]
             cells += [f"{100 * _avg(point, tasks):.1f}", f"**{100 * _avg(point, signal):.1f}**",

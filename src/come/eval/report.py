@@ -10,11 +10,12 @@ from come.eval.stats import metric_for
 from come.names import display_name
 
 
-def ood_geomean(ppl_by_source: dict[str, dict]) -> float | None:
-    """Geometric mean of the perplexities of the held-out (`ood`) domains, when all of them were measured."""
-    if not all(d in ppl_by_source for d in OOD_DOMAINS):
+def ood_geomean(ppl_by_source: dict[str, dict], domains: tuple[str, ...] = OOD_DOMAINS) -> float | None:
+    """Geometric mean of the perplexities of the held-out (`ood`) domains (or of `domains`, e.g. the `final`
+    suite), when all of them were measured."""
+    if not all(d in ppl_by_source for d in domains):
         return None
-    return math.exp(sum(math.log(ppl_by_source[d]["ppl"]) for d in OOD_DOMAINS) / len(OOD_DOMAINS))
+    return math.exp(sum(math.log(ppl_by_source[d]["ppl"]) for d in domains) / len(domains))
 
 
 AVERAGES = {
